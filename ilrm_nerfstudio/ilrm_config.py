@@ -1,0 +1,83 @@
+"""Method registrations for nerfstudio (entry point group `nerfstudio.method_configs`).
+
+- `ilrm`: the paper's base model, (2, H, F) at 256 x 256, trained across scenes.
+- `ilrm-small`: a narrow, shallow network at 64 x 64 that trains on a CPU in minutes
+  (the demo and the tests use it).
+"""
+
+from __future__ import annotations
+
+from nerfstudio.configs.base_config import LoggingConfig, MachineConfig, ViewerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from .ilrm_datamanager import ILRMDataManagerConfig
+from .ilrm_model import ILRMModelConfig
+from .ilrm_pipeline import ILRMPipelineConfig
+from .network import ILRMNetworkConfig
+from .optim import AdamWMatricesConfig, WarmupCosineSchedulerConfig
+
+
+def ilrm_trainer_config(
+    method_name: str,
+    datamanager: ILRMDataManagerConfig,
+    model: ILRMModelConfig,
+    max_steps: int,
+    lr: float,
+    warmup_steps: int,
+    steps_per_eval: int,
+) -> TrainerConfig:
+    return TrainerConfig(
+        method_name=method_name,
+        max_num_iterations=max_steps,
+        steps_per_save=steps_per_eval,
+        steps_per_eval_batch=steps_per_eval,
+        steps_per_eval_image=steps_per_eval,
+        steps_per_eval_all_images=10 * steps_per_eval,
+        save_only_latest_checkpoint=True,
+        mixed_precision=False,  # the model autocasts its network to bf16 on CUDA itself
+        pipeline=ILRMPipelineConfig(datamanager=datamanager, model=model),
+        optimizers={
+            "network": {
+                "optimizer": AdamWMatricesConfig(lr=lr),
+                "scheduler": WarmupCosineSchedulerConfig(warmup_steps=warmup_steps, max_steps=max_steps),
+            }
+        },
+        vis="tensorboard",
+        viewer=ViewerConfig(quit_on_train_completion=True),
+        logging=LoggingConfig(steps_per_log=10),
+        machine=MachineConfig(),
+    )
+
+
+ilrm_method = MethodSpecification(
+    config=ilrm_trainer_config(
+        "ilrm",
+        ILRMDataManagerConfig(image_height=256, image_width=256, num_context_views=2, num_target_views=4, scenes_per_batch=8),
+        ILRMModelConfig(network=ILRMNetworkConfig(viewpoint_factor=2, gradient_checkpointing=True)),
+        max_steps=100_000,
+        lr=4e-4,
+        warmup_steps=1000,
+        steps_per_eval=1000,
+    ),
+    description="iLRM feed-forward 3D Gaussian reconstruction (base model, trained across scenes).",
+)
+
+ilrm_small_method = MethodSpecification(
+    config=ilrm_trainer_config(
+        "ilrm-small",
+        ILRMDataManagerConfig(
+            image_height=64, image_width=64, num_context_views=2, num_target_views=2, scenes_per_batch=4,
+            min_frame_gap=3, max_frame_gap=8,
+        ),
+        ILRMModelConfig(
+            network=ILRMNetworkConfig(patch_size=4, width=128, num_heads=4, num_layers=4, viewpoint_factor=2),
+            lpips_weight=0.0,
+        ),
+        max_steps=2000,
+        lr=1e-3,
+        warmup_steps=100,
+        steps_per_eval=500,
+    ),
+    description="iLRM small: 64x64, width 128, 4 layers; trains on a CPU in minutes.",
+)

@@ -1,0 +1,232 @@
+"""The nerfstudio model: runs the iLRM network on a batch's context views, renders its targets.
+
+A `SplatfactoModel` subclass so that nerfstudio's viewer and exporter recognise it; its
+CUDA-only construction (random points, torchmetrics AlexNet download) and rendering are replaced.
+Besides the network, the model holds one scene's Gaussians in `gauss_params` (Splatfacto's layout)
+for the tools that render a single scene (viewer, ns-render, ns-export).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Type
+
+import torch
+import torch.nn.functional as F
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
+from torch import Tensor, nn
+
+from .baselines import mean_color_baseline, nearest_view_baseline
+from .cameras import opengl_to_opencv, to_homogeneous
+from .gaussians import Gaussians
+from .metrics import load_perceptual, psnr, ssim
+from .network import ILRM, SH_C0, ILRMNetworkConfig
+from .rendering import render
+
+
+@dataclass
+class ILRMModelConfig(SplatfactoModelConfig):
+    _target: Type = field(default_factory=lambda: ILRMModel)
+    network: ILRMNetworkConfig = field(default_factory=ILRMNetworkConfig)
+    """The network; its sh_degree is set from this config's sh_degree."""
+    sh_degree: int = 0
+    lpips_weight: float = 0.5
+    """Weight of the LPIPS-VGG term in the loss (0: MSE only, needs no VGG weights)."""
+    background_color: Literal["random", "black", "white"] = "white"
+    bf16: bool = True
+    """bf16 autocast for the network on CUDA (never on CPU, where bf16 matmuls are slow)."""
+    render_backend: Literal["auto", "gsplat", "torch"] = "auto"
+    """"auto": gsplat on CUDA, our PyTorch rasterizer on CPU."""
+
+
+class ILRMModel(SplatfactoModel):
+    config: ILRMModelConfig
+
+    def populate_modules(self):
+        network_config = dataclasses.replace(self.config.network, sh_degree=self.config.sh_degree)
+        self.network = ILRM(network_config)
+        self.gauss_params = nn.ParameterDict()
+        self.set_scene_gaussians(None)
+        self.crop_box = None
+        self.background_color = self._fixed_background()
+        self.step = 0
+        # Not a submodule: the frozen VGG must not land in checkpoints.
+        self._perceptual = [None]
+
+    # -- the scene held for single-scene tools ---------------------------------------------------
+
+    def set_scene_gaussians(self, gaussians: Gaussians | None, trainable: bool = False) -> None:
+        """Store one scene's Gaussians (unbatched) in Splatfacto's parameter layout."""
+        K = (self.config.sh_degree + 1) ** 2
+        if gaussians is None:
+            gaussians = Gaussians(torch.zeros(0, 3), torch.ones(0, 3), torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, K, 3))
+        g = gaussians.map(lambda t: t.detach().float())
+        params = {
+            "means": g.means,
+            "scales": torch.log(g.scales),
+            "quats": F.normalize(g.quats, dim=-1) if len(g) else g.quats,
+            "features_dc": g.sh[:, 0],
+            "features_rest": g.sh[:, 1:],
+            "opacities": torch.logit(g.opacities.clamp(1e-6, 1 - 1e-6))[:, None],
+        }
+        for name, value in params.items():
+            self.gauss_params[name] = nn.Parameter(value.contiguous(), requires_grad=trainable)
+
+    def scene_gaussians(self) -> Gaussians:
+        return Gaussians(
+            means=self.means,
+            scales=torch.exp(self.scales),
+            quats=self.quats,
+            opacities=torch.sigmoid(self.opacities[:, 0]),
+            sh=torch.cat([self.features_dc[:, None], self.features_rest], dim=1),
+        )
+
+    # features_dc always holds SH coefficients (Splatfacto stores color logits when sh_degree = 0).
+    @property
+    def colors(self):
+        return torch.clamp_min(0.5 + SH_C0 * self.features_dc, 0.0)
+
+    @property
+    def shs_0(self):
+        return self.features_dc
+
+    def load_state_dict(self, state_dict, **kwargs):  # type: ignore[override]
+        # The stored scene may have any number of Gaussians: resize before loading.
+        if "gauss_params.means" in state_dict:
+            for name, param in self.gauss_params.items():
+                shape = state_dict[f"gauss_params.{name}"].shape
+                self.gauss_params[name] = nn.Parameter(param.new_zeros(shape), requires_grad=param.requires_grad)
+        return nn.Module.load_state_dict(self, state_dict, **kwargs)
+
+    # -- nerfstudio hooks --------------------------------------------------------------------------
+
+    def get_param_groups(self):
+        return {"network": list(self.network.parameters())}
+
+    def get_training_callbacks(self, training_callback_attributes):
+        from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+
+        def remember_step(step: int) -> None:
+            self.step = step
+
+        return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], remember_step)]
+
+    def step_post_backward(self, step):  # no densification strategy
+        pass
+
+    def _fixed_background(self) -> Tensor:
+        return torch.zeros(3) if self.config.background_color == "black" else torch.ones(3)
+
+    def _get_background_color(self) -> Tensor:
+        if self.config.background_color == "random" and self.training:
+            return torch.rand(3, device=self.device)
+        return self.background_color.to(self.device)
+
+    # -- forward -----------------------------------------------------------------------------------
+
+    def reconstruct(self, images: Tensor, c2w: Tensor, K: Tensor) -> Gaussians:
+        """Context views [B, V, 3, H, W] with cameras -> batched Gaussians (fp32)."""
+        use_bf16 = self.config.bf16 and images.is_cuda
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            return self.network(images, c2w, K)
+
+    def render_views(self, gaussians: Gaussians, c2w: Tensor, K: Tensor, height: int, width: int) -> dict[str, Tensor]:
+        """Render one scene's Gaussians into cameras c2w [C, 4, 4] (OpenCV), K [C, 3, 3]."""
+        out = render(gaussians, c2w, K, width, height, self._get_background_color(), backend=self.config.render_backend)
+        return {"rgb": out.rgb.clamp(0, 1), "accumulation": out.alpha, "depth": out.depth}
+
+    def get_outputs(self, inputs: dict | Cameras) -> dict:
+        """A batch dict (feed-forward: contexts in, target renders out) or nerfstudio `Cameras`
+        (render the stored scene, for the viewer and ns-render)."""
+        if isinstance(inputs, Cameras):
+            return self.render_cameras(inputs)
+        batch = inputs
+        gaussians = self.reconstruct(batch["context_images"], batch["context_c2w"], batch["context_K"])
+        H, W = batch["target_images"].shape[-2:]
+        per_scene = [
+            self.render_views(gaussians.map(lambda t: t[b]), batch["target_c2w"][b], batch["target_K"][b], H, W)
+            for b in range(len(batch["target_c2w"]))
+        ]
+        outputs = {key: torch.stack([o[key] for o in per_scene]) for key in per_scene[0]}  # [B, T, H, W, c]
+        outputs["gaussians"] = gaussians
+        return outputs
+
+    def render_cameras(self, camera: Cameras) -> dict:
+        camera = camera.to(self.device)
+        c2w = opengl_to_opencv(to_homogeneous(camera.camera_to_worlds.reshape(-1, 3, 4)))
+        K = camera.get_intrinsics_matrices().reshape(-1, 3, 3)
+        W, H = int(camera.width.reshape(-1)[0]), int(camera.height.reshape(-1)[0])
+        gaussians = self.scene_gaussians()
+        if self.crop_box is not None and not self.training:
+            gaussians = gaussians.map(lambda t: t[self.crop_box.within(gaussians.means).squeeze()])
+        out = self.render_views(gaussians, c2w[:1], K[:1], H, W)
+        return {
+            "rgb": out["rgb"][0],
+            "accumulation": out["accumulation"][0],
+            "depth": out["depth"][0],
+            "background": self._get_background_color(),
+        }
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> dict:
+        self.set_crop(obb_box)
+        return self.render_cameras(camera)
+
+    # -- losses and metrics ----------------------------------------------------------------------
+
+    def perceptual(self):
+        """LPIPS-VGG, loaded on first use; None when the loss does not use it and it cannot load."""
+        if self._perceptual[0] is None:
+            self._perceptual[0] = load_perceptual(required=self.config.lpips_weight > 0)
+            if self._perceptual[0] is not None:
+                self._perceptual[0] = self._perceptual[0].to(self.device)
+        return self._perceptual[0]
+
+    @staticmethod
+    def _flat_targets(outputs: dict, batch: dict) -> tuple[Tensor, Tensor]:
+        """Renders and ground truth as [B*T, 3, H, W]."""
+        pred = outputs["rgb"].flatten(0, 1).permute(0, 3, 1, 2)
+        return pred, batch["target_images"].flatten(0, 1)
+
+    def get_metrics_dict(self, outputs, batch) -> dict:
+        pred, gt = self._flat_targets(outputs, batch)
+        return {"psnr": psnr(pred.detach(), gt).mean(), "num_gaussians": float(outputs["gaussians"].means.shape[1])}
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict:
+        pred, gt = self._flat_targets(outputs, batch)
+        losses = {"mse_loss": F.mse_loss(pred, gt)}
+        if self.config.lpips_weight > 0:
+            losses["lpips_loss"] = self.config.lpips_weight * self.perceptual()(pred, gt).mean()
+        return losses
+
+    @torch.no_grad()
+    def scene_metrics(self, outputs: dict, batch: dict) -> list[dict[str, float]]:
+        """Per scene of the batch: PSNR, SSIM (and LPIPS when its weights load) averaged over the
+        target views, and the PSNR of two trivial baselines on the same targets."""
+        B, T = batch["target_images"].shape[:2]
+        pred, gt = self._flat_targets(outputs, batch)
+        values = {"psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
+        perceptual = self.perceptual()
+        if perceptual is not None:
+            values["lpips"] = perceptual(pred, gt).reshape(-1)
+        baselines = {
+            "baseline_mean_color_psnr": mean_color_baseline(batch["context_images"], T),
+            "baseline_nearest_view_psnr": nearest_view_baseline(batch["context_images"], batch["context_c2w"], batch["target_c2w"]),
+        }
+        for name, images in baselines.items():
+            values[name] = psnr(images.flatten(0, 1), gt)
+        per_scene = {name: v.reshape(B, T).mean(1) for name, v in values.items()}
+        return [{name: float(v[b]) for name, v in per_scene.items()} | {"scene": batch["scene"][b]} for b in range(B)]
+
+    def get_image_metrics_and_images(self, outputs: dict, batch: dict):
+        metrics = self.scene_metrics(outputs, batch)[0]
+        metrics.pop("scene")
+        # Targets side by side: ground truth on top, render below.
+        gt = batch["target_images"][0].permute(0, 2, 3, 1)  # [T, H, W, 3]
+        pred = outputs["rgb"][0]
+        image = torch.cat([torch.cat(list(gt), dim=1), torch.cat(list(pred), dim=1)], dim=0)
+        depth = outputs["depth"][0]
+        depth = torch.cat(list(depth / depth.amax().clamp_min(1e-6)), dim=1).expand(-1, -1, 3)
+        return metrics, {"img": image, "depth": depth}
