@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"[demo] 1/3 generating {args.num_scenes} scenes in {args.data}", flush=True)
-    generate_dataset(args.data, num_scenes=args.num_scenes)
+    generate_dataset(args.data, num_scenes=args.num_scenes, progress=True)
     print("[demo] 2/3 training ilrm-small on the CPU", flush=True)
     run = train(args.data, args.workdir, args.steps, extra)
     print("[demo] 3/3 reconstructing held-out scenes", flush=True)

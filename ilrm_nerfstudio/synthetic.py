@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import colorsys
 import ctypes
+import functools
 import json
 import multiprocessing as mp
 import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +149,8 @@ def _light(rng: np.random.Generator) -> np.ndarray:
 
 
 class _ObjectBuilder:
-    """Collects primitives; each object is one primitive resting on z = floor_z (or stacked)."""
+    """Collects primitives. Objects stand on z = 0 (floor or ground); some spheres float or sit
+    on a box. Footprints (x, y, radius) keep objects apart and away from camera paths."""
 
     def __init__(self, scene: Scene):
         self.scene = scene
@@ -244,10 +245,13 @@ def _make_room(rng: np.random.Generator, scene: Scene) -> None:
         yaw0 = rng.uniform(0, 2 * np.pi)
     motion = yaw0 + np.deg2rad(rng.choice([0.0, 0.0, 45.0, -45.0, 90.0, -90.0]) + rng.uniform(-15, 15))
     length = rng.uniform(0.6, 1.8)
-    # Walk the other way if a wall cuts the walk short: the views need a real baseline.
-    ends = [np.clip(start + sign * length * np.array([np.cos(motion), np.sin(motion)]), lo, hi)
-            for sign in (1.0, -1.0)]
-    end = ends[0] if np.linalg.norm(ends[0] - start) >= min(0.5, np.linalg.norm(ends[1] - start)) else ends[1]
+    # If a wall cuts the walk short, walk the other way or towards the room center: the views
+    # need a real baseline (>= 0.5 m).
+    to_center = -start / max(np.linalg.norm(start), 1e-9)
+    heading = np.array([np.cos(motion), np.sin(motion)])
+    ends = [np.clip(start + length * direction, lo, hi) for direction in (heading, -heading, to_center)]
+    moved = [np.linalg.norm(e - start) for e in ends]
+    end = next((e for e, m in zip(ends, moved) if m >= 0.5), ends[int(np.argmax(moved))])
     height = rng.uniform(1.2, 1.7)
     scene.trajectory = dict(
         kind="walk",
@@ -521,13 +525,12 @@ def _bounds(scene: Scene):
         items.append((c, r, hit, m, True))
     for c, h, yaw, m, shadow in zip(scene.box_center, scene.box_half, scene.box_yaw,
                                     scene.box_material, scene.box_shadow):
-        items.append((c, float(np.linalg.norm(h)), lambda o, d, full=True, c=c, h=h, y=yaw: _box_hit(o, d, c, h, y, full),
-                      m, bool(shadow)))
+        hit = functools.partial(_box_hit, center=c, half=h, yaw=yaw)
+        items.append((c, float(np.linalg.norm(h)), hit, m, bool(shadow)))
     for c, r, z, m in zip(scene.cyl_center, scene.cyl_radius, scene.cyl_z, scene.cyl_material):
+        hit = functools.partial(_cylinder_hit, center_xy=c, radius=r, z_range=z)
         center = np.array([c[0], c[1], (z[0] + z[1]) / 2])
-        radius = float(np.hypot(r, (z[1] - z[0]) / 2))
-        items.append((center, radius, lambda o, d, full=True, c=c, r=r, z=z: _cylinder_hit(o, d, c, r, z, full),
-                      m, True))
+        items.append((center, float(np.hypot(r, (z[1] - z[0]) / 2)), hit, m, True))
     return items
 
 
@@ -635,7 +638,7 @@ def _occluded(scene: Scene, points: np.ndarray, direction: np.ndarray) -> np.nda
         idx = np.nonzero((du * du + dv * dv < radius * radius) & (w < direction @ center + radius))[0]
         if len(idx):
             with np.errstate(divide="ignore", invalid="ignore"):
-                blocked[idx] |= np.isfinite(hit(points[:, idx], direction, False)[0])
+                blocked[idx] |= np.isfinite(hit(points[:, idx], direction, full=False)[0])
     return blocked
 
 
@@ -931,6 +934,9 @@ def generate_dataset(output: Path, num_scenes: int = 300, seed: int = 0, height:
         (output / sub).mkdir(exist_ok=True)
     report_every = max(1, num_scenes // 10)
     infos = []
+    if progress:
+        print(f"Generating {num_scenes} scenes x {frames_per_scene} frames at {height}x{width} "
+              f"(h x w) into {output} (seed {seed}, {workers} workers)", flush=True)
 
     def note(done: int) -> None:
         if progress and (done % report_every == 0 or done == num_scenes):
@@ -943,10 +949,11 @@ def generate_dataset(output: Path, num_scenes: int = 300, seed: int = 0, height:
             infos.append(_write_scene(job))
             note(len(infos))
     else:
-        # fork (where available and safe: no other Python threads) avoids re-importing in every
-        # worker; results do not depend on which worker renders which scene.
-        fork_ok = "fork" in mp.get_all_start_methods() and threading.active_count() == 1
-        method = "fork" if fork_ok else "spawn"
+        # fork where available: workers need no re-import and callers' scripts need no
+        # `if __name__ == "__main__"` guard (spawn re-runs the main module in every worker). The
+        # workers only run numpy, so forking a process that holds torch threads is harmless.
+        # Results do not depend on which worker renders which scene.
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         with mp.get_context(method).Pool(min(workers, num_scenes), initializer=_worker_init) as pool:
             for info in pool.imap_unordered(_write_scene, jobs):
                 infos.append(info)
@@ -969,24 +976,21 @@ def generate_dataset(output: Path, num_scenes: int = 300, seed: int = 0, height:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="ilrm-generate-data",
-        description="Generate the procedural multi-view data set (nerfstudio format, exact poses).")
+        prog="ilrm-generate-data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Generate the procedural multi-view data set (nerfstudio format, exact poses). "
+                    "Re-running with the same arguments reuses an existing data set.")
     parser.add_argument("--output", type=Path, required=True, help="directory to write")
-    parser.add_argument("--num-scenes", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--height", type=int, default=64)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--frames-per-scene", type=int, default=24)
-    parser.add_argument("--test-fraction", type=float, default=0.1)
+    parser.add_argument("--num-scenes", type=int, default=300, help="number of scenes")
+    parser.add_argument("--seed", type=int, default=0, help="same seed -> identical files")
+    parser.add_argument("--height", type=int, default=64, help="image height in pixels")
+    parser.add_argument("--width", type=int, default=64, help="image width in pixels")
+    parser.add_argument("--frames-per-scene", type=int, default=24, help="views per scene")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of test scenes")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a data set previously generated here with other arguments")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     ns = parser.parse_args(argv)
-    if not ns.quiet:
-        print(f"Generating {ns.num_scenes} scenes x {ns.frames_per_scene} frames at "
-              f"{ns.height}x{ns.width} into {ns.output} (seed {ns.seed}, {ns.workers} workers)",
-              flush=True)
     try:
         summary = generate_dataset(ns.output, num_scenes=ns.num_scenes, seed=ns.seed,
                                    height=ns.height, width=ns.width,
