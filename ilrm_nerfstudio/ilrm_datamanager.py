@@ -1,124 +1,270 @@
 """Data manager: batches of scenes, each with context views (the network's input) and target
-views (what the loss compares renders with), cameras normalized per sample."""
+views (what the loss compares renders with), cameras normalized per sample.
+
+`--data` may be torch chunks (RE10K, ACID), a folder of nerfstudio scenes (DL3DV ...), a folder of
+opencv_cameras.json scenes or a single capture (ns-process-data / COLMAP); see `sources.py`.
+Frames are loaded in background processes (`num_workers`); view sampling is in `samplers.py`.
+"""
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Type
 
 import torch
+import torch.distributed as dist
 from nerfstudio.data.datamanagers.base_datamanager import DataManager, DataManagerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .cameras import normalize_poses
-from .scenes import Scene, SceneError, find_scene_dirs, load_nerfstudio_scene, load_view
+from .samplers import (
+    StepBatchSampler,
+    StepRef,
+    flip_horizontal,
+    gap_range,
+    holdout_episodes,
+    holdout_frames,
+    kmeans_views,
+    load_index,
+    sample_bounded,
+    sample_multiview,
+    shard_indices,
+    wide_coverage_views,
+)
+from .scenes import Scene, SceneError, load_view_uint8
+from .sources import (
+    ChunkCache,
+    LoadOptions,
+    SceneEntry,
+    SourceKind,
+    chunk_entries,
+    detect_source,
+    folder_entries,
+    has_split,
+    load_single_scene,
+)
+
+# Kept for callers of the earlier API: the bounded sampler.
+sample_views = sample_bounded
 
 
-def sample_views(
-    num_frames: int, num_context: int, num_target: int, min_gap: int, max_gap: int, generator: torch.Generator | None
-) -> tuple[list[int], list[int]]:
-    """Pick context and target frame indices from a window of consecutive frames.
+def log_line(message: str, style: str | None = "yellow") -> None:
+    """One console line (no wrapping, no markup: messages hold paths)."""
+    CONSOLE.print(message, style=style, soft_wrap=True, markup=False, highlight=False)
 
-    The first and last frame of the window are contexts (plus evenly spaced extra contexts), the
-    targets lie inside the window and are never contexts. With `generator=None` the choice is
-    deterministic (evaluation): the widest allowed window, centered in the sequence.
-    """
-    needed = num_context + num_target
-    if num_frames < needed:
-        raise SceneError(f"{num_frames} frames, but {num_context} context + {num_target} target views are needed")
-    low = max(min(min_gap, num_frames - 1), needed - 1)
-    high = max(min(max_gap, num_frames - 1), low)
-    if generator is None:
-        gap, start = high, (num_frames - 1 - high) // 2
-    else:
-        gap = int(torch.randint(low, high + 1, (1,), generator=generator))
-        start = int(torch.randint(0, num_frames - gap, (1,), generator=generator))
-    window = list(range(start, start + gap + 1))
-    context = sorted({window[round(i * gap / max(num_context - 1, 1))] for i in range(num_context)})
-    candidates = [i for i in window if i not in context]
-    if len(context) < num_context or len(candidates) < num_target:  # tiny windows: fall back to spread frames
-        raise SceneError(f"cannot fit {num_context} contexts and {num_target} targets in a window of {gap + 1} frames")
-    if generator is None:
-        targets = [candidates[round(i * (len(candidates) - 1) / max(num_target - 1, 1))] for i in range(num_target)]
-        targets = sorted(set(targets)) if len(set(targets)) == num_target else candidates[:num_target]
-    else:
-        targets = sorted(candidates[i] for i in torch.randperm(len(candidates), generator=generator)[:num_target])
-    return context, targets
+
+def clean_error(error: BaseException) -> str:
+    """The message of an error, without the worker traceback DataLoader wraps around it."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    last = lines[-1] if len(lines) > 1 and "Traceback" in str(error) else str(error).strip()
+    for prefix in ("ilrm_nerfstudio.scenes.SceneError: ", "SceneError: "):
+        if last.startswith(prefix):
+            last = last[len(prefix) :]
+    return last
+
+
+@dataclass
+class Episode:
+    """One sample of a dataset: a scene entry and, when fixed (index files, single-scene
+    hold-out), its context and target frames; None means "sample them"."""
+
+    entry: int
+    name: str
+    context: list[int] | None = None
+    target: list[int] | None = None
 
 
 class ContextTargetDataset(Dataset):
-    """Item i: scene i with sampled context/target views, images at the configured size and
-    cameras normalized to the average context camera."""
+    """Training items are keys `(episode, step, seed, num_context)` from `StepBatchSampler`;
+    evaluation items are episode numbers. Each item: sampled context/target views, images at the
+    configured size and cameras normalized to the average context camera."""
 
-    def __init__(self, scenes: list[Scene], config: "ILRMDataManagerConfig", deterministic: bool):
-        self.scenes, self.config, self.deterministic = scenes, config, deterministic
-        self.load_view = functools.lru_cache(maxsize=config.cache_frames)(self._load_view)
+    def __init__(
+        self,
+        entries: list[SceneEntry | Scene],
+        config: "ILRMDataManagerConfig",
+        deterministic: bool,
+        episodes: list[Episode] | None = None,
+    ):
+        self.entries = [e if isinstance(e, SceneEntry) else SceneEntry(e.name, e.name, scene=e) for e in entries]
+        self.config, self.deterministic = config, deterministic
+        self.episodes = episodes if episodes is not None else [Episode(i, e.name) for i, e in enumerate(self.entries)]
+        self.chunks = ChunkCache(config.chunk_cache_size)
+        self._frames: OrderedDict = OrderedDict()
+
+    def __getstate__(self):  # a loader process starts with empty caches
+        state = self.__dict__.copy()
+        state["_frames"] = OrderedDict()
+        return state
 
     def __len__(self) -> int:
-        return len(self.scenes)
+        return len(self.episodes)
 
-    def _load_view(self, scene_index: int, frame: int) -> tuple[Tensor, Tensor]:
-        return load_view(self.scenes[scene_index], frame, self.config.image_height, self.config.image_width)
+    @property
+    def scenes(self) -> list[Scene]:
+        """The loaded scenes (chunk scenes are read on demand and not listed)."""
+        return [e.scene for e in self.entries if e.scene is not None]
 
-    def sample(self, index: int, generator: torch.Generator | None) -> dict:
-        cfg, scene = self.config, self.scenes[index]
-        context, targets = sample_views(
-            len(scene), cfg.num_context_views, cfg.num_target_views, cfg.min_frame_gap, cfg.max_frame_gap, generator
-        )
-        views = [self.load_view(index, i) for i in context + targets]
-        images = torch.stack([image for image, _ in views])
+    @property
+    def eval_context_views(self) -> int:
+        return self.config.eval_context_views or self.config.num_context_views
+
+    def resolve(self, entry_index: int) -> Scene:
+        entry = self.entries[entry_index]
+        if entry.scene is not None:
+            return entry.scene
+        scene = self.chunks.scene(entry.name, entry.chunk)
+        scene.check_poses()
+        return scene
+
+    def load_frame(self, entry_index: int, scene: Scene, frame: int) -> tuple[Tensor, Tensor]:
+        key = (entry_index, frame)
+        if key in self._frames:
+            self._frames.move_to_end(key)
+            return self._frames[key]
+        value = load_view_uint8(scene, frame, self.config.image_height, self.config.image_width)
+        if self.config.cache_frames > 0:
+            self._frames[key] = value
+            while len(self._frames) > self.config.cache_frames:
+                self._frames.popitem(last=False)
+        return value
+
+    def choose_views(self, scene: Scene, episode: Episode, generator: torch.Generator | None, step: int, num_context: int) -> tuple[list[int], list[int]]:
+        cfg = self.config
+        if episode.context is not None:
+            for i in episode.context + episode.target:
+                if not 0 <= i < len(scene):
+                    raise SceneError(f"scene {scene.name}: the view list asks for frame {i}, but the scene has {len(scene)} frames")
+            return list(episode.context), list(episode.target)
+        if generator is None:  # evaluation
+            if cfg.eval_protocol == "wide":
+                return wide_coverage_views(scene.c2w, self.eval_context_views, cfg.wide_target_interval)
+            return sample_bounded(len(scene), self.eval_context_views, cfg.num_target_views, cfg.min_frame_gap, cfg.max_frame_gap, None)
+        low, high = gap_range(step, cfg.min_frame_gap, cfg.max_frame_gap, cfg.warmup_steps, cfg.initial_min_frame_gap, cfg.initial_max_frame_gap)
+        if cfg.view_sampler == "multiview":
+            return sample_multiview(scene.c2w, num_context, cfg.num_target_views, low, high, generator)
+        return sample_bounded(len(scene), num_context, cfg.num_target_views, low, high, generator)
+
+    def sample(self, episode: Episode, generator: torch.Generator | None, step: int = 0, num_context: int | None = None) -> dict:
+        cfg = self.config
+        num_context = num_context or cfg.num_context_views
+        name = self.entries[episode.entry].name
+        try:
+            scene = self.resolve(episode.entry)
+            context, targets = self.choose_views(scene, episode, generator, step, num_context)
+            views = [self.load_frame(episode.entry, scene, i) for i in context + targets]
+        except SceneError as error:
+            message = str(error)
+            raise SceneError(message if name in message else f"scene {name}: {message}") from None
+        images = torch.stack([image for image, _ in views]).float() / 255.0
         K = torch.stack([k for _, k in views])
         context_c2w, target_c2w, _ = normalize_poses(scene.c2w[context].double(), scene.c2w[targets].double())
         V = len(context)
+        if generator is not None and cfg.flip_probability > 0 and float(torch.rand((), generator=generator)) < cfg.flip_probability:
+            images, c2w, K = flip_horizontal(images, torch.cat([context_c2w, target_c2w]), K)
+            context_c2w, target_c2w = c2w[:V], c2w[V:]
         return {
-            "scene": scene.name,
-            "context_indices": torch.tensor(context),
-            "target_indices": torch.tensor(targets),
+            "scene": episode.name,
+            "context_indices": torch.tensor([scene.frame_id(i) for i in context]),
+            "target_indices": torch.tensor([scene.frame_id(i) for i in targets]),
             "context_images": images[:V],  # [V, 3, H, W]
             "context_c2w": context_c2w.float(),  # [V, 4, 4]
-            "context_K": K[:V],  # [V, 3, 3]
+            "context_K": K[:V].float(),  # [V, 3, 3]
             "target_images": images[V:],  # [T, 3, H, W]
             "target_c2w": target_c2w.float(),
-            "target_K": K[V:],
+            "target_K": K[V:].float(),
         }
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
         if self.deterministic:
-            return self.sample(index, None)
-        # Training: a bad scene is skipped (one line naming it) and another one drawn instead.
-        for _ in range(10):
-            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+            return self.sample(self.episodes[int(key)], None)
+        if isinstance(key, int):  # plain index (e.g. a default sampler): step 0, fresh seed
+            key = (key, 0, int(torch.randint(0, 2**62, (1,))), self.config.num_context_views)
+        episode_index, step, seed, num_context = key
+        generator = torch.Generator().manual_seed(int(seed))
+        skipped, last = 0, ""
+        for _ in range(max(1, self.config.max_sample_attempts)):
             try:
-                return self.sample(index, generator)
+                item = self.sample(self.episodes[episode_index], generator, step, num_context)
+                item["num_skipped"] = skipped
+                return item
             except SceneError as error:
-                CONSOLE.print(f"[yellow]skipping a sample of scene {self.scenes[index].name}: {error}")
-                index = int(torch.randint(0, len(self.scenes), (1,)))
-        raise SceneError("10 samples in a row failed to load; see the messages above")
+                # Training: the sample is skipped (one line naming scene and frame), another drawn.
+                skipped, last = skipped + 1, str(error)
+                log_line(f"skipping a training sample: {error}")
+                episode_index = int(torch.randint(0, len(self.episodes), (1,), generator=generator))
+        raise SceneError(f"{skipped} training samples in a row could not be loaded (last: {last}); check the data")
 
 
 @dataclass
 class ILRMDataManagerConfig(DataManagerConfig):
     _target: Type = field(default_factory=lambda: ILRMDataManager)
+    source: SourceKind = "auto"
+    """What --data is: "chunks" (RE10K/ACID torch chunks), "nerfstudio-scenes" (folder of
+    transforms.json scenes, DL3DV), "opencv-scenes" (opencv_cameras.json scenes), "single-scene"
+    (one ns-process-data / COLMAP capture); "auto" detects it from the folder."""
     image_height: int = 256
     image_width: int = 256
     num_context_views: int = 2
     num_target_views: int = 4
     scenes_per_batch: int = 4
+    view_sampler: Literal["bounded", "multiview", "index"] = "bounded"
+    """Training views: "bounded" (contexts a bounded frame gap apart, targets between), "multiview"
+    (a random number of contexts in [min_context_views, max_context_views], extras by
+    farthest-point sampling on camera centers), "index" (fixed views from train_index)."""
     min_frame_gap: int = 4
     """Smallest number of frames between the first and last context view."""
     max_frame_gap: int = 16
+    warmup_steps: int = 0
+    """Steps over which the frame-gap range grows linearly from the initial gaps to the final ones."""
+    initial_min_frame_gap: int | None = None
+    """Smallest gap at step 0 (None: min_frame_gap, no warm-up)."""
+    initial_max_frame_gap: int | None = None
+    """Largest gap at step 0 (None: max_frame_gap, no warm-up)."""
+    min_context_views: int | None = None
+    """multiview sampler: fewest context views per batch (None: num_context_views)."""
+    max_context_views: int | None = None
+    """multiview sampler: most context views per batch (None: num_context_views)."""
+    train_index: Path | None = None
+    """Index file {scene: {"context": [...], "target": [...]}} for view_sampler="index"."""
+    flip_probability: float = 0.0
+    """Probability of mirroring a training sample left-right (images and cameras)."""
     train_split: str = "train"
     eval_split: str = "test"
+    eval_index: Path | None = None
+    """Evaluate on the views of this index file (null entries skipped) instead of sampled ones."""
+    eval_protocol: Literal["sequence", "wide"] = "sequence"
+    """"sequence": contexts max_frame_gap apart, targets between (deterministic); "wide": every
+    wide_target_interval-th frame a target, contexts by k-means over camera position/direction."""
+    eval_context_views: int | None = None
+    """Context views in evaluation (None: num_context_views); e.g. 16 or 32 for the wide protocol."""
+    wide_target_interval: int = 8
     num_eval_scenes: int | None = None
     """Evaluate on the first N held-out scenes only (None: all)."""
-    num_workers: int = 0
-    """Background loader processes (0: load in the training process)."""
-    cache_frames: int = 4096
-    """Decoded frames kept in memory per loader process."""
+    holdout_interval: int = 8
+    """Single scene: every N-th frame (0, N, 2N, ...) is held out for evaluation."""
+    image_folder: str = "auto"
+    """Scene folders: "images", a downscaled copy such as "images_4" (DL3DV), or "auto" (the most
+    downscaled copy that still covers the image size)."""
+    distortion: Literal["undistort", "ignore"] = "undistort"
+    """Lens distortion in transforms.json / COLMAP: remove it when reading frames, or ignore it."""
+    num_workers: int = 2
+    """Background loader processes for training (0: load in the training process)."""
+    eval_num_workers: int = 0
+    """Background loader processes for evaluation."""
+    cache_frames: int = 1024
+    """Decoded frames (uint8, at the training size) kept in memory per loader process."""
+    chunk_cache_size: int = 2
+    """Torch chunks (~100 MB each for RE10K) kept in memory per loader process."""
+    seed: int = 0
+    max_sample_attempts: int = 10
+    """Training: bad samples in a row (each skipped with a logged line) before giving up."""
 
 
 class ILRMDataManager(DataManager):
@@ -134,63 +280,239 @@ class ILRMDataManager(DataManager):
         **kwargs,
     ):
         self.config, self.device, self.test_mode = config, device, test_mode
+        if dist.is_available() and dist.is_initialized():  # the global rank, also across machines
+            world_size, local_rank = dist.get_world_size(), dist.get_rank()
         self.world_size, self.local_rank = world_size, local_rank
-        if config.num_context_views < 1 or config.num_target_views < 1:
-            raise SceneError("num_context_views and num_target_views must be at least 1")
-        train_scenes, eval_scenes = [], []
+        self.step_ref = StepRef()
+        self.skipped_samples = 0
+        self.skipped_scenes: list[str] = []
+        self.skipped_eval_scenes: list[str] = []
+        self.missing_eval_scenes: list[str] = []
+        self._last_skip_report: int | None = None
+        self.check_config()
+        self.source = "none"
+        train, evaluation = ([], []), ([], [])
         if test_mode != "inference":
-            train_scenes = self.load_scenes(config.train_split)[local_rank::world_size]
-            eval_scenes = self.load_scenes(config.eval_split)[: config.num_eval_scenes]
-        self.train_dataset = ContextTargetDataset(train_scenes, config, deterministic=False)
-        self.eval_dataset = ContextTargetDataset(eval_scenes, config, deterministic=True)
+            if config.data is None:
+                raise SceneError("no data given: pass --data <folder>")
+            self.source = detect_source(config.data, config.train_split) if config.source == "auto" else config.source
+            if test_mode == "val":  # training; "test" (ns-eval, ilrm-eval) needs held-out data only
+                train = self.load_train()
+            evaluation = self.load_eval()
+        self.train_dataset = ContextTargetDataset(train[0], config, deterministic=False, episodes=train[1])
+        self.eval_dataset = ContextTargetDataset(evaluation[0], config, deterministic=True, episodes=evaluation[1])
         super().__init__()
 
-    def load_scenes(self, split: str) -> list[Scene]:
-        if self.config.data is None:
-            raise SceneError("no data given: pass --data <folder of scenes>")
-        needed = self.config.num_context_views + self.config.num_target_views
-        scenes = []
-        for scene_dir in find_scene_dirs(self.config.data, split):
-            scene = load_nerfstudio_scene(scene_dir)
-            if len(scene) < needed:
-                CONSOLE.print(f"[yellow]skipping scene {scene_dir}: {len(scene)} frames, {needed} needed")
+    # -- configuration and loading -------------------------------------------------------------
+
+    def check_config(self) -> None:
+        cfg = self.config
+        if cfg.num_context_views < 1 or cfg.num_target_views < 1:
+            raise SceneError("num_context_views and num_target_views must be at least 1")
+        if cfg.view_sampler == "index" and cfg.train_index is None:
+            raise SceneError("view_sampler='index' needs --pipeline.datamanager.train-index <index.json>")
+        low, high = self.context_range()
+        if low < 1 or high < low:
+            raise SceneError(f"context views must satisfy 1 <= min_context_views <= max_context_views (got {low}, {high})")
+        if not 0.0 <= cfg.flip_probability <= 1.0:
+            raise SceneError(f"flip_probability must be in [0, 1], got {cfg.flip_probability}")
+        gap_range(0, cfg.min_frame_gap, cfg.max_frame_gap)  # raises for min > max
+
+    def context_range(self) -> tuple[int, int]:
+        cfg = self.config
+        if cfg.view_sampler != "multiview":
+            return cfg.num_context_views, cfg.num_context_views
+        return cfg.min_context_views or cfg.num_context_views, cfg.max_context_views or cfg.num_context_views
+
+    def load_options(self) -> LoadOptions:
+        cfg = self.config
+        return LoadOptions(cfg.image_folder, (cfg.image_height, cfg.image_width), cfg.distortion, cfg.holdout_interval)
+
+    def rank_label(self) -> str:
+        return f"rank {self.local_rank}/{self.world_size}: " if self.world_size > 1 else ""
+
+    def entries(self, split: str, strict: bool) -> list[SceneEntry]:
+        cfg, options = self.config, self.load_options()
+        if self.source == "chunks":
+            return chunk_entries(cfg.data, split)
+        if self.source in ("nerfstudio-scenes", "opencv-scenes"):
+            entries, problems = folder_entries(cfg.data, split, self.source, options, strict, log=log_line)
+            self.skipped_scenes += problems
+            if not entries:
+                raise SceneError(f"{cfg.data}: no scene in split '{split}' could be loaded")
+            return entries
+        if self.source == "single-scene":
+            scene = load_single_scene(cfg.data, options)
+            return [SceneEntry(scene.name, scene.name, scene=scene)]
+        raise SceneError(f"unknown data source {self.source!r} (one of auto, chunks, nerfstudio-scenes, opencv-scenes, single-scene)")
+
+    def frames_needed(self, evaluation: bool) -> int:
+        if evaluation:
+            return (self.config.eval_context_views or self.config.num_context_views) + self.config.num_target_views
+        return self.context_range()[1] + self.config.num_target_views
+
+    def drop_short(self, entries: list[SceneEntry], needed: int, split: str, evaluation: bool) -> list[SceneEntry]:
+        """Loaded scenes with fewer frames than a sample needs are skipped with one line each
+        (chunk scenes are checked when sampled)."""
+        kept = []
+        for entry in entries:
+            if entry.scene is not None and len(entry.scene) < needed:
+                log_line(f"skipping scene {entry.name}: {len(entry.scene)} frames, {needed} needed")
+                (self.skipped_eval_scenes if evaluation else self.skipped_scenes).append(entry.name)
                 continue
-            scenes.append(scene)
-        if not scenes:
+            kept.append(entry)
+        if not kept:
             raise SceneError(f"{self.config.data}: no scene in split '{split}' has the {needed} frames a sample needs")
-        return scenes
+        return kept
+
+    def index_episodes(self, entries: list[SceneEntry], path: Path, evaluation: bool) -> list[Episode]:
+        index = load_index(path)
+        by_name = {e.name: i for i, e in enumerate(entries)}
+        episodes = [Episode(by_name[key], key, ctx, tgt) for key, (ctx, tgt) in index.items() if key in by_name]
+        missing = [key for key in index if key not in by_name]
+        if missing:
+            log_line(f"{path}: {len(missing)} of {len(index)} indexed scenes are not in the data (e.g. {missing[0]}); they are left out")
+            if evaluation:
+                self.missing_eval_scenes = missing
+        if not episodes:
+            raise SceneError(f"{path}: none of its {len(index)} scenes is in {self.config.data}")
+        # Chunk order (then key): each chunk is read once per pass.
+        episodes.sort(key=lambda ep: (entries[ep.entry].group, ep.name))
+        return episodes
+
+    def load_train(self) -> tuple[list[SceneEntry], list[Episode]]:
+        cfg = self.config
+        entries = self.entries(cfg.train_split, strict=False)
+        if self.source == "single-scene":
+            scene = entries[0].scene
+            train_frames, _ = holdout_frames(len(scene), cfg.holdout_interval)
+            entries = [SceneEntry(scene.name, scene.name, scene=scene.subset(train_frames))]
+        if cfg.view_sampler == "index":
+            episodes = self.index_episodes(entries, cfg.train_index, evaluation=False)
+        else:
+            entries = self.drop_short(entries, self.frames_needed(False), cfg.train_split, False)
+            episodes = [Episode(i, e.name) for i, e in enumerate(entries)]
+        # Several GPUs: each rank draws from its own shard (whole chunks when possible).
+        mine = shard_indices([entries[ep.entry].group for ep in episodes], self.local_rank, self.world_size)
+        if not mine:
+            raise SceneError(f"{self.rank_label()}no training scenes in this rank's shard ({len(episodes)} scenes for {self.world_size} ranks)")
+        episodes = [episodes[i] for i in mine]
+        if self.skipped_scenes:
+            log_line(f"{self.rank_label()}{len(self.skipped_scenes)} training scene(s) skipped (see the lines above)")
+        CONSOLE.print(f"{self.rank_label()}training data: {len(episodes)} scene(s) from {cfg.data} ({self.source})", soft_wrap=True, markup=False, highlight=False)
+        return entries, episodes
+
+    def load_eval(self) -> tuple[list[SceneEntry], list[Episode]]:
+        cfg = self.config
+        if self.source != "single-scene" and not has_split(cfg.data, self.source, cfg.eval_split) and has_split(cfg.data, self.source, cfg.train_split):
+            raise SceneError(f"{cfg.data}: no '{cfg.eval_split}' split folder next to '{cfg.train_split}' (set --pipeline.datamanager.eval-split)")
+        entries = self.entries(cfg.eval_split, strict=True)
+        if cfg.eval_index is not None:
+            episodes = self.index_episodes(entries, cfg.eval_index, evaluation=True)
+        elif self.source == "single-scene":
+            scene = entries[0].scene
+            train_frames, held_out = holdout_frames(len(scene), cfg.holdout_interval)
+            V = cfg.eval_context_views or cfg.num_context_views
+            if cfg.eval_protocol == "wide":
+                pairs = [(kmeans_views(scene.c2w, V, train_frames), held_out)]
+            else:
+                pairs = holdout_episodes(train_frames, held_out, V, cfg.num_target_views)
+            episodes = [Episode(0, f"{scene.name}#{k:03d}" if len(pairs) > 1 else scene.name, c, t) for k, (c, t) in enumerate(pairs)]
+        else:
+            if cfg.eval_protocol != "wide":
+                entries = self.drop_short(entries, self.frames_needed(True), cfg.eval_split, True)
+            episodes = [Episode(i, e.name) for i, e in enumerate(entries)]
+        return entries, episodes[: cfg.num_eval_scenes]
+
+    # -- training --------------------------------------------------------------------------------
 
     def setup_train(self):
-        sampler = RandomSampler(self.train_dataset, replacement=True, num_samples=2**62)
+        cfg = self.config
+        low, high = self.context_range()
+        groups = [self.train_dataset.entries[ep.entry].group for ep in self.train_dataset.episodes]
+        self.train_sampler_ = StepBatchSampler(
+            groups, cfg.scenes_per_batch, self.step_ref, seed=cfg.seed + 1009 * self.local_rank,
+            num_workers=cfg.num_workers, min_context=low, max_context=high,
+        )  # fmt: skip
         self.train_loader = DataLoader(
             self.train_dataset,
-            batch_size=self.config.scenes_per_batch,
-            sampler=sampler,
-            num_workers=self.config.num_workers,
-            persistent_workers=self.config.num_workers > 0,
+            batch_sampler=self.train_sampler_,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            collate_fn=default_collate,
         )
         self.train_iterator = iter(self.train_loader)
-
-    def setup_eval(self):
-        pass
 
     def to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def next_train(self, step: int) -> dict:
         self.train_count += 1
-        return self.to_device(next(self.train_iterator))
+        self.step_ref.step = step
+        try:
+            batch = next(self.train_iterator)
+        except SceneError as error:
+            raise SystemExit(f"ilrm: {clean_error(error)}") from None
+        skipped = int(batch.pop("num_skipped").sum())
+        self.skipped_samples += skipped
+        if skipped and (self._last_skip_report is None or step - self._last_skip_report >= 100):
+            self._last_skip_report = step  # the count, at most once per 100 steps
+            self.report_skipped()
+        if self.skipped_samples and step % 10 == 0:
+            from nerfstudio.utils import writer
+
+            writer.put_scalar("Train Data/skipped samples", self.skipped_samples, step)
+        return self.to_device(batch)
+
+    def report_skipped(self, final: bool = False) -> None:
+        if self.skipped_samples or final and self.skipped_scenes:
+            what = f"{self.skipped_samples} training sample(s) skipped" + (" in this run" if final else " so far")
+            scenes = f", {len(self.skipped_scenes)} scene(s) left out when loading" if self.skipped_scenes else ""
+            log_line(f"{self.rank_label()}data: {what}{scenes} (bad input, see the lines naming them)")
+
+    def get_training_callbacks(self, training_callback_attributes):
+        from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+
+        return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN], lambda step: self.report_skipped(final=True))]
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def setup_eval(self):
+        self.eval_batches = self.plan_eval_batches()
+
+    def episode_shape(self, episode: Episode) -> tuple[int, int] | None:
+        cfg = self.config
+        if episode.context is not None:
+            return len(episode.context), len(episode.target)
+        if cfg.eval_protocol == "wide":
+            return None  # the number of targets depends on the scene
+        return cfg.eval_context_views or cfg.num_context_views, cfg.num_target_views
+
+    def plan_eval_batches(self) -> list[list[int]]:
+        """Consecutive episodes with equal numbers of views, up to scenes_per_batch per batch."""
+        batches: list[list[int]] = []
+        previous = None
+        for i, episode in enumerate(self.eval_dataset.episodes):
+            shape = self.episode_shape(episode)
+            if batches and shape is not None and shape == previous and len(batches[-1]) < self.config.scenes_per_batch:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+            previous = shape
+        return batches
 
     def eval_batch(self, indices: list[int]) -> dict:
-        samples = [self.eval_dataset[i] for i in indices]
-        return self.to_device(torch.utils.data.default_collate(samples))
+        try:
+            samples = [self.eval_dataset[i] for i in indices]
+        except SceneError as error:
+            raise SceneError(f"evaluation: {clean_error(error)}") from None
+        return self.to_device(default_collate(samples))
 
     def next_eval(self, step: int) -> dict:
-        """A batch of held-out scenes (deterministic views), cycling through the split."""
-        n = len(self.eval_dataset)
-        start = (self.eval_count * self.config.scenes_per_batch) % n
+        """A batch of held-out scenes (deterministic views), cycling through them."""
+        batch = self.eval_batches[self.eval_count % len(self.eval_batches)]
         self.eval_count += 1
-        return self.eval_batch([(start + i) % n for i in range(min(self.config.scenes_per_batch, n))])
+        return self.eval_batch(batch)
 
     def next_eval_image(self, step: int) -> dict:
         """One held-out scene."""
@@ -198,11 +520,25 @@ class ILRMDataManager(DataManager):
         self.eval_count += 1
         return self.eval_batch([index])
 
-    def eval_scene_batches(self):
-        """Every held-out scene once, in batches."""
-        n, size = len(self.eval_dataset), self.config.scenes_per_batch
-        for start in range(0, n, size):
-            yield self.eval_batch(list(range(start, min(start + size, n))))
+    def eval_scene_batches(self, num_workers: int | None = None):
+        """Every held-out episode once, in batches (loaded by `eval_num_workers` processes)."""
+        workers = self.config.eval_num_workers if num_workers is None else num_workers
+        if workers <= 0:
+            for batch in self.eval_batches:
+                yield self.eval_batch(batch)
+            return
+        loader = DataLoader(self.eval_dataset, batch_sampler=self.eval_batches, num_workers=workers, collate_fn=default_collate)
+        iterator = iter(loader)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except SceneError as error:
+                raise SceneError(f"evaluation: {clean_error(error)}") from None
+            yield self.to_device(batch)
+
+    # -- nerfstudio hooks ------------------------------------------------------------------------
 
     def get_train_rays_per_batch(self) -> int:
         cfg = self.config
@@ -216,3 +552,4 @@ class ILRMDataManager(DataManager):
 
     def get_param_groups(self):
         return {}
+

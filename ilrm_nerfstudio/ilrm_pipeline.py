@@ -63,6 +63,10 @@ class ILRMPipeline(VanillaPipeline):
             grad_scaler=grad_scaler,
         )
         self.model.to(device)
+        if test_mode == "test":  # ns-viewer: the views of the scene the checkpoint holds (held_scene.py)
+            from .held_scene import attach_viewer_views
+
+            attach_viewer_views(self)
         if world_size > 1:
             self._model = typing.cast(Model, DDP(self._model, device_ids=[local_rank], find_unused_parameters=True))
             dist.barrier(device_ids=[local_rank])
@@ -108,11 +112,14 @@ class ILRMPipeline(VanillaPipeline):
         scenes. With `output_path`, also writes the renders and per-scene metrics there."""
         self.eval()
         per_scene = []
-        for batch in self.datamanager.eval_scene_batches():
-            outputs = self.model(batch)
-            per_scene += self.model.scene_metrics(outputs, batch)
-            if output_path is not None:
-                self.save_renders(outputs, batch, output_path)
+        try:
+            for batch in self.datamanager.eval_scene_batches():
+                outputs = self.model(batch)
+                per_scene += self.model.scene_metrics(outputs, batch)
+                if output_path is not None:
+                    self.save_renders(outputs, batch, output_path)
+        except SceneError as error:  # bad held-out data: name the scene and the problem, no traceback
+            raise SystemExit(f"ilrm: {error}") from None
         self.train()
         names = [k for k in per_scene[0] if k != "scene"]
         summary: dict[str, float] = {"num_scenes": float(len(per_scene))}

@@ -63,8 +63,8 @@ def test_opengl_poses_become_opencv(tmp_path):
     meta = json.loads((tmp_path / "s" / "transforms.json").read_text())
     gl = torch.tensor(meta["frames"][2]["transform_matrix"])
     # OpenCV looks along +z, OpenGL along -z: forward axes are opposite, positions equal
-    torch.testing.assert_close(scene.c2w[2, :3, 2], -gl[:3, 2])
-    torch.testing.assert_close(scene.c2w[2, :3, 3], gl[:3, 3])
+    torch.testing.assert_close(scene.c2w[2, :3, 2].float(), -gl[:3, 2])
+    torch.testing.assert_close(scene.c2w[2, :3, 3].float(), gl[:3, 3])
 
 
 @pytest.mark.parametrize(

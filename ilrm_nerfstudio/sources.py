@@ -1,0 +1,416 @@
+"""Data sources: what `--data` points at, turned into a list of scene entries.
+
+1. "chunks": pixelSplat-style torch chunks (RE10K, ACID): `<root>/<split>/*.torch` and
+   `<root>/<split>/index.json` (scene key -> chunk file). Entries are built from index.json
+   alone; a chunk is read only when one of its scenes is sampled, and each process keeps at most
+   `chunk_cache_size` chunks in memory (`ChunkCache`).
+2. "nerfstudio-scenes": a folder of nerfstudio scenes (`<scene>/transforms.json`, DL3DV's
+   `<scene>/nerfstudio/transforms.json`, one level of grouping folders allowed), optionally split
+   into `<root>/train`, `<root>/test`.
+3. "opencv-scenes": a folder of Long-LRM / iLRM-wide scenes (`<scene>/opencv_cameras.json`), or a
+   .txt file listing such json files / scene folders.
+4. "single-scene": one capture (`ns-process-data` output, a COLMAP folder, a single
+   transforms.json or opencv_cameras.json scene). Poses are read by nerfstudio's dataparsers with
+   auto-orientation, centering and scaling disabled; every `holdout_interval`-th frame is held out
+   for evaluation, and contexts/targets for training are sampled among the other frames.
+
+`detect_source` picks one of these from the folder layout ("auto").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .scenes import (
+    Scene,
+    SceneError,
+    chunk_example_to_scene,
+    choose_image_folder,
+    load_nerfstudio_scene,
+    load_opencv_scene,
+)
+
+SourceKind = Literal["auto", "chunks", "nerfstudio-scenes", "opencv-scenes", "single-scene"]
+SOURCES = ("chunks", "nerfstudio-scenes", "opencv-scenes", "single-scene")
+COLMAP_MODEL_DIRS = ("colmap/sparse/0", "sparse/0", "sparse", "colmap/sparse")
+
+
+@dataclass
+class LoadOptions:
+    """How scene folders are read (see `load_nerfstudio_scene`)."""
+
+    image_folder: str | None = "auto"
+    target_hw: tuple[int, int] | None = None
+    distortion: str = "undistort"
+    holdout_interval: int = 8
+
+
+@dataclass
+class SceneEntry:
+    """A scene the data manager can sample from: either loaded (`scene`) or a chunk scene read on
+    demand (`chunk`). `group` is the unit of sharding and of locality (the chunk file)."""
+
+    name: str
+    group: str
+    scene: Scene | None = None
+    chunk: Path | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# Detection
+# ------------------------------------------------------------------------------------------------
+
+
+def _colmap_model_dir(root: Path) -> Path | None:
+    for sub in COLMAP_MODEL_DIRS:
+        d = root / sub
+        if (d / "cameras.txt").is_file() or (d / "cameras.bin").is_file():
+            return d
+    return None
+
+
+def is_single_scene(root: Path) -> bool:
+    root = Path(root)
+    if root.is_file():
+        return root.suffix == ".json"
+    return (
+        (root / "transforms.json").is_file()
+        or (root / "nerfstudio" / "transforms.json").is_file()
+        or (root / "opencv_cameras.json").is_file()
+        or _colmap_model_dir(root) is not None
+    )
+
+
+def _chunk_dir(root: Path, split: str) -> Path | None:
+    for d in (root / split, root):
+        if d.is_dir() and ((d / "index.json").is_file() or any(d.glob("*.torch"))):
+            return d
+    return None
+
+
+def detect_source(root: Path, split: str = "train") -> str:
+    """The kind of data at `root` (see the module docstring)."""
+    root = Path(root)
+    if not root.exists():
+        raise SceneError(f"{root}: data folder not found")
+    if root.is_file() and root.suffix == ".txt":
+        return "opencv-scenes"
+    if is_single_scene(root):
+        return "single-scene"
+    for d in (root / split, root, *sorted(p for p in root.iterdir() if p.is_dir())[:4]):
+        if d.is_dir() and ((d / "index.json").is_file() or any(d.glob("*.torch"))):
+            return "chunks"
+    base = root / split if (root / split).is_dir() else root
+    if any(base.glob("*/opencv_cameras.json")) or any(base.glob("*/*/opencv_cameras.json")):
+        return "opencv-scenes"
+    if (
+        any(base.glob("*/transforms.json"))
+        or any(base.glob("*/nerfstudio/transforms.json"))
+        or any(base.glob("*/*/transforms.json"))
+    ):
+        return "nerfstudio-scenes"
+    raise SceneError(
+        f"{root}: cannot tell what data this is. Expected one of: torch chunks (<root>/{split}/*.torch + index.json), "
+        "scene folders (<scene>/transforms.json, <scene>/nerfstudio/transforms.json or <scene>/opencv_cameras.json), "
+        "or a single scene (transforms.json or a COLMAP model in sparse/0 or colmap/sparse/0)"
+    )
+
+
+def has_split(root: Path, source: str, split: str) -> bool:
+    """Whether `root` has a separate folder for `split` (else every split uses all scenes)."""
+    root = Path(root)
+    if source == "single-scene" or root.is_file():
+        return False
+    return (root / split).is_dir()
+
+
+# ------------------------------------------------------------------------------------------------
+# Chunks
+# ------------------------------------------------------------------------------------------------
+
+
+def read_chunk_index(stage_dir: Path) -> dict[str, Path]:
+    """`index.json` of a chunk folder: scene key -> chunk file (checked to exist)."""
+    path = Path(stage_dir) / "index.json"
+    if not path.is_file():
+        raise SceneError(
+            f"{path}: not found. A chunk folder needs the index.json that maps scene keys to chunk files; "
+            f"build it with: python -m ilrm_nerfstudio.sources index {stage_dir}"
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SceneError(f"{path}: cannot read ({error})") from None
+    if not isinstance(raw, dict):
+        raise SceneError(f"{path}: must map scene keys to chunk file names")
+    index, missing = {}, set()
+    for key, name in raw.items():
+        chunk = Path(stage_dir) / Path(str(name)).name
+        if not chunk.is_file():
+            missing.add(chunk.name)
+            continue
+        index[str(key)] = chunk
+    if missing:
+        print(f"warning: {path}: {len(missing)} chunk file(s) listed but not found (e.g. {sorted(missing)[0]}); their scenes are left out", file=sys.stderr)
+    return index
+
+
+def build_chunk_index(stage_dir: Path) -> Path:
+    """Write `<stage_dir>/index.json` by reading every chunk once (one at a time)."""
+    stage_dir = Path(stage_dir)
+    index = {}
+    for chunk in sorted(stage_dir.glob("*.torch")):
+        for example in load_chunk(chunk):
+            index[str(example["key"])] = chunk.name
+    path = stage_dir / "index.json"
+    path.write_text(json.dumps(index, indent=1))
+    return path
+
+
+def load_chunk(chunk: Path) -> list[dict]:
+    try:
+        examples = torch.load(chunk, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt or truncated file: name it
+        raise SceneError(f"{chunk}: cannot read the torch chunk ({type(error).__name__}: {error})") from None
+    if not isinstance(examples, list):
+        raise SceneError(f"{chunk}: a chunk must hold a list of examples, found {type(examples).__name__}")
+    return examples
+
+
+class ChunkCache:
+    """Per-process LRU of decoded chunk files (key -> example). Never pickled: a loader process
+    starts with an empty cache."""
+
+    def __init__(self, size: int = 2):
+        self.size = max(1, size)
+        self.chunks: OrderedDict[Path, dict[str, dict]] = OrderedDict()
+        self.loads = 0
+
+    def __getstate__(self):
+        return {"size": self.size, "chunks": OrderedDict(), "loads": 0}
+
+    def examples(self, chunk: Path) -> dict[str, dict]:
+        if chunk in self.chunks:
+            self.chunks.move_to_end(chunk)
+            return self.chunks[chunk]
+        while len(self.chunks) >= self.size:
+            self.chunks.popitem(last=False)
+        examples = {str(e.get("key")): e for e in load_chunk(chunk) if isinstance(e, dict)}
+        self.chunks[chunk] = examples
+        self.loads += 1
+        return examples
+
+    def scene(self, key: str, chunk: Path) -> Scene:
+        examples = self.examples(chunk)
+        if key not in examples:
+            raise SceneError(f"scene {key}: not in its chunk {chunk} (index.json is out of date)")
+        return chunk_example_to_scene(examples[key], chunk)
+
+
+def chunk_entries(root: Path, split: str) -> list[SceneEntry]:
+    stage = _chunk_dir(Path(root), split)
+    if stage is None:
+        raise SceneError(f"{Path(root) / split}: no torch chunks (*.torch with index.json) found")
+    index = read_chunk_index(stage)
+    if not index:
+        raise SceneError(f"{stage / 'index.json'}: lists no scene whose chunk file exists")
+    # Sorted by chunk, then key: sequential passes touch every chunk once.
+    return [SceneEntry(key, chunk.name, chunk=chunk) for key, chunk in sorted(index.items(), key=lambda kv: (kv[1].name, kv[0]))]
+
+
+# ------------------------------------------------------------------------------------------------
+# Folders of scenes
+# ------------------------------------------------------------------------------------------------
+
+
+def find_scenes(root: Path, split: str, kind: str) -> list[tuple[str, Path]]:
+    """(name, path) of the scenes of a folder, sorted. nerfstudio scenes: `<s>/transforms.json`,
+    `<s>/nerfstudio/transforms.json` (DL3DV benchmark) or `<group>/<s>/transforms.json` (DL3DV
+    subsets such as 1K/, 2K/). opencv scenes: `<s>/opencv_cameras.json` (or one level deeper), or
+    a .txt list of json files / folders. Names are folder names, or relative paths joined with
+    '__' when folder names repeat."""
+    root = Path(root)
+    if root.is_file() and root.suffix == ".txt":
+        found = []
+        for line in root.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                path = Path(line) if Path(line).is_absolute() else root.parent / line
+                found.append(path.parent if path.suffix == ".json" else path)
+        base = root.parent
+    else:
+        base = root / split if (root / split).is_dir() else root
+        if kind == "opencv-scenes":
+            files = list(base.glob("*/opencv_cameras.json")) + list(base.glob("*/*/opencv_cameras.json"))
+            found = [f.parent for f in files]
+        else:
+            files = [f for pattern in ("*/transforms.json", "*/*/transforms.json", "*/*/nerfstudio/transforms.json") for f in base.glob(pattern)]
+            found = [f.parent.parent if f.parent.name == "nerfstudio" else f.parent for f in files]
+    found = sorted(set(found))
+    if not found:
+        what = "opencv_cameras.json" if kind == "opencv-scenes" else "transforms.json"
+        raise SceneError(f"{base}: no scene folders with a {what} found")
+    names = [p.name for p in found]
+    if len(set(names)) < len(names):
+        names = ["__".join(p.relative_to(base).parts) if p.is_relative_to(base) else str(p) for p in found]
+    return sorted(zip(names, found))
+
+
+def load_folder_scene(path: Path, kind: str, options: LoadOptions, name: str | None = None) -> Scene:
+    if kind == "opencv-scenes":
+        return load_opencv_scene(path, options.image_folder, options.target_hw, name=name)
+    return load_nerfstudio_scene(path, options.image_folder, options.target_hw, options.distortion, name=name)
+
+
+def folder_entries(root: Path, split: str, kind: str, options: LoadOptions, strict: bool, log=print) -> tuple[list[SceneEntry], list[str]]:
+    """Load the scenes of a folder. A scene that fails to load is skipped with one logged line
+    (strict=False, training) or raises SceneError naming it (strict=True, evaluation)."""
+    entries, problems = [], []
+    for name, path in find_scenes(root, split, kind):
+        try:
+            scene = load_folder_scene(path, kind, options, name=name)
+        except SceneError as error:
+            if strict:
+                raise SceneError(f"scene {name}: {error}") from None
+            problems.append(f"scene {name}: {error}")
+            log(f"skipping scene {name}: {error}")
+            continue
+        entries.append(SceneEntry(name, name, scene=scene))
+    return entries, problems
+
+
+# ------------------------------------------------------------------------------------------------
+# A single scene through nerfstudio's dataparsers
+# ------------------------------------------------------------------------------------------------
+
+
+def _dataparser_for(root: Path):
+    """nerfstudio dataparser config for a capture, with orientation/centering/scaling disabled and
+    no downscaling (which would prompt), every image in the 'train' split."""
+    from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    common = dict(orientation_method="none", center_method="none", auto_scale_poses=False, scale_factor=1.0, downscale_factor=1, eval_mode="all")
+    if root.suffix == ".json" or (root / "transforms.json").is_file():
+        return NerfstudioDataParserConfig(data=root, load_3D_points=False, **common)
+    if (root / "nerfstudio" / "transforms.json").is_file():
+        return NerfstudioDataParserConfig(data=root / "nerfstudio", load_3D_points=False, **common)
+    model = _colmap_model_dir(root)
+    if model is not None:
+        images = next((p for p in ("images", "input", "colmap/images") if (root / p).is_dir()), "images")
+        return ColmapDataParserConfig(
+            data=root,
+            colmap_path=model.relative_to(root),
+            images_path=Path(images),
+            assume_colmap_world_coordinate_convention=False,
+            load_3D_points=False,
+            **common,
+        )
+    raise SceneError(f"{root}: not a single scene (no transforms.json, opencv_cameras.json or COLMAP model)")
+
+
+def scene_from_dataparser_outputs(outputs, name: str, distortion: str = "undistort") -> Scene:
+    """nerfstudio `DataparserOutputs` (any dataparser) -> Scene in our convention (OpenCV c2w,
+    pixel intrinsics, frames sorted by file name)."""
+    from nerfstudio.cameras.cameras import CameraType
+
+    cameras = outputs.cameras
+    n = len(outputs.image_filenames)
+    camera_types = cameras.camera_type.reshape(-1)
+    if bool((camera_types != CameraType.PERSPECTIVE.value).any()):
+        raise SceneError(
+            f"scene {name}: only perspective cameras are supported (found {CameraType(int(camera_types[0])).name}); "
+            "undistort fisheye images first, e.g. with COLMAP's image_undistorter"
+        )
+    # Poses as the dataparser returns them. `_dataparser_for` disables orientation, centering and
+    # scaling, so these are the file's own poses; for other dataparsers they may differ from the
+    # capture's frame by a similarity transform, which the per-sample pose normalization removes.
+    c2w_gl = torch.eye(4, dtype=torch.float64).repeat(n, 1, 1)
+    c2w_gl[:, :3] = cameras.camera_to_worlds.double().reshape(n, 3, 4)
+    fx, fy = cameras.fx.double().reshape(n), cameras.fy.double().reshape(n)
+    cx, cy = cameras.cx.double().reshape(n), cameras.cy.double().reshape(n)
+    heights, widths = cameras.height.reshape(n).tolist(), cameras.width.reshape(n).tolist()
+    from .cameras import intrinsics_matrix, opengl_to_opencv
+
+    dist = None
+    if cameras.distortion_params is not None and distortion == "undistort":
+        params = cameras.distortion_params.double().reshape(n, 6)  # k1, k2, k3, k4, p1, p2
+        if bool(params[:, 3].abs().max() > 0):
+            raise SceneError(f"scene {name}: distortion coefficient k4 is not supported for perspective cameras")
+        if bool(params.abs().max() > 0):
+            dist = params[:, [0, 1, 4, 5, 2]].float()  # OpenCV order k1, k2, p1, p2, k3
+    paths = [Path(p) for p in outputs.image_filenames]
+    order = sorted(range(n), key=lambda i: str(paths[i]))  # frames in file-name (= capture) order
+    scene = Scene(
+        name,
+        [paths[i] for i in order],
+        opengl_to_opencv(c2w_gl[order]),
+        intrinsics_matrix(fx, fy, cx, cy)[order],
+        [(int(heights[i]), int(widths[i])) for i in order],
+        None if dist is None else dist[order],
+    )
+    scene.check_poses()
+    return scene
+
+
+def load_single_scene(root: Path, options: LoadOptions) -> Scene:
+    """One capture (ns-process-data output, COLMAP folder, transforms.json or opencv_cameras.json)."""
+    root = Path(root)
+    name = root.stem if root.is_file() else root.name
+    if (root.is_dir() and (root / "opencv_cameras.json").is_file() and not (root / "transforms.json").is_file()) or root.name == "opencv_cameras.json":
+        return load_opencv_scene(root, options.image_folder, options.target_hw)
+    config = _dataparser_for(root)
+    from nerfstudio.utils.rich_utils import CONSOLE
+
+    quiet, CONSOLE.quiet = CONSOLE.quiet, True  # its eval-mode=all notice does not apply here
+    try:
+        outputs = config.setup().get_dataparser_outputs(split="train")
+    except SceneError:
+        raise
+    except Exception as error:  # nerfstudio's parsers assert / raise on bad input: name the scene
+        raise SceneError(f"{root}: nerfstudio's {type(config).__name__.replace('Config', '')} could not read the scene ({type(error).__name__}: {error})") from None
+    finally:
+        CONSOLE.quiet = quiet
+    scene = scene_from_dataparser_outputs(outputs, name, options.distortion)
+    scene.image_paths = choose_image_folder(scene.image_paths, scene.image_sizes, options.image_folder, options.target_hw, root)
+    for i, path in enumerate(scene.image_paths):
+        if not path.is_file():
+            raise SceneError(f"scene {name}: frame {i}: image file {path} not found")
+    return scene
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line helper: build index.json for a chunk folder
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ilrm_nerfstudio.sources", description="Data source utilities.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    index = commands.add_parser("index", help="write index.json (scene key -> chunk file) for a folder of *.torch chunks")
+    index.add_argument("folder", type=Path)
+    detect = commands.add_parser("detect", help="print which source kind --data would be read as")
+    detect.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "index":
+            print(build_chunk_index(args.folder))
+        else:
+            print(detect_source(args.folder))
+    except SceneError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
