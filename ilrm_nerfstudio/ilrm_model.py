@@ -1,9 +1,16 @@
-"""The nerfstudio model: runs the iLRM network on a batch's context views, renders its targets.
+"""The nerfstudio models.
 
-A `SplatfactoModel` subclass so that nerfstudio's viewer and exporter recognise it; its
-CUDA-only construction (random points, torchmetrics AlexNet download) and rendering are replaced.
-Besides the network, the model holds one scene's Gaussians in `gauss_params` (Splatfacto's layout)
-for the tools that render a single scene (viewer, ns-render, ns-export).
+`GaussianSceneModel` holds one scene's Gaussians in `gauss_params` (Splatfacto's layout: means,
+log scales, wxyz quaternions, SH DC, SH rest, logit opacities) and renders nerfstudio `Cameras`
+with them. It is a `SplatfactoModel` subclass so that nerfstudio's viewer, ns-render and ns-export
+recognise it; Splatfacto's CUDA-only construction (random points, torchmetrics AlexNet download)
+and rendering are replaced (gsplat on CUDA, our PyTorch rasterizer on the CPU).
+
+`ILRMModel` adds the iLRM network: it runs on a batch's context views and renders its targets
+(training across scenes). Its checkpoints also hold the reconstruction of one held-out scene
+(`viewer_scene`), refreshed before every checkpoint, so that ns-export, ns-render and ns-viewer
+work on an `ilrm` run (see `held_scene.py`). The per-scene model (`ilrm-finetune`) is in
+`finetune.py`.
 """
 
 from __future__ import annotations
@@ -25,44 +32,43 @@ from .metrics import load_perceptual, psnr, ssim
 from .network import ILRM, SH_C0, ILRMNetworkConfig
 from .rendering import render
 
+GAUSSIAN_FIELDS = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
+
 
 @dataclass
-class ILRMModelConfig(SplatfactoModelConfig):
-    _target: Type = field(default_factory=lambda: ILRMModel)
-    network: ILRMNetworkConfig = field(default_factory=ILRMNetworkConfig)
-    """The network; its sh_degree is set from this config's sh_degree."""
+class GaussianSceneModelConfig(SplatfactoModelConfig):
+    """One scene's Gaussians, rendered by gsplat (CUDA) or our PyTorch rasterizer (CPU)."""
+
+    _target: Type = field(default_factory=lambda: GaussianSceneModel)
     sh_degree: int = 0
-    lpips_weight: float = 0.5
-    """Weight of the LPIPS-VGG term in the loss (0: MSE only, needs no VGG weights)."""
     background_color: Literal["random", "black", "white"] = "white"
-    bf16: bool = True
-    """bf16 autocast for the network on CUDA (never on CPU, where bf16 matmuls are slow)."""
     render_backend: Literal["auto", "gsplat", "torch"] = "auto"
     """"auto": gsplat on CUDA, our PyTorch rasterizer on CPU."""
 
 
-class ILRMModel(SplatfactoModel):
-    config: ILRMModelConfig
+class GaussianSceneModel(SplatfactoModel):
+    """A SplatfactoModel whose Gaussians are set from outside (`set_scene_gaussians`)."""
+
+    config: GaussianSceneModelConfig
 
     def populate_modules(self):
-        network_config = dataclasses.replace(self.config.network, sh_degree=self.config.sh_degree)
-        self.network = ILRM(network_config)
         self.gauss_params = nn.ParameterDict()
         self.set_scene_gaussians(None)
         self.crop_box = None
         self.background_color = self._fixed_background()
         self.step = 0
-        # Not a submodule: the frozen VGG must not land in checkpoints.
-        self._perceptual = [None]
 
-    # -- the scene held for single-scene tools ---------------------------------------------------
+    # -- the scene ------------------------------------------------------------------------------
 
     def set_scene_gaussians(self, gaussians: Gaussians | None, trainable: bool = False) -> None:
         """Store one scene's Gaussians (unbatched) in Splatfacto's parameter layout."""
         K = (self.config.sh_degree + 1) ** 2
         if gaussians is None:
             gaussians = Gaussians(torch.zeros(0, 3), torch.ones(0, 3), torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, K, 3))
-        g = gaussians.map(lambda t: t.detach().float())
+        if gaussians.sh.shape[1] != K:
+            raise ValueError(f"Gaussians with {gaussians.sh.shape[1]} SH coefficients for a model of sh_degree {self.config.sh_degree}")
+        device = self.gauss_params["means"].device if "means" in self.gauss_params else None
+        g = gaussians.map(lambda t: t.detach().float().to(device) if device is not None else t.detach().float())
         params = {
             "means": g.means,
             "scales": torch.log(g.scales),
@@ -93,17 +99,19 @@ class ILRMModel(SplatfactoModel):
         return self.features_dc
 
     def load_state_dict(self, state_dict, **kwargs):  # type: ignore[override]
-        # The stored scene may have any number of Gaussians: resize before loading.
+        # The stored scene may have any number of Gaussians: resize before loading. Parameters of
+        # the right shape are kept (an optimizer that holds them stays valid, e.g. when resuming).
         if "gauss_params.means" in state_dict:
             for name, param in self.gauss_params.items():
                 shape = state_dict[f"gauss_params.{name}"].shape
-                self.gauss_params[name] = nn.Parameter(param.new_zeros(shape), requires_grad=param.requires_grad)
+                if param.shape != shape:
+                    self.gauss_params[name] = nn.Parameter(param.new_zeros(shape), requires_grad=param.requires_grad)
         return nn.Module.load_state_dict(self, state_dict, **kwargs)
 
     # -- nerfstudio hooks --------------------------------------------------------------------------
 
     def get_param_groups(self):
-        return {"network": list(self.network.parameters())}
+        return {}
 
     def get_training_callbacks(self, training_callback_attributes):
         from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
@@ -124,6 +132,112 @@ class ILRMModel(SplatfactoModel):
             return torch.rand(3, device=self.device)
         return self.background_color.to(self.device)
 
+    # -- rendering ---------------------------------------------------------------------------------
+
+    def render_views(self, gaussians: Gaussians, c2w: Tensor, K: Tensor, height: int, width: int, background: Tensor | None = None) -> dict[str, Tensor]:
+        """Render one scene's Gaussians into cameras c2w [C, 4, 4] (OpenCV), K [C, 3, 3]."""
+        background = self._get_background_color() if background is None else background
+        out = render(gaussians, c2w, K, width, height, background, backend=self.config.render_backend)
+        return {"rgb": out.rgb.clamp(0, 1), "accumulation": out.alpha, "depth": out.depth}
+
+    @staticmethod
+    def opencv_cameras(camera: Cameras) -> tuple[Tensor, Tensor]:
+        """nerfstudio Cameras (any batch shape) -> OpenCV c2w [C, 4, 4] and K [C, 3, 3]."""
+        c2w = opengl_to_opencv(to_homogeneous(camera.camera_to_worlds.reshape(-1, 3, 4)))
+        return c2w, camera.get_intrinsics_matrices().reshape(-1, 3, 3)
+
+    def visible_gaussians(self) -> Gaussians:
+        gaussians = self.scene_gaussians()
+        if self.crop_box is not None and not self.training:
+            gaussians = gaussians.map(lambda t: t[self.crop_box.within(gaussians.means).squeeze()])
+        return gaussians
+
+    def render_camera_batch(self, camera: Cameras, background: Tensor | None = None) -> dict[str, Tensor]:
+        """Every camera of `camera` (all of one size) -> rgb [C, H, W, 3], accumulation, depth."""
+        camera = camera.to(self.device)
+        c2w, K = self.opencv_cameras(camera)
+        widths, heights = camera.width.reshape(-1), camera.height.reshape(-1)
+        if bool((widths != widths[0]).any() or (heights != heights[0]).any()):
+            raise ValueError("render_camera_batch: all cameras must have the same image size")
+        return self.render_views(self.visible_gaussians(), c2w, K, int(heights[0]), int(widths[0]), background)
+
+    def render_cameras(self, camera: Cameras) -> dict:
+        """The first camera of `camera` -> [H, W, c] outputs (what the viewer and ns-render use)."""
+        background = self._get_background_color()
+        out = self.render_camera_batch(camera.reshape(-1)[0:1], background)
+        H, W = out["rgb"].shape[1:3]
+        return {
+            "rgb": out["rgb"][0],
+            "accumulation": out["accumulation"][0],
+            "depth": out["depth"][0],
+            # As Splatfacto: a full background image outside training (ns-render dataset saves it).
+            "background": background if self.training else background.expand(H, W, 3),
+        }
+
+    def get_outputs(self, inputs: Cameras) -> dict:  # type: ignore[override]
+        return self.render_cameras(inputs)
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> dict:
+        self.set_crop(obb_box)
+        return self.render_cameras(camera)
+
+
+@dataclass
+class ILRMModelConfig(GaussianSceneModelConfig):
+    _target: Type = field(default_factory=lambda: ILRMModel)
+    network: ILRMNetworkConfig = field(default_factory=ILRMNetworkConfig)
+    """The network; its sh_degree is set from this config's sh_degree."""
+    sh_degree: int = 0
+    lpips_weight: float = 0.5
+    """Weight of the LPIPS-VGG term in the loss (0: MSE only, needs no VGG weights)."""
+    background_color: Literal["random", "black", "white"] = "white"
+    bf16: bool = True
+    """bf16 autocast for the network on CUDA (never on CPU, where bf16 matmuls are slow)."""
+    render_backend: Literal["auto", "gsplat", "torch"] = "auto"
+    """"auto": gsplat on CUDA, our PyTorch rasterizer on CPU."""
+    viewer_scene: str = "0"
+    """The held-out scene whose reconstruction checkpoints hold (for ns-viewer, ns-render,
+    ns-export on this run): an index into the evaluation scenes or a scene name. It is
+    reconstructed before every checkpoint is written, in a frame oriented and scaled as nerfstudio's
+    dataparser does (recorded in <run>/held_scene.json); "none" disables that."""
+
+
+class ILRMModel(GaussianSceneModel):
+    config: ILRMModelConfig
+
+    def populate_modules(self):
+        super().populate_modules()
+        network_config = dataclasses.replace(self.config.network, sh_degree=self.config.sh_degree)
+        self.network = ILRM(network_config)
+        # Not a submodule: the frozen VGG must not land in checkpoints.
+        self._perceptual = [None]
+
+    # -- nerfstudio hooks --------------------------------------------------------------------------
+
+    def get_param_groups(self):
+        return {"network": list(self.network.parameters())}
+
+    def get_training_callbacks(self, training_callback_attributes):
+        from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+        from nerfstudio.utils.misc import step_check
+
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        trainer, pipeline = training_callback_attributes.trainer, training_callback_attributes.pipeline
+        if trainer is None or pipeline is None or self.config.viewer_scene.lower() == "none":
+            return callbacks
+
+        def hold_scene(step: int) -> None:
+            # Checkpoints are written after this callback, at steps_per_save and after the last step.
+            last = trainer._start_step + trainer.config.max_num_iterations - 1
+            if step_check(step, trainer.config.steps_per_save) or step == last:
+                from .held_scene import hold_eval_scene
+
+                hold_eval_scene(self, pipeline.datamanager, self.config.viewer_scene, trainer.base_dir)
+
+        callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], hold_scene))
+        return callbacks
+
     # -- forward -----------------------------------------------------------------------------------
 
     def reconstruct(self, images: Tensor, c2w: Tensor, K: Tensor) -> Gaussians:
@@ -131,11 +245,6 @@ class ILRMModel(SplatfactoModel):
         use_bf16 = self.config.bf16 and images.is_cuda
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             return self.network(images, c2w, K)
-
-    def render_views(self, gaussians: Gaussians, c2w: Tensor, K: Tensor, height: int, width: int) -> dict[str, Tensor]:
-        """Render one scene's Gaussians into cameras c2w [C, 4, 4] (OpenCV), K [C, 3, 3]."""
-        out = render(gaussians, c2w, K, width, height, self._get_background_color(), backend=self.config.render_backend)
-        return {"rgb": out.rgb.clamp(0, 1), "accumulation": out.alpha, "depth": out.depth}
 
     def get_outputs(self, inputs: dict | Cameras) -> dict:
         """A batch dict (feed-forward: contexts in, target renders out) or nerfstudio `Cameras`
@@ -152,27 +261,6 @@ class ILRMModel(SplatfactoModel):
         outputs = {key: torch.stack([o[key] for o in per_scene]) for key in per_scene[0]}  # [B, T, H, W, c]
         outputs["gaussians"] = gaussians
         return outputs
-
-    def render_cameras(self, camera: Cameras) -> dict:
-        camera = camera.to(self.device)
-        c2w = opengl_to_opencv(to_homogeneous(camera.camera_to_worlds.reshape(-1, 3, 4)))
-        K = camera.get_intrinsics_matrices().reshape(-1, 3, 3)
-        W, H = int(camera.width.reshape(-1)[0]), int(camera.height.reshape(-1)[0])
-        gaussians = self.scene_gaussians()
-        if self.crop_box is not None and not self.training:
-            gaussians = gaussians.map(lambda t: t[self.crop_box.within(gaussians.means).squeeze()])
-        out = self.render_views(gaussians, c2w[:1], K[:1], H, W)
-        return {
-            "rgb": out["rgb"][0],
-            "accumulation": out["accumulation"][0],
-            "depth": out["depth"][0],
-            "background": self._get_background_color(),
-        }
-
-    @torch.no_grad()
-    def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> dict:
-        self.set_crop(obb_box)
-        return self.render_cameras(camera)
 
     # -- losses and metrics ----------------------------------------------------------------------
 

@@ -8,13 +8,22 @@ Read top to bottom:
      viewpoint grid, placed along that pixel's ray.
 
 Shapes: B scenes, V context views, images H x W, patch size p, viewpoint grid Hv x Wv =
-(H / f) x (W / f) for the viewpoint factor f (1 = "F", 2 = "H"), width d.
+(H / f) x (W / f) for the viewpoint factor f (1 = "F", 2 = "H"), width d. Per view there are
+Tv = (Hv / p) * (Wv / p) viewpoint tokens and Ti image tokens (Ti = f^2 Tv; Ti = Tv without
+resolution decoupling).
+
+Mini-batch cross-attention (`cross_attention_groups` G > 1) splits each view's tokens into G
+matching subsets (see `TokenGroups`); the ablation switches of paper Table 7 are
+`iterative_refinement`, `resolution_decoupling` and `uplift`. docs/scalability.md has the
+measurements behind the defaults.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +46,8 @@ class ILRMNetworkConfig:
     viewpoint_factor: int = 2
     """Image resolution / viewpoint-grid resolution: 1 = full ("F"), 2 = half ("H")."""
     uplift: int | None = None
-    """Token uplifting factor k; None = 2 when the viewpoint grid is coarser than the image, else 1."""
+    """Token uplifting factor k; None = 2 when the viewpoint tokens are coarser than the image
+    tokens, else 1. Set 1 for the "w/o token uplifting" ablation (paper Table 7)."""
     image_ray_origins: bool = False
     """Image tokens from 12 channels (rgb, Plücker, ray origin) instead of 9 (rgb, Plücker)."""
     sh_degree: int = 0
@@ -50,11 +60,48 @@ class ILRMNetworkConfig:
     """Let each Gaussian move within its viewpoint-grid pixel before being cast along the ray."""
     gradient_checkpointing: bool = False
 
+    # -- scalability (docs/scalability.md) ------------------------------------------------------
+    cross_attention_groups: Literal[1, 2, 4] = 1
+    """Mini-batch cross-attention: each view's viewpoint tokens and image tokens are split into G
+    matching subsets and each viewpoint subset attends only to its paired image subset (1 = full,
+    2 = half, 4 = quarter; subsets are 2x1 / 2x2 over the token grid's rows x columns). Divides the
+    cross-attention score matrices by G; token projections and MLPs cost the same. Applies in
+    training and inference. Default 1: the published model, and with fused attention kernels the
+    saving is small (see docs/scalability.md); 4 with "strided" and rotation is the choice for
+    large-view training when attention scores dominate time or memory."""
+    cross_attention_split: Literal["strided", "spatial"] = "strided"
+    """How a token grid is split into the G subsets. "spatial": contiguous blocks (subset (a, b) =
+    rows [a h/gh, (a+1) h/gh) x columns [b w/gw, (b+1) w/gw)); a viewpoint block and the image block
+    of the same index cover the same image region. "strided": interleaved lattices (subset (a, b) =
+    rows r with r % gh == a, columns c with c % gw == b); every subset spans the whole image."""
+    cross_attention_rotation: bool = True
+    """Rotate the pairing across layers: in layer l viewpoint subset g reads image subset
+    (g + l) mod G, so over G consecutive layers every viewpoint token reads every image token of its
+    view (with "strided" and f = 2, one of the 2x2 image tokens under it in each layer)."""
+    iterative_refinement: bool = True
+    """False: the "w/o iterative refinement" ablation: only the first layer cross-attends to the
+    image tokens; the other layers replace their cross-attention by a second self-attention block
+    (same number of blocks)."""
+    resolution_decoupling: bool = True
+    """False: the "w/o resolution decoupling" ablation: image tokens are built at the viewpoint
+    resolution (pixels area-averaged onto the viewpoint grid, rays through its pixel centers)."""
+    attention_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
+    """PyTorch SDPA kernel: "auto" lets PyTorch choose; "flash" needs CUDA with bf16/fp16 (on CPU it
+    selects PyTorch's fused CPU kernel); "math" materializes the attention matrix."""
+    compile: bool = False
+    """torch.compile every update layer (parameter names unchanged). Worth it on CUDA; the first
+    forward compiles for tens of seconds."""
+
+    @property
+    def image_grid_scale(self) -> int:
+        """Image tokens per viewpoint token along each axis."""
+        return self.viewpoint_factor if self.resolution_decoupling else 1
+
     @property
     def uplift_factor(self) -> int:
         if self.uplift is not None:
             return self.uplift
-        return 2 if self.viewpoint_factor > 1 else 1
+        return 2 if self.image_grid_scale > 1 else 1
 
     @property
     def image_channels(self) -> int:
@@ -68,6 +115,18 @@ class ILRMNetworkConfig:
             channels["offset"] = 2
         channels.update(scale=3, rotation=4, opacity=1, sh=3 * (self.sh_degree + 1) ** 2)
         return channels
+
+    def validate(self) -> None:
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
+        if self.gaussian_param not in ("bounded", "published"):
+            raise ValueError(f"gaussian_param must be 'bounded' or 'published', got {self.gaussian_param!r}")
+        if self.cross_attention_groups not in TokenGroups.LAYOUTS:
+            raise ValueError(f"cross_attention_groups must be 1, 2 or 4, got {self.cross_attention_groups}")
+        if self.cross_attention_split not in ("strided", "spatial"):
+            raise ValueError(f"cross_attention_split must be 'strided' or 'spatial', got {self.cross_attention_split!r}")
+        if self.attention_backend not in SDPA_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {sorted(SDPA_BACKENDS)}, got {self.attention_backend!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +149,24 @@ def unpatchify(x: Tensor, p: int, h: int, w: int) -> Tensor:
     return x.reshape(*lead, h * p, w * p, C)
 
 
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+
+
+def sdpa_backend(name: str):
+    """Context manager restricting `F.scaled_dot_product_attention` to one kernel ("auto": any)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernels = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    return sdpa_kernel(kernels[name])
+
+
 class QKNorm(nn.Module):
     """Learnable RMSNorm over each head's channels, computed in fp32 for bf16 stability."""
 
@@ -107,12 +184,13 @@ class Attention(nn.Module):
 
     With `uplift` k > 1 every query token is split into k query tokens of width d (the query
     projection is d -> k*d) and the k outputs are merged back (k*d -> d): coarse viewpoint
-    tokens read fine image tokens with k times as many queries.
+    tokens read fine image tokens with k times as many queries. `backend` picks the SDPA kernel
+    (inside forward, so that checkpointed recomputation uses the same kernel).
     """
 
-    def __init__(self, dim: int, num_heads: int, uplift: int = 1):
+    def __init__(self, dim: int, num_heads: int, uplift: int = 1, backend: str = "auto"):
         super().__init__()
-        self.num_heads, self.uplift = num_heads, uplift
+        self.num_heads, self.uplift, self.backend = num_heads, uplift, backend
         self.head_dim = dim // num_heads
         self.to_q = nn.Linear(dim, uplift * dim, bias=False)
         self.to_k = nn.Linear(dim, dim, bias=False)
@@ -129,7 +207,8 @@ class Attention(nn.Module):
         q = self.q_norm(self.split_heads(q))
         k = self.k_norm(self.split_heads(self.to_k(keys_values)))
         v = self.split_heads(self.to_v(keys_values))
-        out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, Tq*k, head_dim]
+        with sdpa_backend(self.backend):
+            out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, Tq*k, head_dim]
         out = out.transpose(1, 2).reshape(N, Tq, self.uplift * d)  # merge the k outputs back
         return self.to_out(out)
 
@@ -144,10 +223,10 @@ class Block(nn.Module):
     """Pre-norm residual block. Self-attention when called with one argument; cross-attention
     (only the query side normalized) when given `context` tokens."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, uplift: int = 1):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, uplift: int = 1, backend: str = "auto"):
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim, bias=False)
-        self.attn = Attention(dim, num_heads, uplift)
+        self.attn = Attention(dim, num_heads, uplift, backend)
         self.norm_mlp = nn.LayerNorm(dim, bias=False)
         self.mlp = MLP(dim, mlp_ratio)
 
@@ -157,20 +236,115 @@ class Block(nn.Module):
         return x + self.mlp(self.norm_mlp(x))
 
 
+# ---------------------------------------------------------------------------------------------
+# Mini-batch cross-attention: matching token subsets
+# ---------------------------------------------------------------------------------------------
+
+
+class TokenGroups:
+    """Splits each view's row-major h x w token grid into G = gh x gw subsets (g = a * gw + b).
+
+    "spatial": subset (a, b) is the block of rows [a h/gh, (a+1) h/gh) x columns [b w/gw, ...).
+    "strided": subset (a, b) is the lattice of rows r % gh == a and columns c % gw == b.
+    Viewpoint and image grids of a view cover the same image (the image grid is s = f times finer
+    per axis), so spatial subset g of both covers the same image region, and with s = 2 each strided
+    viewpoint token has exactly one of the 2x2 image tokens under it in every image subset.
+
+    The network keeps tokens in *group order* (subset 0's tokens first, then subset 1's, ...):
+    a permutation within each view that self-attention and MLPs do not see, done once after the
+    tokenizers and undone before the head, so every layer's split into [B*V*G, T/G, d] is a free
+    reshape.
+    """
+
+    LAYOUTS = {1: (1, 1), 2: (2, 1), 4: (2, 2)}  # G -> (gh, gw): rows first
+
+    def __init__(self, groups: int, split: str):
+        self.groups, self.split = groups, split
+        self.gh, self.gw = self.LAYOUTS[groups]
+
+    def check_grid(self, h: int, w: int) -> bool:
+        return h % self.gh == 0 and w % self.gw == 0
+
+    def to_group_order(self, x: Tensor, h: int, w: int) -> Tensor:
+        """[..., h*w, d] row-major -> [..., h*w, d] ordered subset by subset."""
+        if self.groups == 1:
+            return x
+        gh, gw = self.gh, self.gw
+        *lead, T, d = x.shape
+        n = len(lead)
+        if self.split == "spatial":
+            x = x.reshape(*lead, gh, h // gh, gw, w // gw, d)  # (a, row in block, b, col in block)
+            x = x.permute(*range(n), n, n + 2, n + 1, n + 3, n + 4)  # (a, b, row in block, col in block)
+        else:
+            x = x.reshape(*lead, h // gh, gh, w // gw, gw, d)  # (row / gh, a, col / gw, b)
+            x = x.permute(*range(n), n + 1, n + 3, n, n + 2, n + 4)  # (a, b, row / gh, col / gw)
+        return x.reshape(*lead, T, d)
+
+    def to_grid_order(self, x: Tensor, h: int, w: int) -> Tensor:
+        """Inverse of `to_group_order`."""
+        if self.groups == 1:
+            return x
+        gh, gw = self.gh, self.gw
+        *lead, T, d = x.shape
+        n = len(lead)
+        x = x.reshape(*lead, gh, gw, h // gh, w // gw, d)
+        if self.split == "spatial":
+            x = x.permute(*range(n), n, n + 2, n + 1, n + 3, n + 4)  # (a, row in block, b, col in block)
+        else:
+            x = x.permute(*range(n), n + 2, n, n + 3, n + 1, n + 4)  # (row / gh, a, col / gw, b)
+        return x.reshape(*lead, T, d)
+
+    def indices(self, h: int, w: int) -> Tensor:
+        """[G, h*w/G] row-major token indices of each subset (for tests and docs)."""
+        order = self.to_group_order(torch.arange(h * w)[:, None], h, w)[:, 0]
+        return order.reshape(self.groups, -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Update layers
+# ---------------------------------------------------------------------------------------------
+
+
 class UpdateLayer(nn.Module):
     """One refinement step V(l) = V(l-1) + F(V(l-1), S): each view's viewpoint tokens read that
-    view's image tokens, then all viewpoint tokens of a scene attend to each other."""
+    view's image tokens, then all viewpoint tokens of a scene attend to each other.
 
-    def __init__(self, config: ILRMNetworkConfig):
+    Mini-batch cross-attention: tokens arrive in group order (`TokenGroups`), so viewpoint subset g
+    and image subset g are reshapes; `shift` rolls the viewpoint subsets so that subset g reads
+    image subset (g + shift) mod G. With `reads_images=False` (the "w/o iterative refinement"
+    ablation) the cross-attention block is replaced by a second self-attention block.
+    """
+
+    def __init__(self, config: ILRMNetworkConfig, shift: int = 0, reads_images: bool = True):
         super().__init__()
-        d, heads, ratio = config.width, config.num_heads, config.mlp_ratio
-        self.cross = Block(d, heads, ratio, uplift=config.uplift_factor)
-        self.self_attn = Block(d, heads, ratio)
+        d, heads, ratio, backend = config.width, config.num_heads, config.mlp_ratio, config.attention_backend
+        self.groups, self.shift, self.reads_images = config.cross_attention_groups, shift, reads_images
+        if reads_images:
+            self.cross = Block(d, heads, ratio, uplift=config.uplift_factor, backend=backend)
+        else:
+            self.global_attn = Block(d, heads, ratio, backend=backend)
+        self.self_attn = Block(d, heads, ratio, backend=backend)
+
+    def pairing(self) -> list[int]:
+        """pairing()[g] = the image subset that viewpoint subset g reads in this layer."""
+        return [(g + self.shift) % self.groups for g in range(self.groups)]
 
     def forward(self, viewpoint_tokens: Tensor, image_tokens: Tensor) -> Tensor:
         B, V, Tv, d = viewpoint_tokens.shape
-        x = self.cross(viewpoint_tokens.flatten(0, 1), image_tokens.flatten(0, 1))  # [B*V, Tv, d]
-        x = self.self_attn(x.reshape(B, V * Tv, d))  # [B, V*Tv, d]
+        G = self.groups
+        if self.reads_images:
+            queries = viewpoint_tokens.unflatten(2, (G, Tv // G))  # [B, V, G, Tv/G, d]
+            if self.shift:
+                queries = queries.roll(self.shift, dims=2)  # slot j: viewpoint subset j - shift
+            context = image_tokens.unflatten(2, (G, -1))  # [B, V, G, Ti/G, d], slot j: image subset j
+            x = self.cross(queries.flatten(0, 2), context.flatten(0, 2))  # [B*V*G, Tv/G, d]
+            x = x.unflatten(0, (B, V, G))
+            if self.shift:
+                x = x.roll(-self.shift, dims=2)
+            x = x.reshape(B, V * Tv, d)
+        else:
+            x = self.global_attn(viewpoint_tokens.reshape(B, V * Tv, d))
+        x = self.self_attn(x)  # [B, V*Tv, d]
         return x.reshape(B, V, Tv, d)
 
 
@@ -185,6 +359,29 @@ class Tokenizer(nn.Sequential):
         return super().forward(patchify(features, self.patch_size))
 
 
+def pixel_features(images: Tensor, c2w: Tensor, K: Tensor, ray_origins: bool) -> Tensor:
+    """Per-pixel image-token features [B, V, H, W, 9 (or 12)]: (2 rgb - 1, Plücker[, origin]).
+    images [B, V, 3, H, W]; rays through the pixel centers of K, computed in fp32."""
+    B, V, _, H, W = images.shape
+    ray_o, ray_d = rays_through(c2w, K, pixel_centers(H, W, images.device).expand(B, V, H, W, 2))
+    features = [2 * images.permute(0, 1, 3, 4, 2).float() - 1, plucker(ray_o, ray_d)]
+    if ray_origins:
+        features.append(ray_o)
+    return torch.cat(features, dim=-1)
+
+
+def no_autocast(device: torch.device):
+    """Context that disables autocast on `device` (rays and Gaussian decoding stay fp32)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()  # e.g. the meta device of the FLOP counters
+
+
+def init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
 # ---------------------------------------------------------------------------------------------
 # The network
 # ---------------------------------------------------------------------------------------------
@@ -193,23 +390,26 @@ class Tokenizer(nn.Sequential):
 class ILRM(nn.Module):
     def __init__(self, config: ILRMNetworkConfig):
         super().__init__()
-        if config.width % config.num_heads:
-            raise ValueError(f"width {config.width} must be divisible by num_heads {config.num_heads}")
-        if config.gaussian_param not in ("bounded", "published"):
-            raise ValueError(f"gaussian_param must be 'bounded' or 'published', got {config.gaussian_param!r}")
+        config.validate()
         self.config = config
         p, d = config.patch_size, config.width
+        self.groups = TokenGroups(config.cross_attention_groups, config.cross_attention_split)
         self.viewpoint_tokenizer = Tokenizer(6, p, d)
         self.image_tokenizer = Tokenizer(config.image_channels, p, d)
-        self.layers = nn.ModuleList(UpdateLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(
+            UpdateLayer(
+                config,
+                shift=i % config.cross_attention_groups if config.cross_attention_rotation else 0,
+                reads_images=config.iterative_refinement or i == 0,
+            )
+            for i in range(config.num_layers)
+        )
         self.head_norm = nn.LayerNorm(d, bias=False)
         self.head = nn.Linear(d, p * p * sum(config.gaussian_channels.values()), bias=False)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        self.apply(init_weights)
+        if config.compile:
+            for layer in self.layers:
+                layer.compile()  # compiles __call__ in place: parameter names stay the same
 
     def num_gaussians(self, num_views: int, height: int, width: int) -> int:
         f = self.config.viewpoint_factor
@@ -221,11 +421,19 @@ class ILRM(nn.Module):
         B, V, _, H, W = images.shape
         if c2w.shape != (B, V, 4, 4) or K.shape != (B, V, 3, 3):
             raise ValueError(f"for images {list(images.shape)} expected c2w [{B}, {V}, 4, 4] and K [{B}, {V}, 3, 3], got {list(c2w.shape)} and {list(K.shape)}")
-        multiple = self.config.patch_size * self.config.viewpoint_factor
+        cfg = self.config
+        multiple = cfg.patch_size * cfg.viewpoint_factor
         if H % multiple or W % multiple:
             raise ValueError(
                 f"image size {H}x{W} must be divisible by patch_size x viewpoint_factor = "
-                f"{self.config.patch_size} x {self.config.viewpoint_factor} = {multiple}; resize or crop the images"
+                f"{cfg.patch_size} x {cfg.viewpoint_factor} = {multiple}; resize or crop the images"
+            )
+        h, w = H // multiple, W // multiple
+        if not self.groups.check_grid(h, w):
+            raise ValueError(
+                f"the {h}x{w} viewpoint-token grid of {H}x{W} images cannot be split into "
+                f"cross_attention_groups = {cfg.cross_attention_groups} ({self.groups.gh}x{self.groups.gw} "
+                f"subsets): image size must be divisible by {multiple * self.groups.gh}x{multiple * self.groups.gw}"
             )
         if not (torch.isfinite(c2w).all() and torch.isfinite(K).all()):
             raise ValueError("camera poses or intrinsics contain NaN or infinite values")
@@ -234,68 +442,87 @@ class ILRM(nn.Module):
         """images [B, V, 3, H, W] in [0, 1]; c2w [B, V, 4, 4] OpenCV; K [B, V, 3, 3] in pixels.
 
         Returns batched Gaussians: every field has a leading [B] and N = V * Hv * Wv Gaussians.
+        Rays and the Gaussian decoding run in fp32 even under autocast.
         """
         self.check_inputs(images, c2w, K)
         cfg = self.config
         B, V, _, H, W = images.shape
         f, p = cfg.viewpoint_factor, cfg.patch_size
         Hv, Wv = H // f, W // f
+        h, w = Hv // p, Wv // p  # viewpoint-token grid
+        s = cfg.image_grid_scale  # image-token grid: (s h) x (s w)
 
-        # Image tokens: computed once, re-read by every layer.
-        ray_o, ray_d = rays_through(c2w, K, pixel_centers(H, W, images.device).expand(B, V, H, W, 2))
-        pixels = [2 * images.permute(0, 1, 3, 4, 2) - 1, plucker(ray_o, ray_d)]  # [B, V, H, W, 3 + 6]
-        if cfg.image_ray_origins:
-            pixels.append(ray_o)
-        image_tokens = self.image_tokenizer(torch.cat(pixels, dim=-1).to(images.dtype))  # [B, V, Ti, d]
+        fp32 = no_autocast(images.device)  # rays and Gaussians: never bf16
 
         # Viewpoint tokens: from the rays of the (coarser) viewpoint grid only, not from pixels.
-        K_grid = scale_intrinsics(K, 1.0 / f)
-        grid_xy = pixel_centers(Hv, Wv, images.device).expand(B, V, Hv, Wv, 2)
-        grid_o, grid_d = rays_through(c2w, K_grid, grid_xy)
-        viewpoint_tokens = self.viewpoint_tokenizer(plucker(grid_o, grid_d))  # [B, V, Tv, d]
+        with fp32:
+            K_grid = scale_intrinsics(K.float(), 1.0 / f)
+            grid_xy = pixel_centers(Hv, Wv, images.device).expand(B, V, Hv, Wv, 2)
+            grid_o, grid_d = rays_through(c2w, K_grid, grid_xy)
+            viewpoint_rays = plucker(grid_o, grid_d)  # [B, V, Hv, Wv, 6]
+        viewpoint_tokens = self.viewpoint_tokenizer(viewpoint_rays)  # [B, V, Tv, d]
 
+        # Image tokens: computed once, re-read by every layer.
+        with fp32:
+            if cfg.resolution_decoupling:
+                features = pixel_features(images, c2w, K, cfg.image_ray_origins)  # [B, V, H, W, 9]
+            else:  # ablation: pixels area-averaged onto the viewpoint grid
+                pooled = F.avg_pool2d(images.flatten(0, 1).float(), f).unflatten(0, (B, V))
+                features = pixel_features(pooled, c2w, K_grid, cfg.image_ray_origins)  # [B, V, Hv, Wv, 9]
+        image_tokens = self.image_tokenizer(features.to(images.dtype))  # [B, V, Ti, d]
+
+        # Group order for mini-batch cross-attention (identity when G = 1).
+        viewpoint_tokens = self.groups.to_group_order(viewpoint_tokens, h, w)
+        image_tokens = self.groups.to_group_order(image_tokens, s * h, s * w)
         for layer in self.layers:
             if cfg.gradient_checkpointing and self.training:
                 viewpoint_tokens = checkpoint(layer, viewpoint_tokens, image_tokens, use_reentrant=False)
             else:
                 viewpoint_tokens = layer(viewpoint_tokens, image_tokens)
+        viewpoint_tokens = self.groups.to_grid_order(viewpoint_tokens, h, w)
 
         raw = self.head(self.head_norm(viewpoint_tokens))  # [B, V, Tv, p*p*c]
-        raw = unpatchify(raw, p, Hv // p, Wv // p).float()  # [B, V, Hv, Wv, c]
-        return self.decode_gaussians(raw, c2w, K_grid, grid_xy)
+        raw = unpatchify(raw, p, h, w).float()  # [B, V, Hv, Wv, c]
+        with fp32:
+            return decode_gaussians(cfg, raw, c2w, K_grid, grid_xy)
 
     def decode_gaussians(self, raw: Tensor, c2w: Tensor, K_grid: Tensor, grid_xy: Tensor) -> Gaussians:
-        """Raw head output [B, V, Hv, Wv, c] -> Gaussians placed along the viewpoint-grid rays."""
-        cfg = self.config
-        parts = dict(zip(cfg.gaussian_channels, raw.split(list(cfg.gaussian_channels.values()), dim=-1)))
-        if cfg.pixel_offset:
-            grid_xy = grid_xy + torch.sigmoid(parts["offset"]) - 0.5
-        ray_o, ray_d = rays_through(c2w, K_grid, grid_xy)  # [B, V, Hv, Wv, 3]
+        return decode_gaussians(self.config, raw, c2w, K_grid, grid_xy)
 
-        if cfg.gaussian_param == "published":
-            distance = torch.sigmoid(parts["distance"].mean(-1, keepdim=True)) * 500.0
-            scales = torch.exp(torch.clamp_max(parts["scale"] - 6.9, -1.2))
-            opacities = torch.sigmoid(parts["opacity"] - 2.0)
-        else:
-            log_near, log_far = math.log(cfg.near), math.log(cfg.far)
-            distance = torch.exp(log_near + (log_far - log_near) * torch.sigmoid(parts["distance"]))
-            # One viewpoint-grid pixel seen at that distance; scales live in [0.1, 4] of it.
-            focal = K_grid[..., 0, 0, None, None, None].float()
-            footprint = distance / focal
-            scales = footprint * (0.1 + 3.9 * torch.sigmoid(parts["scale"]))
-            opacities = torch.sigmoid(parts["opacity"])
 
-        means = ray_o + distance * ray_d
-        quats = parts["rotation"]
-        if cfg.gaussian_param == "bounded":  # start near the identity rotation
-            quats = quats + torch.tensor([1.0, 0.0, 0.0, 0.0], device=raw.device)
-        quats = F.normalize(quats, dim=-1)
-        sh = parts["sh"].unflatten(-1, ((cfg.sh_degree + 1) ** 2, 3))
-        B = raw.shape[0]
-        return Gaussians(
-            means=means.reshape(B, -1, 3),
-            scales=scales.reshape(B, -1, 3),
-            quats=quats.reshape(B, -1, 4),
-            opacities=opacities.reshape(B, -1),
-            sh=sh.reshape(B, -1, *sh.shape[-2:]),
-        )
+def decode_gaussians(cfg: ILRMNetworkConfig, raw: Tensor, c2w: Tensor, K_grid: Tensor, grid_xy: Tensor) -> Gaussians:
+    """Raw head output [B, V, h, w, c] (fp32) -> Gaussians placed along the rays through the
+    pixel centers grid_xy [B, V, h, w, 2] of cameras (c2w, K_grid)."""
+    parts = dict(zip(cfg.gaussian_channels, raw.split(list(cfg.gaussian_channels.values()), dim=-1)))
+    if cfg.pixel_offset:
+        grid_xy = grid_xy + torch.sigmoid(parts["offset"]) - 0.5
+    ray_o, ray_d = rays_through(c2w, K_grid, grid_xy)  # [B, V, h, w, 3]
+
+    if cfg.gaussian_param == "published":
+        distance = torch.sigmoid(parts["distance"].mean(-1, keepdim=True)) * 500.0
+        scales = torch.exp(torch.clamp_max(parts["scale"] - 6.9, -1.2))
+        opacities = torch.sigmoid(parts["opacity"] - 2.0)
+    else:
+        log_near, log_far = math.log(cfg.near), math.log(cfg.far)
+        distance = torch.exp(log_near + (log_far - log_near) * torch.sigmoid(parts["distance"]))
+        # One grid pixel seen at that distance; scales live in [0.1, 4] of it.
+        focal = K_grid[..., 0, 0, None, None, None].float()
+        footprint = distance / focal
+        # Starts at ~0.5 footprint: large initial splats make the first steps slow and blurry.
+        scales = footprint * (0.1 + 3.9 * torch.sigmoid(parts["scale"] - 2.0))
+        opacities = torch.sigmoid(parts["opacity"])
+
+    means = ray_o + distance * ray_d
+    quats = parts["rotation"]
+    if cfg.gaussian_param == "bounded":  # start near the identity rotation
+        quats = quats + torch.tensor([1.0, 0.0, 0.0, 0.0], device=raw.device)
+    quats = F.normalize(quats, dim=-1)
+    sh = parts["sh"].unflatten(-1, ((cfg.sh_degree + 1) ** 2, 3))
+    B = raw.shape[0]
+    return Gaussians(
+        means=means.reshape(B, -1, 3),
+        scales=scales.reshape(B, -1, 3),
+        quats=quats.reshape(B, -1, 4),
+        opacities=opacities.reshape(B, -1),
+        sh=sh.reshape(B, -1, *sh.shape[-2:]),
+    )

@@ -22,16 +22,19 @@ One entry point, `render()`, in the spirit of `gsplat.rasterization()`. Two back
   - color = max(0, 0.5 + SH(normalize(mean - camera center))), gsplat's SH constants and signs.
 
 Design of the torch rasterizer (see docs/rasterizer.md). Instead of a dense pixels x Gaussians
-product it builds the sparse list of (pixel, Gaussian) pairs that can possibly contribute: each
-projected Gaussian covers only the pixels of its box where alpha >= 1/255 is possible, clipped to
-its gsplat tile range. Pairs are sorted by (pixel, depth); the transmittance in front of every pair
-is a segmented exclusive cumulative sum of log(1 - alpha) (float64, so one global cumsum is exact
-enough), and pixel values are scatter-adds of alpha * T * feature. Everything is plain autograd.
+product it lists the sparse (pixel, Gaussian) pairs that can contribute: each projected Gaussian
+covers, row by row, only the pixels of its ellipse where alpha >= 1/255 is possible, clipped to its
+gsplat tile range. The pairs are sorted by (pixel, depth); the transmittance in front of every pair
+is a segmented cumulative sum of log(1 - alpha) (float64), pixel values are scatter-adds of
+alpha * T * feature. Compositing is a custom autograd Function: its forward runs without autograd
+and keeps only the pairs that are drawn, its hand-written backward runs over those alone. The
+projection and the SH colors before it are ordinary autograd.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +48,7 @@ ALPHA_MIN = 1.0 / 255.0  # pairs with a smaller alpha are skipped
 T_MIN = 1e-4  # a pixel stops before the Gaussian that would bring T to <= T_MIN
 EPS2D = 0.3  # low-pass filter added to the 2D covariance diagonal, px^2
 TILE_SIZE = 16  # gsplat's default tile size; it decides where tails are clipped
+PAIR_CHUNK = 1 << 22  # candidate (pixel, Gaussian) pairs evaluated at once, bounds temporaries
 FOV_MARGIN = 0.3  # x/z is clamped to the image bounds + 0.3 * tan(fov / 2)
 
 # Real spherical harmonics constants, as in gsplat / nerfstudio (Sloan's formulation).
@@ -131,6 +135,11 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
+def _matmul(A: Tensor, B: Tensor) -> Tensor:
+    """Batched product of small matrices [..., n, k] @ [..., k, m] -> [..., n, m]."""
+    return (A[..., :, :, None] * B[..., None, :, :]).sum(-2)
+
+
 @dataclass
 class _Projected:
     means2d: Tensor  # [M, 2] pixel coordinates
@@ -153,17 +162,12 @@ def _project(
 ) -> _Projected:
     """gsplat's `fully_fused_projection` (pinhole, classic) for M (camera, Gaussian) entries."""
     R, t = w2c[:, :3, :3], w2c[:, :3, 3]
-    mean_c = (R @ means[:, :, None])[..., 0] + t  # [M, 3]
+    mean_c = (R * means[:, None, :]).sum(-1) + t  # [M, 3]
     x, y, z = mean_c.unbind(-1)
     in_depth = (z >= near_plane) & (z <= far_plane)
     # Entries outside the depth range are culled; give them a harmless z so that nothing here
     # divides by ~0 (the caller only differentiates through entries that survive).
     z = torch.where(in_depth, z, torch.ones_like(z))
-
-    rot = quat_to_rotmat(quats)  # [M, 3, 3]
-    M = rot * scales[:, None, :]  # R S
-    cov3d = M @ M.transpose(-1, -2)  # [M, 3, 3]
-    cov_c = R @ cov3d @ R.transpose(-1, -2)
 
     fx, fy, cx, cy = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]
     # Clamp the Jacobian's x/z, y/z to 1.3x the field of view (gsplat's persp_proj).
@@ -179,10 +183,12 @@ def _project(
     J = torch.stack(
         [fx * rz, zero, -fx * tx * rz * rz, zero, fy * rz, -fy * ty * rz * rz], dim=-1
     ).reshape(-1, 2, 3)
-    cov2d = J @ cov_c @ J.transpose(-1, -2)  # [M, 2, 2]
-    a = cov2d[:, 0, 0] + EPS2D
-    b = cov2d[:, 0, 1]
-    c = cov2d[:, 1, 1] + EPS2D
+    # cov2d = J R cov3d R^T J^T with cov3d = rot S S rot^T, i.e. T T^T for T = J R rot S [M, 2, 3].
+    # Tiny per-entry products are written as broadcast sums: much faster than bmm on CPU.
+    T = _matmul(_matmul(J, R), quat_to_rotmat(quats)) * scales[:, None, :]
+    a = (T[:, 0] * T[:, 0]).sum(-1) + EPS2D
+    b = (T[:, 0] * T[:, 1]).sum(-1)
+    c = (T[:, 1] * T[:, 1]).sum(-1) + EPS2D
     det = a * c - b * b
     ok = in_depth & (det > 0)
     det = torch.where(ok, det, torch.ones_like(det))
@@ -196,7 +202,8 @@ def _project(
         mx, my = means2d.unbind(-1)
         on_screen = (mx + radius > 0) & (mx - radius < width) & (my + radius > 0) & (my - radius < height)
         ok = ok & (radius > 0) & on_screen
-        radii = torch.where(ok, radius, torch.zeros_like(radius)).to(torch.int32)
+        # (clamped so that absurdly large Gaussians cannot overflow int32)
+        radii = torch.where(ok, radius.clamp_max(2.0**30), torch.zeros_like(radius)).to(torch.int32)
     return _Projected(means2d, conics, torch.stack([a, b, c], dim=-1), z, radii)
 
 
@@ -211,14 +218,12 @@ def _enumerate_pairs(
     cov2d: Tensor,  # [S, 3]
     opacities: Tensor,  # [S]
     radii: Tensor,  # [S] int
-    cam_ids: Tensor,  # [S] int64
-    n_cams: int,
     width: int,
     height: int,
 ) -> tuple[Tensor, Tensor]:
-    """Every (pixel, Gaussian) pair where gsplat could draw the Gaussian, sorted by pixel and,
-    within a pixel, front to back. Returns pixel ids [P] (camera * H * W + y * W + x) and
-    Gaussian indices [P] (into the S inputs), both int64.
+    """Every (pixel, Gaussian) pair of one camera where gsplat could draw the Gaussian, sorted by
+    pixel and, within a pixel, front to back. Returns pixel ids [P] (y * W + x) and Gaussian
+    indices [P] (into the S inputs), both int32 (int64 for huge images).
 
     A pair is listed when the pixel lies (a) in one of the 16 x 16 tiles that the Gaussian's
     radius box touches (gsplat's isect_tiles: tails outside are clipped), (b) in the image and
@@ -250,7 +255,8 @@ def _enumerate_pairs(
 
     # One entry per (Gaussian, row): solve the row's quadratic in dx for its x range.
     row_g = torch.repeat_interleave(torch.arange(S, device=device), n_rows)  # [R]
-    row_y = y0[row_g] + (torch.arange(len(row_g), device=device) - (torch.cumsum(n_rows, 0) - n_rows)[row_g])
+    first_row = torch.cumsum(n_rows, 0) - n_rows  # [S] index of each Gaussian's first row entry
+    row_y = y0[row_g] + (torch.arange(len(row_g), device=device) - first_row[row_g])
     dy = my[row_g] - (row_y + 0.5)
     a_r, b_r = a[row_g], b[row_g]
     disc = (b_r * b_r - a_r * c[row_g]) * dy * dy + 2.0 * a_r * thresh[row_g]
@@ -262,15 +268,15 @@ def _enumerate_pairs(
 
     # Pairs, Gaussian by Gaussian (front to back), row by row: pixel id = row start + offset.
     n_pairs = int(n_cols.sum())
-    small = n_cams * height * width < 2**31 and S < 2**31
+    small = height * width < 2**31 and S < 2**31
     index_dtype = torch.int32 if small else torch.int64  # int32 halves the memory traffic
-    row_start = (cam_ids[row_g] * height + row_y.long()) * width + x0.long() - (torch.cumsum(n_cols, 0) - n_cols)
+    row_start = row_y.long() * width + x0.long() - (torch.cumsum(n_cols, 0) - n_cols)
     pix = torch.repeat_interleave(row_start.to(index_dtype), n_cols)
     pix += torch.arange(n_pairs, device=device, dtype=index_dtype)
     gauss = torch.repeat_interleave(row_g.to(index_dtype), n_cols)  # [P]
     # A stable sort by pixel keeps the front-to-back order inside every pixel.
     pix, order = torch.sort(pix, stable=True)
-    return pix.long(), gauss.index_select(0, order).long()
+    return pix, gauss.index_select(0, order)
 
 
 class _Composite(torch.autograd.Function):
@@ -293,75 +299,128 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, features, pix, gauss, pixel_centers):
         dtype, n_pix = features.dtype, pixel_centers.shape[0]
-        pc = pixel_centers.index_select(0, pix)  # [P, 2]
-        g = torch.cat([means2d, conics, opacities[:, None]], dim=-1).index_select(0, gauss)  # [P, 6]
-        dx, dy = g[:, 0] - pc[:, 0], g[:, 1] - pc[:, 1]
-        del pc
-        power = 0.5 * (g[:, 2] * dx * dx + g[:, 4] * dy * dy) + g[:, 3] * dx * dy
-        alpha = torch.clamp_max(g[:, 5] * torch.exp(-power), ALPHA_MAX)
-        valid = (power >= 0) & (alpha >= ALPHA_MIN)
-        del g, dx, dy, power
-        # log T after each pair (inclusive segmented cumsum of log(1 - alpha)).
-        log_1ma = torch.where(valid, torch.log1p(-alpha), torch.zeros_like(alpha)).double()
-        log_t_after = torch.cumsum(log_1ma, 0) - _earlier_pixels_total(log_1ma, pix, n_pix).index_select(0, pix)
-        # gsplat stops at the first Gaussian whose next T would be <= 1e-4 and does not draw it;
-        # log T only decreases along a pixel, so all later pairs of that pixel go too.
-        keep = torch.nonzero(valid & (log_t_after > math.log(T_MIN))).squeeze(1)
-        pix, gauss, alpha, log_1ma, log_t_after = (t.index_select(0, keep) for t in (pix, gauss, alpha, log_1ma, log_t_after))
+        params = torch.cat([means2d, conics, opacities[:, None]], dim=-1)  # [S, 6]
+        # Candidates are processed in chunks of whole pixels so that the [P]-sized temporaries
+        # stay bounded; only the drawn pairs are kept.
+        kept = [_drawn_pairs(params, pixel_centers, pix[a:b], gauss[a:b]) for a, b in _pixel_chunks(pix)]
+        pix, gauss, alpha, log_1ma, log_t_after = (torch.cat(parts) for parts in zip(*kept))
+        del kept
         t_before = torch.exp(log_t_after - log_1ma).to(dtype)  # T in front of each kept pair
-        del keep, log_t_after, valid
+        del log_t_after
 
         weight = alpha * t_before
         accum = torch.zeros(n_pix, features.shape[1], dtype=dtype, device=features.device)
-        accum.index_put_((pix,), weight[:, None] * features.index_select(0, gauss), accumulate=True)
+        accum.index_put_((pix.long(),), weight[:, None] * features.index_select(0, gauss), accumulate=True)
         log_t_final = torch.zeros(n_pix, dtype=torch.float64, device=features.device).index_add_(0, pix, log_1ma)
-        ctx.save_for_backward(means2d, conics, opacities, features, pixel_centers, pix, gauss, alpha, t_before, log_t_final)
+        ctx.save_for_backward(
+            means2d, conics, opacities, features, pixel_centers, pix, gauss, alpha, t_before, log_t_final
+        )
         # 1 - T as -expm1(log T): exact even when alpha is tiny
         return accum, (-torch.expm1(log_t_final)).to(dtype)
 
     @staticmethod
     def backward(ctx, v_accum, v_alpha_img):
-        means2d, conics, opacities, features, pixel_centers, pix, gauss, alpha, t_before, log_t_final = ctx.saved_tensors
-        dtype, n_pix, S = features.dtype, pixel_centers.shape[0], means2d.shape[0]
-        # With w_i = a_i T_i, T_i = prod_{j<i} (1 - a_j), out = sum_i w_i f_i, alpha = 1 - T_final:
-        #   d out / d f_i = w_i
-        #   d L / d a_i = T_i <f_i, v> - (sum_{k>i} w_k <f_k, v>) / (1 - a_i) + v_alpha T_final / (1 - a_i)
-        v_c = v_accum.index_select(0, pix)  # [K, D] upstream gradient at each pair's pixel
-        weight = alpha * t_before
-        q = (features.index_select(0, gauss) * v_c).sum(-1)  # <f_i, v>
-        wq = (weight * q).double()
-        # sum over the later pairs of the same pixel = pixel total - inclusive running sum
-        incl = torch.cumsum(wq, 0) - _earlier_pixels_total(wq, pix, n_pix).index_select(0, pix)
-        pixel_total = torch.zeros(n_pix, dtype=torch.float64, device=wq.device).index_add_(0, pix, wq)
-        behind = (pixel_total.index_select(0, pix) - incl).to(dtype)
-        del incl, wq, pixel_total
-        t_final = torch.exp(log_t_final).to(dtype)
-        v_a = t_before * q + ((t_final * v_alpha_img).index_select(0, pix) - behind) / (1.0 - alpha)
+        saved = ctx.saved_tensors
+        means2d, conics, opacities, features, pixel_centers, pix, gauss, alpha, t_before, log_t_final = saved
+        S, D = means2d.shape[0], features.shape[1]
+        v_alpha_t = torch.exp(log_t_final).to(features.dtype) * v_alpha_img  # [n_pix] v_alpha T_final
+        # Per-Gaussian sums of 6 + D per-pair quantities (see _backward_sums), accumulated over
+        # chunks of whole pixels to bound the temporaries.
+        sums = torch.zeros(6 + D, S, dtype=features.dtype, device=features.device)
+        for a, b in _pixel_chunks(pix):
+            _backward_sums(
+                sums, means2d, features, pixel_centers, v_accum, v_alpha_t,
+                pix[a:b], gauss[a:b], alpha[a:b], t_before[a:b],
+            )  # fmt: skip
+        s_v, s_x, s_y, s_xx, s_xy, s_yy = sums[:6]
+        a, b, c = conics.unbind(-1)
+        v_means2d = torch.stack([a * s_x + b * s_y, b * s_x + c * s_y], dim=-1)
+        v_conics = torch.stack([0.5 * s_xx, s_xy, 0.5 * s_yy], dim=-1)
+        return v_means2d, v_conics, -s_v / opacities, sums[6:].T, None, None, None
 
-        # alpha = min(0.999, o exp(-power)): no gradient where clamped (as gsplat).
-        g = torch.cat([means2d, conics, opacities[:, None]], dim=-1).index_select(0, gauss)  # [K, 6]
-        pc = pixel_centers.index_select(0, pix)
-        dx, dy = g[:, 0] - pc[:, 0], g[:, 1] - pc[:, 1]
-        del pc
-        power = 0.5 * (g[:, 2] * dx * dx + g[:, 4] * dy * dy) + g[:, 3] * dx * dy
-        vis = torch.exp(-power)
-        v_a = torch.where(g[:, 5] * vis <= ALPHA_MAX, v_a, torch.zeros_like(v_a))
-        v_power = -v_a * alpha  # d alpha / d power = -alpha
-        per_pair = [
-            v_power * (g[:, 2] * dx + g[:, 3] * dy),  # d power / d mean_x
-            v_power * (g[:, 4] * dy + g[:, 3] * dx),  # d power / d mean_y
-            0.5 * v_power * dx * dx,  # conic a
-            v_power * dx * dy,  # conic b
-            0.5 * v_power * dy * dy,  # conic c
-            v_a * vis,  # opacity
-        ] + [weight * v_c[:, d] for d in range(v_c.shape[1])]  # features
-        # Scatter-add to the Gaussians, one 1-D index_add per quantity: on CPU this beats building
-        # a [K, 6 + D] matrix and scattering its rows.
-        v = torch.zeros(len(per_pair), S, dtype=dtype, device=means2d.device)
-        for row, values in zip(v, per_pair):
-            row.index_add_(0, gauss, values)
-        v = v.T
-        return v[:, :2], v[:, 2:5], v[:, 5], v[:, 6:], None, None, None
+
+def _backward_sums(
+    sums: Tensor,  # [6 + D, S] accumulated here
+    means2d: Tensor,  # [S, 2]
+    features: Tensor,  # [S, D]
+    pixel_centers: Tensor,  # [n_pix, 2]
+    v_accum: Tensor,  # [n_pix, D] upstream gradient of the accumulated features
+    v_alpha_t: Tensor,  # [n_pix] upstream gradient of alpha times the final transmittance
+    pix: Tensor,  # [K] kept pairs of whole pixels, sorted
+    gauss: Tensor,  # [K]
+    alpha: Tensor,  # [K]
+    t_before: Tensor,  # [K]
+) -> None:
+    """Backward of the compositing for some kept pairs: adds to `sums` the per-Gaussian sums of
+    v, v dx, v dy, v dx^2, v dx dy, v dy^2 (v = dL/dpower) and w * v_accum (the features' grad).
+
+    With w_i = a_i T_i, T_i = prod_{j<i} (1 - a_j), out = sum_i w_i f_i, alpha = 1 - T_final:
+      d out / d f_i = w_i
+      dL / d a_i = T_i <f_i, v> - (sum_{k>i} w_k <f_k, v>) / (1 - a_i) + v_alpha T_final / (1 - a_i)
+    alpha = min(0.999, o exp(-power)): no gradient where clamped (as gsplat); else
+    d alpha / d power = -alpha and d alpha / d o = alpha / o. power = 0.5 a dx^2 + 0.5 c dy^2 +
+    b dx dy with dx = mean_x - pixel_x, so its gradients are per-Gaussian conic entries times
+    per-pair moments: only the moments need scattering.
+    """
+    dtype, n_pix = features.dtype, pixel_centers.shape[0]
+    v_c = v_accum.index_select(0, pix)  # [K, D] upstream gradient at each pair's pixel
+    weight = alpha * t_before
+    q = (features.index_select(0, gauss) * v_c).sum(-1)  # <f_i, v>
+    wq = (weight * q).double()
+    # light behind a pair = pixel total - inclusive running sum (segmented cumsums, float64)
+    incl = torch.cumsum(wq, 0) - _earlier_pixels_total(wq, pix, n_pix).index_select(0, pix)
+    pixel_total = torch.zeros(n_pix, dtype=torch.float64, device=wq.device).index_add_(0, pix, wq)
+    behind = (pixel_total.index_select(0, pix) - incl).to(dtype)
+    del incl, wq, pixel_total
+    v_a = t_before * q + (v_alpha_t.index_select(0, pix) - behind) / (1.0 - alpha)
+    v_power = torch.where(alpha < ALPHA_MAX, -v_a * alpha, torch.zeros_like(v_a))
+    del v_a, behind, q
+
+    pc = pixel_centers.index_select(0, pix)
+    m = means2d.index_select(0, gauss)
+    dx, dy = m[:, 0] - pc[:, 0], m[:, 1] - pc[:, 1]
+    del pc, m
+    v_dx, v_dy = v_power * dx, v_power * dy
+    per_pair = [v_power, v_dx, v_dy, v_dx * dx, v_dx * dy, v_dy * dy]
+    per_pair += [weight * v_c[:, d] for d in range(v_c.shape[1])]
+    # one 1-D index_add per quantity: on CPU this beats scattering the rows of a [K, 6 + D] matrix
+    for row, values in zip(sums, per_pair):
+        row.index_add_(0, gauss, values)
+
+
+def _pixel_chunks(pix: Tensor) -> list[tuple[int, int]]:
+    """Split pixel-sorted pairs [P] into ranges of about PAIR_CHUNK pairs that never split a pixel."""
+    n, chunk = len(pix), PAIR_CHUNK
+    if n <= chunk:
+        return [(0, n)]
+    # start each chunk at the first pair of the pixel found at every multiple of `chunk`
+    starts = torch.searchsorted(pix, pix[chunk::chunk].contiguous()).tolist()
+    bounds = sorted(set([0] + starts + [n]))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _drawn_pairs(params: Tensor, pixel_centers: Tensor, pix: Tensor, gauss: Tensor) -> tuple[Tensor, ...]:
+    """Evaluate candidate pairs (whole pixels, sorted) with gsplat's rules and keep those drawn.
+
+    params [S, 6] = (mean x, mean y, conic a, b, c, opacity); pix, gauss [P]. Returns, for the
+    kept pairs, pix, gauss, alpha, log(1 - alpha) and log T after the pair (float64).
+    """
+    pc = pixel_centers.index_select(0, pix)  # [P, 2]
+    g = params.index_select(0, gauss)  # [P, 6]
+    dx, dy = g[:, 0] - pc[:, 0], g[:, 1] - pc[:, 1]
+    del pc
+    power = 0.5 * (g[:, 2] * dx * dx + g[:, 4] * dy * dy) + g[:, 3] * dx * dy
+    alpha = torch.clamp_max(g[:, 5] * torch.exp(-power), ALPHA_MAX)
+    valid = (power >= 0) & (alpha >= ALPHA_MIN)
+    del g, dx, dy, power
+    # log T after each pair: inclusive segmented cumsum of log(1 - alpha) along each pixel.
+    log_1ma = torch.where(valid, torch.log1p(-alpha), torch.zeros_like(alpha)).double()
+    n_pix = pixel_centers.shape[0]
+    log_t_after = torch.cumsum(log_1ma, 0) - _earlier_pixels_total(log_1ma, pix, n_pix).index_select(0, pix)
+    # gsplat stops at the first Gaussian whose next T would be <= 1e-4 and does not draw it;
+    # log T only decreases along a pixel, so all later pairs of that pixel go too.
+    keep = torch.nonzero(valid & (log_t_after > math.log(T_MIN))).squeeze(1)
+    return tuple(t.index_select(0, keep) for t in (pix, gauss, alpha, log_1ma, log_t_after))
 
 
 def _earlier_pixels_total(values: Tensor, pix: Tensor, n_pix: int) -> Tensor:
@@ -378,22 +437,15 @@ def _rasterize(
     cov2d: Tensor,  # [S, 3] (no grad needed)
     opacities: Tensor,  # [S]
     radii: Tensor,  # [S] int
-    cam_ids: Tensor,  # [S] int64 camera of each entry
-    n_cams: int,
+    pixel_centers: Tensor,  # [H * W, 2]
     width: int,
     height: int,
 ) -> tuple[Tensor, Tensor]:
-    """Composite front to back. Returns accumulated features [C*H*W, D] and alpha [C*H*W]."""
+    """Composite one camera's Gaussians front to back -> features [H*W, D] and alpha [H*W]."""
     with torch.no_grad():
         pix, gauss = _enumerate_pairs(
-            means2d.detach(), conics.detach(), cov2d.detach(), opacities.detach(), radii, cam_ids, n_cams, width, height
+            means2d.detach(), conics.detach(), cov2d.detach(), opacities.detach(), radii, width, height
         )
-        ys, xs = torch.meshgrid(
-            torch.arange(height, device=means2d.device, dtype=means2d.dtype) + 0.5,
-            torch.arange(width, device=means2d.device, dtype=means2d.dtype) + 0.5,
-            indexing="ij",
-        )
-        pixel_centers = torch.stack([xs, ys], dim=-1).reshape(1, -1, 2).expand(n_cams, -1, -1).reshape(-1, 2)
     return _Composite.apply(means2d, conics, opacities, features, pix, gauss, pixel_centers)
 
 
@@ -402,12 +454,9 @@ def _rasterize(
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_finite(name: str, t: Tensor) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
-
-
-def _validate(gaussians: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int, background, near_plane, far_plane, backend) -> None:
+def _validate(
+    gaussians: Gaussians, c2w: Tensor, K: Tensor, width, height, background, near_plane, far_plane, backend
+) -> None:
     if not isinstance(gaussians, Gaussians):
         raise ValueError(f"gaussians must be a Gaussians instance, got {type(gaussians).__name__}")
     means = gaussians.means
@@ -433,7 +482,7 @@ def _validate(gaussians: Gaussians, c2w: Tensor, K: Tensor, width: int, height: 
     if c2w.shape[0] == 0:
         raise ValueError("at least one camera is needed (c2w is [0, 4, 4])")
     for name, v in (("width", width), ("height", height)):
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if background is not None and tuple(background.shape) not in ((3,), (c2w.shape[0], 3)):
         raise ValueError(f"background must be [3] or [C, 3], got {list(background.shape)}")
@@ -448,8 +497,13 @@ def _validate(gaussians: Gaussians, c2w: Tensor, K: Tensor, width: int, height: 
     devices = {t.device for t in tensors.values()}
     if len(devices) > 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(str(d) for d in devices)}")
-    for name, t in tensors.items():
-        _check_finite(name, t)
+    # One device sync for all the NaN/Inf checks; name the culprit only when one fails.
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()])
+    if not bool(finite.all()):
+        bad = [name for name, ok in zip(tensors, finite.tolist()) if not ok]
+        raise ValueError(f"{', '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or Inf values")
+    if N and bool((gaussians.quats == 0).all(dim=-1).any()):
+        raise ValueError("gaussians.quats contains all-zero quaternions (no rotation can be derived from them)")
 
 
 def render(
@@ -476,6 +530,7 @@ def render(
     device = gaussians.means.device
     if backend == "auto":
         backend = "gsplat" if device.type == "cuda" else "torch"
+    width, height = int(width), int(height)
     with torch.autocast(device_type=device.type, enabled=False):
         g = gaussians.map(lambda t: t.float())
         c2w, K = c2w.float(), K.float()
@@ -499,7 +554,9 @@ def _empty_output(g: Gaussians, c2w: Tensor, width: int, height: int, bg: Tensor
     return RenderOutput(rgb=rgb, alpha=empty, depth=empty.clone())
 
 
-def _render_torch(g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int, bg: Tensor | None, near_plane: float, far_plane: float) -> RenderOutput:
+def _render_torch(
+    g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int, bg: Tensor | None, near_plane: float, far_plane: float
+) -> RenderOutput:
     C, N, device = c2w.shape[0], len(g), c2w.device
     w2c = torch.linalg.inv(c2w)  # [C, 4, 4]
 
@@ -524,12 +581,31 @@ def _render_torch(g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int,
     opac = g.opacities[gid]
     colors = sh_to_rgb(g.sh[gid], g.means[gid] - c2w[cam, :3, 3])  # [S, 3]
 
-    order = torch.argsort(proj.depths.detach(), stable=True)  # front to back (ties: index order, like gsplat)
+    # Group the entries by camera, front to back inside each (ties: index order, like gsplat).
+    with torch.no_grad():
+        order = torch.argsort(proj.depths, stable=True)
+        order = order[torch.argsort(cam[order], stable=True)]
+        ends = torch.cumsum(torch.bincount(cam, minlength=C), 0).tolist()
+        ys, xs = torch.meshgrid(
+            torch.arange(height, device=device, dtype=torch.float32) + 0.5,
+            torch.arange(width, device=device, dtype=torch.float32) + 0.5,
+            indexing="ij",
+        )
+        pixel_centers = torch.stack([xs, ys], dim=-1).reshape(-1, 2)  # [H * W, 2]
     features = torch.cat([colors, proj.depths[:, None]], dim=-1)[order]  # [S, 4] = rgb + z
-    accum, alpha = _rasterize(
-        features, proj.means2d[order], proj.conics[order], proj.cov2d[order], opac[order],
-        radii[idx][order], cam[order], C, width, height,
-    )  # fmt: skip
+    means2d, conics, cov2d = proj.means2d[order], proj.conics[order], proj.cov2d[order]
+    opac, radii = opac[order], radii[idx][order]
+    # One camera at a time: bounds the memory and keeps pixel ids small.
+    accum, alpha = [], []
+    for start, end in zip([0] + ends[:-1], ends):
+        part = slice(start, end)
+        a_c, t_c = _rasterize(
+            features[part], means2d[part], conics[part], cov2d[part], opac[part], radii[part],
+            pixel_centers, width, height,
+        )  # fmt: skip
+        accum.append(a_c)
+        alpha.append(t_c)
+    accum, alpha = torch.stack(accum), torch.stack(alpha)
     accum = accum.reshape(C, height, width, 4)
     alpha = alpha.reshape(C, height, width, 1)
     rgb = accum[..., :3]
@@ -539,7 +615,9 @@ def _render_torch(g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int,
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
 
 
-def _render_gsplat(g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int, bg: Tensor | None, near_plane: float, far_plane: float) -> RenderOutput:
+def _render_gsplat(
+    g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int, bg: Tensor | None, near_plane: float, far_plane: float
+) -> RenderOutput:
     if c2w.device.type != "cuda":
         raise ValueError(f"backend='gsplat' needs CUDA tensors, got device {c2w.device}; use backend='torch'")
     try:

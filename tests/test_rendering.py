@@ -18,6 +18,15 @@ import torch
 from ilrm_nerfstudio.gaussians import Gaussians
 from ilrm_nerfstudio.rendering import RenderOutput, _Composite, render, sh_to_rgb
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These scenes are small: one thread is as fast, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------------------------------
 # Independent reference
 # ------------------------------------------------------------------------------------------------
@@ -110,18 +119,22 @@ def ref_render(g: Gaussians, c2w, K, W, H, background=None, near=0.01, far=1e10,
         T = torch.ones(H * W, dtype=torch.float64)
         done = torch.zeros(H * W, dtype=torch.bool)
         out = torch.zeros(H * W, 4, dtype=torch.float64)
-        for n in torch.argsort(z.detach(), stable=True).tolist():
-            use = drawn[:, n] & ~done
-            next_T = T * (1 - alpha[:, n])
+        order = torch.argsort(z.detach(), stable=True)  # front to back
+        feature = torch.cat([color, z[:, None]], dim=-1)[order]  # [N, 4] rgb + depth
+        # unbind once: indexing column n in the loop would make the backward pass quadratic
+        for a_n, drawn_n, f_n in zip(alpha[:, order].unbind(1), drawn[:, order].unbind(1), feature.unbind(0)):
+            use = drawn_n & ~done
+            next_T = T * (1 - a_n)
             stop = use & (next_T <= 1e-4)
             done = done | stop
             use = use & ~stop
-            w = torch.where(use, alpha[:, n] * T, torch.zeros_like(T))
-            out = out + w[:, None] * torch.cat([color[n], z[n : n + 1]])
+            w = torch.where(use, a_n * T, torch.zeros_like(T))
+            out = out + w[:, None] * f_n
             T = torch.where(use, next_T, T)
         if stats is not None:
             stats["stopped_pixels"] = stats.get("stopped_pixels", 0) + int(done.sum())
             stats["tile_clipped"] = stats.get("tile_clipped", 0) + int((visible & ~in_tiles & (power >= 0) & (alpha >= 1 / 255)).sum())
+            stats["clamped"] = stats.get("clamped", 0) + int((drawn & (opac * torch.exp(-power) > 0.999)).sum())
         a = 1 - T
         rgb = out[:, :3]
         if background is not None:
@@ -176,7 +189,7 @@ def with_grad(g: Gaussians) -> Gaussians:
 def loss_of(rgb, alpha, depth, seed=0):
     """A generic scalar of all outputs, so every output's gradient path is exercised."""
     gen = torch.Generator().manual_seed(seed)
-    wr, wa, wd = (torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in (rgb, alpha, depth))
+    wr, wa, wd = (torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device) for t in (rgb, alpha, depth))
     return (rgb.double() * wr).sum() + (alpha.double() * wa).sum() + 0.1 * (depth.double() * wd).sum()
 
 
@@ -228,8 +241,10 @@ def test_opaque_stack_hits_transmittance_stop_and_alpha_clamp():
     """Dense, nearly opaque Gaussians: gsplat's T <= 1e-4 stop and 0.999 clamp both matter."""
     g = random_scene(120, 5, opacity=(0.9, 1.0))
     g.scales = g.scales * 2
+    g.opacities[:8] = 1.0  # large and fully opaque: alpha is clamped near their centers
+    g.scales[:8] = 1.0
     stats = compare_to_reference(g)
-    assert stats["stopped_pixels"] > 100  # the stop rule was exercised
+    assert stats["stopped_pixels"] > 100 and stats["clamped"] > 5  # both rules were exercised
 
 
 def test_background_and_fov_clamp_and_culling_match_reference():
@@ -246,28 +261,46 @@ def test_background_and_fov_clamp_and_culling_match_reference():
     compare_to_reference(Gaussians.cat([g, extra]), background=torch.tensor([0.2, 0.5, 0.9]))
 
 
-def test_tile_clipping_matches_gsplat():
-    """A large Gaussian whose radius box ends on a tile border: gsplat draws nothing beyond it
-    even where alpha would exceed 1/255, and so must we."""
+@pytest.mark.parametrize("box_end", [47.9, 39.5])
+def test_tile_clipping_matches_gsplat(box_end):
+    """gsplat draws a Gaussian only in the 16 px tiles that its radius box touches, even where
+    alpha would still exceed 1/255 beyond them; so must we. A large Gaussian (sigma ~10 px)
+    whose radius box ends at `box_end`: 47.9 -> clipped at x = 48; 39.5 -> drawn up to x = 47,
+    so pixel 40 is drawn (an 8 px tile would clip it)."""
     f, z, width = 50.0, 10.0, 64
-    # isotropic scale s on the optical axis: 2D variance (f s / z)^2 + 0.3 in x and y
-    s = 10.0 * z / f  # 10 px sigma
-    sigma2 = (f * s / z) ** 2 + 0.3
-    radius = math.ceil(3 * math.sqrt(sigma2 + math.sqrt(0.01)))  # b^2 - det = 0 is clamped to 0.01
-    assert radius == 31
-    cx = 48 - radius - 0.1  # the box [cx - r, cx + r] ends just before x = 48, where tile 3 starts
+    sigma2 = 106.6  # 2D variance incl. the 0.3 blur; isotropic on the optical axis
+    s = math.sqrt(sigma2 - 0.3) * z / f
+    # gsplat: radius = ceil(3 sqrt(b + sqrt(max(0.01, b^2 - det)))) with b^2 - det = 0 here. The
+    # variance is chosen so that the 0.01 clamp matters: 31 with it, 32 with e.g. 0.1.
+    radius = math.ceil(3 * math.sqrt(sigma2 + math.sqrt(0.01)))
+    assert radius == 31 and math.ceil(3 * math.sqrt(sigma2 + math.sqrt(0.1))) == 32
+    cx = box_end - radius
     g = Gaussians(
         means=torch.tensor([[0.0, 0.0, z]]), scales=torch.full((1, 3), s),
         quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]), opacities=torch.tensor([0.95]), sh=torch.zeros(1, 1, 3),
     )  # fmt: skip
-    K = intrinsics(f, f, cx, 8.0)[None]
-    out = render(g, torch.eye(4)[None], K, width, 16)
-    # Without clipping, pixel x = 48 would be drawn: its center is 31.6 px away (< 3.33 sigma).
-    unclipped = 0.95 * math.exp(-0.5 * (48.5 - cx) ** 2 / sigma2)
-    assert unclipped > 1 / 255
-    assert out.alpha[0, 8, 47, 0] > 1 / 255
-    assert torch.all(out.alpha[0, :, 48:] == 0)
+    K = intrinsics(f, f, cx, 8.5)[None]  # the center lies on row 8's pixel centers
+    alpha = render(g, torch.eye(4)[None], K, width, 16).alpha[0, 8, :, 0]
+    unclipped = lambda x: 0.95 * math.exp(-0.5 * (x + 0.5 - cx) ** 2 / sigma2)  # noqa: E731
+    if box_end == 47.9:
+        assert unclipped(48) > 1 / 255 and alpha[47] > 1 / 255
+        assert torch.all(alpha[48:] == 0)
+    else:
+        assert unclipped(42) > 1 / 255 > unclipped(43)
+        torch.testing.assert_close(alpha[40], torch.tensor(unclipped(40), dtype=torch.float32), atol=1e-6, rtol=0)
+        assert torch.all(alpha[43:] == 0)
     compare_to_reference(g, torch.eye(4)[None], K, width, 16)
+
+
+def test_camera_pose_gradient_matches_reference():
+    """Gradients also flow to c2w (through its inverse and the camera center of the SH)."""
+    g = random_scene(80, 9, sh_degree=1)
+    ours_c2w, ref_c2w = CAMS.clone().requires_grad_(True), CAMS.double().requires_grad_(True)
+    out = render(g, ours_c2w, KS, W, H)
+    loss_of(out.rgb, out.alpha, out.depth).backward()
+    loss_of(*ref_render(g.map(lambda t: t.double()), ref_c2w, KS, W, H)).backward()
+    scale = float(ref_c2w.grad.abs().max())
+    assert float((ours_c2w.grad.double() - ref_c2w.grad).abs().max()) <= 2e-3 * scale
 
 
 def test_composite_backward_gradcheck():
@@ -354,6 +387,22 @@ def test_background_compositing():
     torch.testing.assert_close(with_bg.alpha, plain.alpha)
 
 
+def test_chunked_evaluation_gives_the_same_result(monkeypatch):
+    """Candidate pairs are evaluated in chunks of whole pixels; tiny chunks change nothing."""
+    import ilrm_nerfstudio.rendering as rendering
+
+    g = random_scene(150, 8)
+    whole_in, chunked_in = with_grad(g), with_grad(g)
+    whole = render(whole_in, CAMS, KS, W, H)
+    monkeypatch.setattr(rendering, "PAIR_CHUNK", 97)
+    chunked = render(chunked_in, CAMS, KS, W, H)
+    for name in ("rgb", "alpha", "depth"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), atol=1e-6, rtol=1e-6)
+    loss_of(whole.rgb, whole.alpha, whole.depth).backward()
+    loss_of(chunked.rgb, chunked.alpha, chunked.depth).backward()
+    torch.testing.assert_close(chunked_in.means.grad, whole_in.means.grad, atol=1e-5, rtol=1e-4)
+
+
 def test_several_cameras_equal_separate_renders():
     g = random_scene(100, 3)
     both = render(g, CAMS, KS, W, H)
@@ -361,6 +410,17 @@ def test_several_cameras_equal_separate_renders():
         one = render(g, CAMS[c : c + 1], KS[c : c + 1], W, H)
         for name in ("rgb", "alpha", "depth"):
             torch.testing.assert_close(getattr(both, name)[c], getattr(one, name)[0], atol=1e-6, rtol=0)
+
+
+def test_camera_that_sees_nothing():
+    g = random_scene(50, 6)
+    away = look_at((0.0, 0.0, -3.5), (0.0, 0.0, -10.0))  # looking away from the scene
+    bg = torch.tensor([0.4, 0.4, 0.4])
+    out = render(g, torch.stack([CAMS[0], away]), KS, W, H, background=bg)
+    assert out.alpha[0].max() > 0.5 and torch.all(out.alpha[1] == 0)
+    torch.testing.assert_close(out.rgb[1], bg.expand(H, W, 3))
+    alone = render(g, CAMS[:1], KS[:1], W, H, background=bg)
+    torch.testing.assert_close(out.rgb[0], alone.rgb[0])
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 33), (40, 16)])
@@ -435,6 +495,10 @@ def test_nan_and_other_bad_values_raise():
     bad_K[0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="K contains NaN or Inf"):
         render(random_scene(10, 0), CAMS, bad_K, W, H)
+    zero_quat = random_scene(10, 0)
+    zero_quat.quats[2] = 0.0
+    with pytest.raises(ValueError, match="all-zero quaternions"):
+        render(zero_quat, CAMS, KS, W, H)
     with pytest.raises(ValueError, match="width must be a positive int"):
         render(random_scene(10, 0), CAMS, KS, 0, H)
     with pytest.raises(ValueError, match="background must be"):
@@ -454,8 +518,8 @@ def test_nan_and_other_bad_values_raise():
 
 @pytest.mark.skipif(
     not torch.cuda.is_available(),
-    reason="gsplat's rasterizer is CUDA-only (its kernels, even for the 'torch' variant, need a GPU); "
-    "this machine has no GPU",
+    reason="needs a CUDA GPU: gsplat's rasterizer only runs CUDA kernels (even its 'pure torch' "
+    "variant calls them), and no CUDA device is available here",
 )
 @pytest.mark.parametrize("sh_degree", [0, 3])
 def test_gsplat_backend_matches_torch_backend(sh_degree):

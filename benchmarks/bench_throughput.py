@@ -1,0 +1,123 @@
+"""Benchmark 4: achieved FLOP/s of the network forward as a fraction of the hardware limit.
+
+The limit is the machine's dense matmul throughput, measured in the same run (best of a few
+square n x n matmuls in the forward's dtype). The network's FLOPs are counted by FlopCounterMode
+on the meta device (matmuls and attention); its time is the median forward (no_grad, batch 1). A
+profiler pass splits the forward's time into matmuls, attention kernels and everything else.
+
+    python benchmarks/bench_throughput.py                   # CPU fp32, base width and depth, 2 views 256x256
+    python benchmarks/bench_throughput.py --threads 2
+    python benchmarks/bench_throughput.py --device cuda     # bf16 autocast, 8 views
+    python benchmarks/bench_throughput.py --quick
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import torch
+from bench_scaling import autocast, base_parser, count_flops, markdown_table, report, scene_inputs, setup, synchronize, time_call
+
+from ilrm_nerfstudio.baseline_network import FullAttentionLRM
+from ilrm_nerfstudio.network import ILRM, ILRMNetworkConfig
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
+    """Best FLOP/s of an n x n x n matmul."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def time_breakdown(fn, device: torch.device) -> dict[str, float]:
+    """Share of the profiled self time of fn() spent in matmuls, attention and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+    shares: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        us = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        name = event.key.lower()
+        if "attention" in name or "flash" in name or "softmax" in name:
+            shares["attention"] += us
+        elif any(k in name for k in ("aten::mm", "aten::addmm", "aten::bmm", "gemm", "matmul", "cutlass", "sm90_xmma")):
+            shares["matmul"] += us
+        else:
+            shares["other"] += us
+    total = sum(shares.values()) or 1.0
+    return {k: shares[k] / total for k in ("matmul", "attention", "other")}
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--views", type=int, default=None, help="default 2 on CPU, 8 on CUDA")
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--matmul-size", type=int, default=None, help="default 2048 on CPU, 8192 on CUDA")
+    parser.add_argument("--fp32", action="store_true", help="on CUDA: fp32 (TF32) instead of bf16 autocast")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    device = setup(args)
+    cuda = device.type == "cuda"
+    bf16 = cuda and not args.fp32
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    V = args.views or (8 if cuda else 2)
+    R = args.resolution
+    n = args.matmul_size or (8192 if cuda else 2048)
+    network = dict(width=768, num_heads=12, num_layers=12)
+    if args.quick:
+        V, R, n, args.repeats = 2, 64, 256, 1
+        network = dict(width=64, num_heads=1, num_layers=1)
+
+    peak = matmul_peak(device, dtype, n)
+    models = {
+        "iLRM (V,H,F) base": ILRM(ILRMNetworkConfig(**network)),
+        "iLRM (V,H,F), quarter cross-attention": ILRM(ILRMNetworkConfig(cross_attention_groups=4, **network)),
+        "full attention (GS-LRM style)": FullAttentionLRM(ILRMNetworkConfig(**network)),
+    }
+    images, c2w, K = scene_inputs(1, V, R, R, device, args.seed)
+    rows = []
+    for name, model in models.items():
+        model = model.to(device).eval()
+
+        def forward():
+            with torch.no_grad(), autocast(device, bf16):
+                model(images, c2w, K)
+
+        flops = count_flops(model, images, c2w, K)["total"]
+        seconds = time_call(forward, device, repeats=args.repeats, warmup=1, budget_s=60.0)
+        shares = time_breakdown(forward, device)
+        achieved = flops / seconds
+        rows.append([name, flops / 1e9, seconds * 1e3, achieved / 1e9, peak / 1e9, achieved / peak,
+                     shares["matmul"], shares["attention"], shares["other"]])  # fmt: skip
+        print(f"  {name}: {seconds * 1e3:.0f} ms, {achieved / 1e9:.1f} GFLOP/s", flush=True)
+        del model
+    columns = ["network", "GFLOP", "forward (ms)", "achieved GFLOP/s", f"matmul peak GFLOP/s (n={n})", "fraction of peak",
+               "time in matmuls", "time in attention", "time elsewhere"]  # fmt: skip
+    report(
+        args,
+        device,
+        "Benchmark 4: achieved FLOP/s of the forward against the dense matmul limit",
+        [("", markdown_table(columns, rows))],
+        [
+            f"{V} views {R}x{R}, batch 1, width {network['width']}, {network['num_layers']} update layers "
+            f"(baseline: {2 * network['num_layers']} blocks), {'bf16 autocast' if bf16 else 'fp32'}, no_grad, {args.threads} CPU thread(s)",
+            "GFLOP counted by FlopCounterMode (matmuls and attention only); elementwise work is not counted but takes time",
+            "time shares: profiler self time of matmul ops, attention kernels (and softmax) and the rest",
+            "GPU rows: not measured here unless the machine line above names a CUDA device",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

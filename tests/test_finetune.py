@@ -1,0 +1,372 @@
+"""The per-scene stage in process (fast): frames, network loading, view selection, the finetune
+recipe (the nerfstudio trainer computes what `optimize_scene` computes), densification, the
+scene an ilrm checkpoint holds. The real CLIs are run in tests/test_tools.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ilrm_nerfstudio.cameras import intrinsics_matrix, normalize_poses
+from ilrm_nerfstudio.frames import normalized_to_world, quat_multiply, rotmat_to_quat, transform_gaussians
+from ilrm_nerfstudio.gaussians import Gaussians
+from ilrm_nerfstudio.rendering import quat_to_rotmat, render
+from ilrm_nerfstudio.synthetic import generate_dataset
+
+torch.set_num_threads(1)
+
+
+def random_rotation(generator: torch.Generator) -> torch.Tensor:
+    q = torch.nn.functional.normalize(torch.randn(4, generator=generator, dtype=torch.float64), dim=0)
+    return quat_to_rotmat(q)
+
+
+def look_at_cameras(count: int, radius: float = 3.0) -> torch.Tensor:
+    """OpenCV c2w [count, 4, 4] on an arc, looking at the origin."""
+    cams = []
+    for i in range(count):
+        angle = -0.4 + 0.8 * i / max(1, count - 1)
+        position = torch.tensor([radius * math.sin(angle), -0.3, -radius * math.cos(angle)], dtype=torch.float64)
+        forward = torch.nn.functional.normalize(-position, dim=0)
+        right = torch.nn.functional.normalize(torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), forward), dim=0)
+        down = torch.linalg.cross(forward, right)
+        c2w = torch.eye(4, dtype=torch.float64)
+        c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, position
+        cams.append(c2w)
+    return torch.stack(cams)
+
+
+def random_gaussians(n: int, sh_degree: int, seed: int = 0) -> Gaussians:
+    g = torch.Generator().manual_seed(seed)
+    return Gaussians(
+        means=(torch.rand(n, 3, generator=g) - 0.5) * 1.5,
+        scales=0.03 + 0.08 * torch.rand(n, 3, generator=g),
+        quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1),
+        opacities=0.3 + 0.6 * torch.rand(n, generator=g),
+        sh=0.5 * torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g),
+    )
+
+
+def test_rotmat_to_quat_round_trip():
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        R = random_rotation(generator)
+        q = rotmat_to_quat(R)
+        torch.testing.assert_close(quat_to_rotmat(q), R, atol=1e-10, rtol=0)
+    # Product of quaternions = product of rotations.
+    a, b = rotmat_to_quat(random_rotation(generator)), rotmat_to_quat(random_rotation(generator))
+    torch.testing.assert_close(quat_to_rotmat(quat_multiply(a, b)), quat_to_rotmat(a) @ quat_to_rotmat(b), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("sh_degree", [0, 2])
+def test_similarity_transform_of_gaussians_matches_moved_cameras(sh_degree):
+    """Rendering transformed Gaussians from transformed cameras gives the same images (means,
+    scales, rotations and the view-dependent SH bands all move correctly)."""
+    generator = torch.Generator().manual_seed(2)
+    g = random_gaussians(300, sh_degree)
+    c2w = look_at_cameras(3)
+    K = intrinsics_matrix(*(torch.tensor([40.0, 40.0, 24.0, 20.0]).expand(3, 4).unbind(-1)))
+    R, t, s = random_rotation(generator), torch.tensor([0.4, -1.0, 2.0], dtype=torch.float64), 2.5
+    S = torch.eye(4, dtype=torch.float64)
+    S[:3, :3], S[:3, 3] = R, t
+    moved_c2w = S @ c2w
+    moved_c2w[:, :3, 3] = s * (R @ c2w[:, :3, 3].T).T + t
+    moved = transform_gaussians(g, R.float(), t.float(), s)
+    a = render(g, c2w.float(), K, 48, 40, torch.ones(3), backend="torch").rgb
+    b = render(moved, moved_c2w.float(), K, 48, 40, torch.ones(3), backend="torch").rgb
+    assert float((a - 1).abs().mean()) > 0.05  # something is drawn
+    torch.testing.assert_close(b, a, atol=2e-4, rtol=0)
+
+
+def test_normalized_to_world_undoes_the_pose_normalization():
+    """Gaussians in the normalized frame of some context cameras, mapped to the world frame,
+    render from the world cameras exactly as they did from the normalized cameras."""
+    generator = torch.Generator().manual_seed(3)
+    R = random_rotation(generator)
+    world = look_at_cameras(4, radius=7.0)
+    world[:, :3, :] = torch.einsum("ij,njk->nik", R, world[:, :3, :])
+    world[:, :3, 3] += torch.tensor([3.0, 1.0, -2.0], dtype=torch.float64)
+    normalized, _, _ = normalize_poses(world)
+    g = random_gaussians(200, 1)
+    g = dataclasses.replace(g, means=g.means + normalized[:, :3, 3].mean(0).float() + 2.0 * normalized[0, :3, 2].float())
+    K = intrinsics_matrix(*(torch.tensor([40.0, 40.0, 24.0, 20.0]).expand(4, 4).unbind(-1)))
+    a = render(g, normalized.float(), K, 48, 40, torch.ones(3), backend="torch").rgb
+    b = render(normalized_to_world(g, world), world.float(), K, 48, 40, torch.ones(3), backend="torch").rgb
+    assert float((a - 1).abs().mean()) > 0.01
+    torch.testing.assert_close(b, a, atol=2e-4, rtol=0)
+
+
+# -- with a (tiny, untrained) network ------------------------------------------------------------
+
+
+def tiny_trainer_config(tmp_path: Path):
+    from ilrm_nerfstudio.ilrm_config import ilrm_small_method
+
+    config = dataclasses.replace(ilrm_small_method.config)
+    config.pipeline = dataclasses.replace(config.pipeline)
+    config.pipeline.datamanager = dataclasses.replace(config.pipeline.datamanager, image_height=32, image_width=32)
+    config.pipeline.model = dataclasses.replace(
+        config.pipeline.model, network=dataclasses.replace(config.pipeline.model.network, width=32, num_heads=2, num_layers=1)
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory) -> Path:
+    """A run folder as ns-train writes it (config.yml, nerfstudio_models/step-*.ckpt) holding a
+    freshly initialized tiny network."""
+    from ilrm_nerfstudio.network import ILRM
+
+    run = tmp_path_factory.mktemp("run")
+    config = tiny_trainer_config(run)
+    (run / "config.yml").write_text(yaml.dump(config), "utf8")
+    torch.manual_seed(0)
+    network = ILRM(dataclasses.replace(config.pipeline.model.network, sh_degree=0))
+    state = {f"_model.network.{k}": v for k, v in network.state_dict().items()}
+    state["_model.gauss_params.means"] = torch.zeros(0, 3)
+    (run / "nerfstudio_models").mkdir()
+    torch.save({"step": 7, "pipeline": state}, run / "nerfstudio_models" / "step-000000007.ckpt")
+    return run
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    generate_dataset(root, num_scenes=2, seed=5, height=32, width=32, frames_per_scene=12, test_fraction=0.5, workers=1)
+    return next((root / "test").iterdir())
+
+
+def test_load_trained_network_from_run_folder_config_or_checkpoint(fake_run):
+    from ilrm_nerfstudio.finetune import load_trained_network
+
+    saved = torch.load(fake_run / "nerfstudio_models" / "step-000000007.ckpt", weights_only=True)["pipeline"]
+    for path in (fake_run, fake_run / "config.yml", fake_run / "nerfstudio_models" / "step-000000007.ckpt"):
+        trained = load_trained_network(path)
+        assert trained.resolution == (32, 32) and trained.sh_degree == 0
+        for name, value in trained.network.state_dict().items():
+            torch.testing.assert_close(value, saved[f"_model.network.{name}"])
+        assert not any(p.requires_grad for p in trained.network.parameters())
+
+
+def test_missing_run_is_a_clear_error(tmp_path):
+    from ilrm_nerfstudio.finetune import load_trained_network
+    from ilrm_nerfstudio.scenes import SceneError
+
+    with pytest.raises(SceneError, match="ilrm run not found"):
+        load_trained_network(tmp_path / "nowhere")
+    (tmp_path / "config.yml").write_text("{}")
+    with pytest.raises(SceneError, match="no checkpoint"):
+        load_trained_network(tmp_path)
+
+
+def test_prediction_does_not_depend_on_the_world_frame(fake_run):
+    """The network sees normalized cameras; predicting in two world frames that differ by a
+    similarity gives Gaussians that differ by the same similarity."""
+    from ilrm_nerfstudio.finetune import load_trained_network, predict_gaussians
+
+    trained = load_trained_network(fake_run)
+    generator = torch.Generator().manual_seed(4)
+    images = torch.rand(3, 3, 32, 32, generator=generator)
+    c2w = look_at_cameras(3)
+    K = intrinsics_matrix(*(torch.tensor([30.0, 30.0, 16.0, 16.0]).expand(3, 4).unbind(-1)))
+    R, t, s = random_rotation(generator), torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64), 0.3
+    moved = c2w.clone()
+    moved[:, :3, :3] = R @ c2w[:, :3, :3]
+    moved[:, :3, 3] = s * (R @ c2w[:, :3, 3].T).T + t
+    a = predict_gaussians(trained, images, c2w, K)
+    b = predict_gaussians(trained, images, moved, K)
+    expected = transform_gaussians(a, R.float(), t.float(), s)
+    torch.testing.assert_close(b.means, expected.means, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.scales, expected.scales, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(quat_to_rotmat(b.quats), quat_to_rotmat(expected.quats), atol=1e-4, rtol=0)
+
+
+def scene_datamanager(scene: Path, **options):
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    from ilrm_nerfstudio.scene_datamanager import ILRMSceneDataManagerConfig
+
+    dataparser = NerfstudioDataParserConfig(eval_mode="interval", eval_interval=4)
+    return ILRMSceneDataManagerConfig(data=scene, dataparser=dataparser, **options).setup(device="cpu", test_mode="val")
+
+
+def test_input_view_selection(scene_dir):
+    all_views = scene_datamanager(scene_dir, view_selection="all")
+    n = len(all_views.train_dataset)
+    assert n == 9 and len(all_views.eval_dataset) == 3  # 12 frames, every 4th held out
+    assert all_views.input_indices == list(range(n))
+    assert scene_datamanager(scene_dir, view_selection="every-kth", view_stride=3).input_indices == [0, 3, 6]
+    chosen = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=4).input_indices
+    assert len(chosen) == 4 == len(set(chosen)) and chosen == sorted(chosen)
+    images, c2w, K = all_views.network_views(32, 32)
+    assert images.shape == (n, 3, 32, 32) and c2w.shape == (n, 4, 4) and K.shape == (n, 3, 3)
+    cameras, items = all_views.input_views
+    assert len(cameras) == n and items[0]["image"].shape == (32, 32, 3)
+    # The network's views are the training images (no crop needed at the same size).
+    torch.testing.assert_close(images[0].permute(1, 2, 0), items[0]["image"], atol=1 / 255, rtol=0)
+
+
+def finetune_model(datamanager, **options):
+    from ilrm_nerfstudio.finetune import ILRMFinetuneModelConfig
+
+    config = ILRMFinetuneModelConfig(report_held_out=False, **options)
+    return config.setup(scene_box=datamanager.train_dataset.scene_box, num_train_data=len(datamanager.train_dataset))
+
+
+def test_feed_forward_start_lands_in_the_dataparser_frame(scene_dir, fake_run):
+    """The predicted Gaussians render, from the dataparser's cameras of the input views, what the
+    network's own render from its normalized cameras shows."""
+    from ilrm_nerfstudio.finetune import load_trained_network
+
+    dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
+    model = finetune_model(dm, ilrm_run=fake_run)
+    model.initialize_gaussians(dm)
+    assert len(model.means) == 3 * 16 * 16 and model.means.requires_grad
+    trained = load_trained_network(fake_run)
+    images, c2w, K = dm.network_views(32, 32)
+    normalized, _, _ = normalize_poses(c2w)
+    with torch.no_grad():
+        g = trained.network(images[None], normalized[None].float(), K[None])
+        expected = render(g.map(lambda t: t[0]), normalized.float(), K, 32, 32, torch.ones(3), backend="torch").rgb.clamp(0, 1)
+        cameras, _ = dm.input_views
+        ours = model.render_camera_batch(cameras)["rgb"]
+    torch.testing.assert_close(ours, expected, atol=2e-3, rtol=0)
+
+
+def test_nerfstudio_trainer_runs_the_published_recipe(scene_dir, tmp_path):
+    """`ns-train ilrm-finetune` (its Trainer, in process) and `optimize_scene` (what the benchmark
+    runs) produce the same Gaussians from the same start."""
+    from ilrm_nerfstudio.finetune import optimize_scene
+    from ilrm_nerfstudio.ilrm_config import finetune_trainer_config
+
+    config = finetune_trainer_config(epochs=3)
+    config.pipeline.datamanager.data = scene_dir
+    config.pipeline.datamanager.dataparser.eval_mode = "interval"
+    config.pipeline.datamanager.dataparser.eval_interval = 4
+    config.pipeline.model.init = "random"
+    config.pipeline.model.random_init_count = 400
+    config.pipeline.model.report_held_out = False
+    config.machine.device_type = "cpu"
+    config.output_dir = tmp_path
+    config.logging.local_writer.enable = False
+    config.set_timestamp()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    pipeline = trainer.pipeline
+    start = {k: v.detach().clone() for k, v in pipeline.model.gauss_params.items()}
+    assert {g["lr"] for o in trainer.optimizers.optimizers.values() for g in o.param_groups} == {6e-4, 1e-3}
+    assert all(o.defaults["eps"] == 1e-15 for o in trainer.optimizers.optimizers.values())
+    trainer.train()
+    checkpoint = sorted((trainer.checkpoint_dir).glob("*.ckpt"))[-1]
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["step"] == 2 and set(state["pipeline"]) >= {f"_model.gauss_params.{k}" for k in start}
+    assert not any("network" in k for k in state["pipeline"])  # only the Gaussians
+
+    reference = finetune_model(pipeline.datamanager)
+    for name, value in start.items():
+        reference.gauss_params[name] = torch.nn.Parameter(value.clone())
+    cameras, items = pipeline.datamanager.input_views
+    c2w, K = reference.opencv_cameras(cameras)
+    optimize_scene(reference, c2w, K, torch.stack([i["image"] for i in items]), epochs=3)
+    for name in start:
+        torch.testing.assert_close(pipeline.model.gauss_params[name].detach(), reference.gauss_params[name].detach(), atol=1e-5, rtol=1e-4)
+        if name != "features_rest":
+            assert not torch.equal(start[name], reference.gauss_params[name].detach())
+
+
+def test_densification_keeps_the_optimizer_consistent(scene_dir):
+    from nerfstudio.engine.optimizers import Optimizers
+
+    from ilrm_nerfstudio.ilrm_config import finetune_trainer_config
+
+    dm = scene_datamanager(scene_dir, view_selection="all")
+    model = finetune_model(dm, init="random", random_init_count=300, densify=True, densify_every=1, densify_fraction=0.1, prune_opacity=0.099)
+    model.initialize_gaussians(dm)
+    optimizers = Optimizers(finetune_trainer_config().optimizers, model.get_param_groups())
+    cameras, items = dm.input_views
+    model.train()
+    for step in range(2):
+        optimizers.zero_grad_all()
+        out = model.get_outputs(cameras)
+        loss = sum(model.get_loss_dict(out, {"image": torch.stack([i["image"] for i in items])}).values())
+        loss.backward()
+        optimizers.optimizer_step_all()
+        before = len(model.means)
+        model.densify_step(step, total=10, optimizers=optimizers)
+        after = len(model.means)
+        assert after != before
+        for name, param in model.gauss_params.items():
+            optimizer = optimizers.optimizers[name]
+            assert optimizer.param_groups[0]["params"][0] is param and optimizers.parameters[name][0] is param
+            assert optimizer.state[param]["exp_avg"].shape == param.shape
+    # Every Gaussian below the pruning opacity (0.1 at the start, lower after steps) was removed.
+    assert bool((torch.sigmoid(model.opacities) >= 0.099 - 0.01).all())
+
+
+def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
+    """hold_eval_scene: the Gaussians stored for the single-scene tools, rendered from the scene's
+    cameras moved into the viewer frame (held_scene.json), equal the network's renders of the
+    targets (normalized cameras); the viewer's dataset has the same cameras."""
+    import json
+
+    from ilrm_nerfstudio.held_scene import attach_viewer_views, episode_scene, hold_eval_scene, to_viewer_frame
+    from ilrm_nerfstudio.ilrm_model import ILRMModel
+
+    root = tmp_path / "data"
+    generate_dataset(root, num_scenes=3, seed=2, height=32, width=32, frames_per_scene=12, test_fraction=0.34, workers=1)
+    config = tiny_trainer_config(tmp_path).pipeline
+    config.datamanager.data = root
+    config.datamanager.num_workers = 0
+    config.model.viewer_scene = "0"
+    pipeline = config.setup(device="cpu", test_mode="test")
+    model: ILRMModel = pipeline.model
+    hold_eval_scene(model, pipeline.datamanager, "0", run_dir=tmp_path / "run")
+    assert len(model.means) == 2 * 16 * 16
+    record = json.loads((tmp_path / "run" / "held_scene.json").read_text())
+    batch = pipeline.datamanager.eval_batch([0])
+    assert record["scene"] == batch["scene"][0]
+    with torch.no_grad():
+        expected = model(batch)["rgb"][0]  # [T, H, W, 3]
+    scene = episode_scene(pipeline.datamanager, 0)
+    targets = batch["target_indices"][0].tolist()
+    c2w = to_viewer_frame(scene.c2w[targets], torch.tensor(record["transform"]), record["scale"])
+    with torch.no_grad():
+        ours = model.render_views(model.scene_gaussians(), c2w.float(), batch["target_K"][0], 32, 32)["rgb"]
+    torch.testing.assert_close(ours, expected, atol=2e-3, rtol=0)
+    positions = c2w[:, :3, 3]
+    assert float(positions.abs().max()) <= 1.0 + 1e-6  # the viewer frame: cameras inside [-1, 1]
+    # The viewer's training dataset (test mode): that scene's frames, cameras in the same frame.
+    attach_viewer_views(pipeline)
+    views = pipeline.datamanager.train_dataset
+    assert len(views) == 12 and views[0]["image"].shape == (32, 32, 3)
+    viewer_c2w = views.cameras.camera_to_worlds[targets]
+    torch.testing.assert_close(viewer_c2w[:, :, 3], c2w[:, :3, 3].float(), atol=1e-5, rtol=0)
+
+
+def test_bad_finetune_setups_are_clear_errors(scene_dir, tmp_path):
+    from ilrm_nerfstudio.finetune import ILRMFinetunePipelineConfig
+
+    config = ILRMFinetunePipelineConfig()
+    config.datamanager.data = scene_dir
+    with pytest.raises(SystemExit, match="--pipeline.model.ilrm-run is needed"):
+        config.setup(device="cpu", test_mode="val")
+    config.model.ilrm_run = tmp_path / "missing_run"
+    with pytest.raises(SystemExit, match="missing_run: ilrm run not found"):
+        config.setup(device="cpu", test_mode="val")
+    config.datamanager.data = tmp_path / "nowhere"
+    with pytest.raises(SystemExit, match="nowhere: data folder not found"):
+        config.setup(device="cpu", test_mode="val")
+
+
+def test_optional_loss_terms(scene_dir):
+    dm = scene_datamanager(scene_dir, view_selection="every-kth", view_stride=4)
+    model = finetune_model(dm, init="random", random_init_count=200, ssim_weight=0.2)
+    model.initialize_gaussians(dm)
+    cameras, items = dm.input_views
+    losses = model.get_loss_dict(model.get_outputs(cameras), {"image": torch.stack([i["image"] for i in items])})
+    assert set(losses) == {"mse_loss", "ssim_loss"} and 0 < float(losses["ssim_loss"]) <= 0.4

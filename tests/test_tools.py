@@ -1,0 +1,264 @@
+"""End to end with the real CLIs (subprocesses, CPU) on small generated scenes:
+
+    ns-train ilrm-small -> ns-train ilrm-finetune -> ns-render (camera-path, interpolate, spiral)
+    -> ns-export gaussian-splat -> ns-eval, and ns-viewer checked in headless Chromium;
+
+and the tools on the `ilrm` run itself (the held-out scene its checkpoint holds). Independent
+commands run in parallel to save time."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ilrm_nerfstudio.synthetic import generate_dataset
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TINY = [
+    "--pipeline.datamanager.image-height", "32",
+    "--pipeline.datamanager.image-width", "32",
+    "--pipeline.datamanager.scenes-per-batch", "2",
+    "--pipeline.model.network.width", "32",
+    "--pipeline.model.network.num-layers", "1",
+    "--pipeline.model.network.num-heads", "2",
+]  # fmt: skip
+FINETUNE_EPOCHS = 3
+HELD_OUT = ["nerfstudio-data", "--eval-mode", "interval", "--eval-interval", "4"]  # 12 frames: 3 held out
+
+
+def run_parallel(commands: dict[str, list[str]], timeout: float = 900) -> dict[str, subprocess.CompletedProcess]:
+    processes = {name: subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for name, cmd in commands.items()}
+    results = {}
+    for name, process in processes.items():
+        out, err = process.communicate(timeout=timeout)
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return results
+
+
+def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"{' '.join(result.args)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def camera_path(scene: Path, run: Path, output: Path, frames: int = 6) -> Path:
+    """A camera path (the viewer's JSON format) through the first frames of `scene`, expressed in
+    the run's frame (dataparser_transforms.json of a per-scene run, held_scene.json of an ilrm run)."""
+    meta = json.loads((scene / "transforms.json").read_text())
+    transform, scale = np.eye(4), 1.0
+    for name in ("dataparser_transforms.json", "held_scene.json"):  # per-scene run / ilrm run
+        if not (run / name).is_file():
+            continue
+        dataparser = json.loads((run / name).read_text())
+        transform[:3] = np.asarray(dataparser["transform"])
+        scale = dataparser["scale"]
+    path = []
+    for frame in meta["frames"][:frames]:
+        c2w = transform @ np.asarray(frame["transform_matrix"])
+        c2w[:3, 3] *= scale
+        fov = math.degrees(2 * math.atan(meta["h"] / 2 / meta["fl_y"]))
+        path.append({"camera_to_world": c2w.reshape(-1).tolist(), "fov": fov, "aspect": meta["w"] / meta["h"]})
+    output.write_text(json.dumps({"camera_type": "perspective", "render_height": meta["h"], "render_width": meta["w"], "seconds": 1.0, "camera_path": path}))
+    return output
+
+
+def video_frames(path: Path) -> np.ndarray:
+    """Decode a video with ffmpeg -> uint8 [frames, H, W, 3]."""
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "json", str(path)], capture_output=True, text=True, check=True)
+    stream = json.loads(probe.stdout)["streams"][0]
+    w, h = stream["width"], stream["height"]
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, h, w, 3)
+
+
+# -- the runs ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tools")
+
+
+@pytest.fixture(scope="module")
+def dataset(workdir) -> Path:
+    root = workdir / "synthetic"
+    generate_dataset(root, num_scenes=6, seed=3, height=32, width=32, frames_per_scene=12, test_fraction=0.34, workers=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ilrm_run(dataset, workdir) -> tuple[Path, subprocess.CompletedProcess]:
+    result = check(subprocess.run(
+        [BIN / "ns-train", "ilrm-small", "--data", dataset, "--machine.device-type", "cpu", "--vis", "tensorboard",
+         "--output-dir", workdir / "runs", "--experiment-name", "tools", "--timestamp", "ilrm", *TINY,
+         "--max-num-iterations", "4", "--steps-per-save", "2", "--pipeline.model.viewer-scene", "1"],
+        capture_output=True, text=True, timeout=900, env=ENV,
+    ))  # fmt: skip
+    return workdir / "runs" / "tools" / "ilrm-small" / "ilrm", result
+
+
+@pytest.fixture(scope="module")
+def scene(dataset) -> Path:
+    return sorted((dataset / "test").iterdir())[0]
+
+
+@pytest.fixture(scope="module")
+def finetune_run(ilrm_run, scene, workdir) -> tuple[Path, subprocess.CompletedProcess]:
+    result = check(subprocess.run(
+        [BIN / "ns-train", "ilrm-finetune", "--data", scene, "--machine.device-type", "cpu", "--vis", "tensorboard",
+         "--output-dir", workdir / "runs", "--experiment-name", "tools", "--timestamp", "finetune",
+         "--pipeline.model.ilrm-run", ilrm_run[0], "--max-num-iterations", str(FINETUNE_EPOCHS),
+         "--pipeline.datamanager.num-input-views", "4", *HELD_OUT],
+        capture_output=True, text=True, timeout=900, env=ENV,
+    ))  # fmt: skip
+    return workdir / "runs" / "tools" / "ilrm-finetune" / "finetune", result
+
+
+@pytest.fixture(scope="module")
+def finetune_tools(finetune_run, scene, workdir) -> dict:
+    run = finetune_run[0]
+    out = workdir / "finetune_tools"
+    out.mkdir()
+    config = run / "config.yml"
+    path = camera_path(scene, run, out / "camera_path.json")
+    results = run_parallel({
+        "camera-path": [BIN / "ns-render", "camera-path", "--load-config", config, "--camera-path-filename", path, "--output-path", out / "camera_path.mp4"],
+        "interpolate": [BIN / "ns-render", "interpolate", "--load-config", config, "--interpolation-steps", "3", "--output-path", out / "interpolate.mp4"],
+        "spiral": [BIN / "ns-render", "spiral", "--load-config", config, "--seconds", "0.25", "--output-path", out / "spiral.mp4"],
+        "export": [BIN / "ns-export", "gaussian-splat", "--load-config", config, "--output-dir", out / "export"],
+        "eval": [BIN / "ns-eval", "--load-config", config, "--output-path", out / "eval.json", "--render-output-path", out / "eval_renders"],
+    })  # fmt: skip
+    return {"dir": out, "results": results, "camera_path": path}
+
+
+@pytest.fixture(scope="module")
+def ilrm_tools(ilrm_run, dataset, workdir) -> dict:
+    run = ilrm_run[0]
+    out = workdir / "ilrm_tools"
+    out.mkdir()
+    config = run / "config.yml"
+    held = sorted((dataset / "test").iterdir())[1]  # --pipeline.model.viewer-scene 1
+    path = camera_path(held, run, out / "camera_path.json")
+    results = run_parallel({
+        "camera-path": [BIN / "ns-render", "camera-path", "--load-config", config, "--camera-path-filename", path, "--output-path", out / "camera_path.mp4"],
+        "interpolate": [BIN / "ns-render", "interpolate", "--load-config", config, "--pose-source", "train", "--interpolation-steps", "2", "--output-path", out / "interpolate.mp4"],
+        "export": [BIN / "ns-export", "gaussian-splat", "--load-config", config, "--output-dir", out / "export"],
+    })  # fmt: skip
+    return {"dir": out, "results": results, "camera_path": path}
+
+
+# -- the per-scene run -----------------------------------------------------------------------------
+
+
+def test_finetune_shows_both_stages_and_checkpoints_only_the_gaussians(finetune_run):
+    run, result = finetune_run
+    for line in ("1/2 feed-forward: 4 input views at 32x32", "1,024 Gaussians", "held-out PSNR (feed-forward, 3 views)",
+                 f"2/2 finetune: {FINETUNE_EPOCHS} epochs over 4 input views", f"{FINETUNE_EPOCHS}/{FINETUNE_EPOCHS}: loss",
+                 f"held-out PSNR (after {FINETUNE_EPOCHS} epochs"):  # fmt: skip
+        assert line in result.stdout, result.stdout[-3000:]
+    (checkpoint,) = (run / "nerfstudio_models").glob("*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # torch >= 2.6 default
+    assert state["step"] == FINETUNE_EPOCHS - 1
+    assert {k for k in state["pipeline"] if "gauss_params" in k} == {f"_model.gauss_params.{k}" for k in ("means", "scales", "quats", "features_dc", "features_rest", "opacities")}
+    assert not any("network" in k for k in state["pipeline"])
+    assert state["pipeline"]["_model.gauss_params.means"].shape == (4 * 16 * 16, 3)
+
+
+def test_ns_render_modes_write_videos(finetune_tools):
+    out = finetune_tools["dir"]
+    for name, frames in (("camera-path", 6), ("interpolate", None), ("spiral", 6)):
+        check(finetune_tools["results"][name])
+        video = video_frames(out / f"{name.replace('-', '_')}.mp4")
+        assert video.shape[1:] == (32, 32, 3) and (frames is None or len(video) == frames), (name, video.shape)
+        assert video.std() > 1.0  # not a blank video
+
+
+def ply_round_trip(config: Path, ply: Path, path_json: Path, sh_degree: int) -> None:
+    """Read the PLY with plyfile, rebuild the Gaussians, render them with our renderer and compare
+    with the model's own render (checkpoint loaded in inference mode: no data, no network)."""
+    from nerfstudio.cameras.camera_paths import get_path_from_json
+    from nerfstudio.utils.eval_utils import eval_setup
+    from plyfile import PlyData
+
+    from ilrm_nerfstudio.export import load_ply, ply_properties
+    from ilrm_nerfstudio.rendering import render
+
+    vertex = PlyData.read(str(ply))["vertex"]
+    assert [p.name for p in vertex.properties] == ply_properties(sh_degree)  # INRIA names and order
+    assert all(p.val_dtype in ("f4", "float32") for p in vertex.properties)
+    _, pipeline, _, _ = eval_setup(config, test_mode="inference")
+    model = pipeline.model
+    gaussians = load_ply(ply)
+    assert len(gaussians) == len(model.means) and len(gaussians) > 0
+    cameras = get_path_from_json(json.loads(path_json.read_text()))
+    for i in (0, len(cameras) - 1):
+        camera = cameras[i : i + 1]
+        ours = model.get_outputs_for_camera(camera)["rgb"]
+        c2w, K = model.opencv_cameras(camera)
+        theirs = render(gaussians, c2w, K, int(camera.width), int(camera.height), model.background_color, backend="torch").rgb[0].clamp(0, 1)
+        assert float(ours.std()) > 0.005
+        torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+
+
+def test_ns_export_writes_an_inria_ply_that_round_trips(finetune_tools):
+    check(finetune_tools["results"]["export"])
+    config = finetune_tools["dir"].parent / "runs" / "tools" / "ilrm-finetune" / "finetune" / "config.yml"
+    ply_round_trip(config, finetune_tools["dir"] / "export" / "splat.ply", finetune_tools["camera_path"], sh_degree=0)
+
+
+def test_ns_eval_scores_the_held_out_views(finetune_tools):
+    check(finetune_tools["results"]["eval"])
+    results = json.loads((finetune_tools["dir"] / "eval.json").read_text())["results"]
+    assert results["psnr"] == results["psnr"] and 0 < results["psnr"] < 60 and 0 < results["ssim"] <= 1
+    assert len(list((finetune_tools["dir"] / "eval_renders").glob("*.png"))) == 3  # the 3 held-out views
+
+
+# -- the multi-scene ilrm run ------------------------------------------------------------------
+
+
+def test_ilrm_checkpoint_holds_the_chosen_scene(ilrm_run, dataset):
+    run, result = ilrm_run
+    held = sorted((dataset / "test").iterdir())[1].name
+    assert f"checkpoint holds held-out scene {held} (512 Gaussians)" in result.stdout
+    (checkpoint,) = (run / "nerfstudio_models").glob("*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert state["pipeline"]["_model.gauss_params.means"].shape == (512, 3)
+
+
+def test_tools_on_the_ilrm_run(ilrm_tools, ilrm_run):
+    for name in ("camera-path", "interpolate", "export"):
+        check(ilrm_tools["results"][name])
+    for name in ("camera_path", "interpolate"):
+        video = video_frames(ilrm_tools["dir"] / f"{name}.mp4")
+        assert len(video) >= 2 and video.std() > 1.0
+    ply_round_trip(ilrm_run[0] / "config.yml", ilrm_tools["dir"] / "export" / "splat.ply", ilrm_tools["camera_path"], sh_degree=0)
+
+
+# -- ns-viewer in headless Chromium ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (the Makefile's setup installs it: apt-get install chromium)")
+def test_ns_viewer_renders_in_a_browser(finetune_run, ilrm_run, workdir):
+    """Both runs at once: the viewer page shows a non-empty render, and a new one after the camera
+    is dragged (screenshots kept next to the runs)."""
+    shots = workdir / "viewer"
+    script = ROOT / "scripts" / "viewer_screenshot.py"
+    results = run_parallel({
+        name: [sys.executable, script, "--load-config", run[0] / "config.yml", "--output", shots / f"{name}.png", "--wait", "300", "--settle", "3"]
+        for name, run in (("finetune", finetune_run), ("ilrm", ilrm_run))
+    })  # fmt: skip
+    for name, result in results.items():
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert result.returncode == 0 and report["ok"], (name, report, result.stderr[-2000:])
+        assert report["first"]["resolution"][0] >= 256
+        assert (shots / f"{name}.png").is_file() and (shots / f"{name}_moved.png").is_file()
