@@ -23,7 +23,7 @@ import torchvision.utils as vutils
 from .export import save_ply
 from .synthetic import generate_dataset
 
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 500  # about 10 minutes of training on 2 idle cores (see docs/training.md)
 
 
 def train(data: Path, workdir: Path, steps: int, extra: list[str]) -> Path:
