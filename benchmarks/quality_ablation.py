@@ -61,6 +61,10 @@ def eval_command(args: argparse.Namespace, variant: str) -> list[str]:
 
 
 def run_variant(args: argparse.Namespace, variant: str) -> dict:
+    """Train and evaluate one variant; a finished one (its summary file exists) is reused."""
+    summary = args.output_dir / f"{variant}.summary.json"
+    if summary.is_file() and not args.fresh:
+        return json.loads(summary.read_text())
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
     for command in (train_command(args, variant), eval_command(args, variant)):
@@ -68,7 +72,9 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         if result.returncode != 0:
             raise RuntimeError(f"{shlex.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     results = json.loads((args.output_dir / f"{variant}.json").read_text())["results"]
-    return results | {"minutes": (time.perf_counter() - start) / 60}
+    results = results | {"minutes": (time.perf_counter() - start) / 60}
+    summary.write_text(json.dumps(results, indent=2))
+    return results
 
 
 def main() -> None:
@@ -83,6 +89,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at the same time")
     parser.add_argument("--quick", action="store_true", help="8 steps per variant")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and an empty table")
+    parser.add_argument("--fresh", action="store_true", help="retrain variants that already have results in --output-dir")
     args = parser.parse_args()
     if args.quick:
         args.steps = 8
@@ -95,13 +102,19 @@ def main() -> None:
     for variant in args.variants:
         print(f"  {variant}: {shown(train_command(args, variant))} && {shown(eval_command(args, variant))}")
     results: dict[str, dict] = {}
+    failed: dict[str, str] = {}
     if not args.dry_run:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             futures = {pool.submit(run_variant, args, v): v for v in args.variants}
             for future in concurrent.futures.as_completed(futures):
                 variant = futures[future]
-                results[variant] = future.result()
+                try:
+                    results[variant] = future.result()
+                except RuntimeError as error:  # one failed run must not lose the others
+                    failed[variant] = str(error)
+                    print(f"  FAILED {variant}: {error}", file=sys.stderr, flush=True)
+                    continue
                 print(f"  done {variant}: PSNR {results[variant]['psnr']:.2f} ({results[variant]['minutes']:.1f} min)", flush=True)
 
     lines = [
@@ -114,7 +127,7 @@ def main() -> None:
     for variant in args.variants:
         name = VARIANTS[variant][0]
         if variant not in results:
-            lines.append(f"| {name} | not run | | | | |")
+            lines.append(f"| {name} | {'failed (see the log)' if variant in failed else 'not run'} | | | | |")
             continue
         r = results[variant]
         delta = f"{r['psnr'] - full:+.2f}" if full is not None else ""
@@ -123,6 +136,8 @@ def main() -> None:
     print(text)
     if not args.dry_run:
         (args.output_dir / "quality_ablation.md").write_text(text)
+    if failed:
+        sys.exit(f"{len(failed)} variant(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

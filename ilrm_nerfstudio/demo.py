@@ -23,7 +23,7 @@ import torchvision.utils as vutils
 from .export import save_ply
 from .synthetic import generate_dataset
 
-DEFAULT_STEPS = 500  # about 10 minutes of training on 2 idle cores (see docs/training.md)
+DEFAULT_STEPS = 500  # aimed at ~10 minutes on 2 idle cores; not yet timed on an idle machine
 
 
 def train(data: Path, workdir: Path, steps: int, extra: list[str]) -> Path:

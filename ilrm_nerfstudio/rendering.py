@@ -474,7 +474,8 @@ def _validate(
     if sh.shape[1] not in (1, 4, 9, 16):
         raise ValueError(f"gaussians.sh must have K = 1, 4, 9 or 16 coefficients (SH degree 0..3), got K={sh.shape[1]}")
     if c2w.dim() != 3 or tuple(c2w.shape[1:]) != (4, 4):
-        raise ValueError(f"c2w must be [C, 4, 4] camera-to-world matrices, got {list(c2w.shape)}")
+        hint = " (cameras.to_homogeneous turns [C, 3, 4] into [C, 4, 4])" if tuple(c2w.shape[-2:]) == (3, 4) else ""
+        raise ValueError(f"c2w must be [C, 4, 4] camera-to-world matrices, got {list(c2w.shape)}{hint}")
     if K.dim() != 3 or tuple(K.shape[1:]) != (3, 3):
         raise ValueError(f"K must be [C, 3, 3] pixel intrinsics, got {list(K.shape)}")
     if c2w.shape[0] != K.shape[0]:
