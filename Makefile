@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Two cores here: more threads than cores only makes PyTorch slower.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test bench clean
+.PHONY: setup system-deps demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $@
 
-setup: $(VENV)/.installed
+# System tools the nerfstudio CLIs need: ffmpeg (ns-render), libusb-1.0 (open3d, imported by
+# ns-export), chromium (the viewer screenshot test). Installed with apt when we are root.
+system-deps:
+	@if command -v ffmpeg >/dev/null && command -v chromium >/dev/null && ldconfig -p | grep -q libusb-1.0; then \
+		true; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg libusb-1.0-0 chromium; \
+	else \
+		echo "note: install ffmpeg, libusb-1.0 and chromium for ns-render, ns-export and the viewer test"; \
+	fi
+
+setup: system-deps $(VENV)/.installed
 
 demo: setup
 	$(BIN)/ilrm-demo
