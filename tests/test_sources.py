@@ -448,7 +448,8 @@ def test_distorted_capture_is_undistorted_with_exact_intrinsics(tmp_path):
     K_cv = K.copy()
     K_cv[:2, 2] -= 0.5
     pts = np.stack([us - 0.5, vs - 0.5], -1).reshape(-1, 1, 2)
-    normalized = cv2.undistortPoints(pts, K_cv, dist, criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-12)).reshape(h, w, 2)
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-12)
+    normalized = cv2.undistortPointsIter(pts, K_cv, dist, None, None, criteria).reshape(h, w, 2)
     image = (pattern(normalized[..., 0], normalized[..., 1]) * 255).round().astype(np.uint8)
     c2w, _ = ground_truth(3, h, w)
     capture = write_colmap(tmp_path / "cap", c2w, K[None].repeat(3, 0), [np.stack([image] * 3, -1)] * 3, model="OPENCV", distortion=tuple(dist[:4]))
