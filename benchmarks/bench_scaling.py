@@ -259,7 +259,8 @@ def main() -> None:
     parser.add_argument("--attention-backend", default="auto", choices=["auto", "flash", "efficient", "cudnn", "math"])
     parser.add_argument("--fp32", action="store_true", help="on CUDA: no bf16 autocast")
     parser.add_argument("--max-gflop", type=float, default=None, help="skip points above this forward cost (default 4000 on CPU)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds per point")
+    parser.add_argument("--budget-s", type=float, default=float("inf"), help="stop a point's rounds once its timings exceed this")
     args = parser.parse_args()
     device = setup(args)
     cuda = device.type == "cuda"
@@ -290,7 +291,7 @@ def main() -> None:
             memory[name] = peak_memory(forward, device)  # also a first warm-up
             slow = slow or time.perf_counter() - start > 5.0
             forwards[name] = forward
-        seconds = time_interleaved(forwards, device, repeats=args.repeats, warmup=0 if slow else 1)  # side by side
+        seconds = time_interleaved(forwards, device, repeats=args.repeats, warmup=0 if slow else 1, budget_s=args.budget_s)  # side by side
         rows, reference = [], None
         for name, model in models.items():
             row = [V, f"{R}x{R}", name, model.num_gaussians(V, R, R), flops[name] / 1e9]

@@ -63,9 +63,30 @@ class ILRMSceneDataManager(VanillaDataManager):
         if config.num_input_views < 1 or config.view_stride < 1 or config.views_per_step < 0:
             raise SceneError("num_input_views and view_stride must be >= 1, views_per_step >= 0")
         data = config.data if config.data is not None else config.dataparser.data
-        if test_mode != "inference" and not Path(data).exists():
-            raise SceneError(f"{data}: data folder not found")
+        if not Path(data).exists():
+            if test_mode != "inference":
+                raise SceneError(f"{data}: data folder not found")
+            # ns-export / ns-render camera-path need only the checkpoint: work without the data.
+            self._init_without_data(config, device, test_mode, world_size, local_rank)
+            return
         super().__init__(config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, **kwargs)
+
+    def _init_without_data(self, config, device, test_mode, world_size, local_rank) -> None:
+        from nerfstudio.data.datamanagers.base_datamanager import DataManager
+        from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
+        from nerfstudio.data.scene_box import SceneBox
+
+        self.config, self.device, self.test_mode = config, device, test_mode
+        self.world_size, self.local_rank, self.sampler = world_size, local_rank, None
+        self.test_split = "test"
+        self.dataparser_config = config.dataparser
+        self.includes_time = False
+        empty = Cameras(camera_to_worlds=torch.zeros(0, 3, 4), fx=torch.zeros(0, 1), fy=torch.zeros(0, 1), cx=torch.zeros(0, 1), cy=torch.zeros(0, 1), width=torch.zeros(0, 1, dtype=torch.long), height=torch.zeros(0, 1, dtype=torch.long))
+        self.train_dataparser_outputs = DataparserOutputs(image_filenames=[], cameras=empty, scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])))
+        self.train_dataset = InputDataset(self.train_dataparser_outputs)
+        self.eval_dataset = InputDataset(self.train_dataparser_outputs)
+        self.exclude_batch_keys_from_device = list(self.train_dataset.exclude_batch_keys_from_device)
+        DataManager.__init__(self)
 
     # -- which views ----------------------------------------------------------------------------
 

@@ -209,6 +209,13 @@ def test_input_view_selection(scene_dir):
     assert len(cameras) == n and items[0]["image"].shape == (32, 32, 3)
     # The network's views are the training images (no crop needed at the same size).
     torch.testing.assert_close(images[0].permute(1, 2, 0), items[0]["image"], atol=1 / 255, rtol=0)
+    # A step: every input view (one epoch), or k random ones.
+    step_cameras, batch = all_views.next_train(0)
+    assert len(step_cameras) == n and batch["image"].shape == (n, 32, 32, 3)
+    some = scene_datamanager(scene_dir, view_selection="all", views_per_step=2)
+    step_cameras, batch = some.next_train(5)
+    assert len(step_cameras) == 2 and batch["image"].shape == (2, 32, 32, 3)
+    torch.testing.assert_close(step_cameras.camera_to_worlds, some.input_views[0].camera_to_worlds[batch["indices"]])
 
 
 def finetune_model(datamanager, **options):
@@ -370,3 +377,19 @@ def test_optional_loss_terms(scene_dir):
     cameras, items = dm.input_views
     losses = model.get_loss_dict(model.get_outputs(cameras), {"image": torch.stack([i["image"] for i in items])})
     assert set(losses) == {"mse_loss", "ssim_loss"} and 0 < float(losses["ssim_loss"]) <= 0.4
+
+
+def test_inference_mode_needs_no_data(tmp_path):
+    """ns-export and ns-render camera-path load a per-scene run from its checkpoint alone, even
+    when the scene's folder is gone."""
+    from ilrm_nerfstudio.finetune import ILRMFinetunePipelineConfig
+
+    config = ILRMFinetunePipelineConfig()
+    config.datamanager.data = tmp_path / "moved_away"
+    pipeline = config.setup(device="cpu", test_mode="inference")
+    assert len(pipeline.datamanager.train_dataset) == 0 and len(pipeline.model.means) == 0
+    state = {"_model.gauss_params.means": torch.zeros(5, 3), "_model.gauss_params.scales": torch.zeros(5, 3),
+             "_model.gauss_params.quats": torch.ones(5, 4), "_model.gauss_params.features_dc": torch.zeros(5, 3),
+             "_model.gauss_params.features_rest": torch.zeros(5, 0, 3), "_model.gauss_params.opacities": torch.zeros(5, 1)}  # fmt: skip
+    pipeline.load_pipeline(state | {"_model.device_indicator_param": torch.empty(0)}, step=0)
+    assert len(pipeline.model.means) == 5

@@ -37,12 +37,30 @@ FINETUNE_EPOCHS = 3
 HELD_OUT = ["nerfstudio-data", "--eval-mode", "interval", "--eval-interval", "4"]  # 12 frames: 3 held out
 
 
-def run_parallel(commands: dict[str, list[str]], timeout: float = 900) -> dict[str, subprocess.CompletedProcess]:
-    processes = {name: subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for name, cmd in commands.items()}
-    results = {}
-    for name, process in processes.items():
-        out, err = process.communicate(timeout=timeout)
-        results[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+def run_parallel(commands: dict[str, list], logs: Path, max_parallel: int = 6, timeout: float = 1200) -> dict[str, subprocess.CompletedProcess]:
+    """Run commands at once (at most `max_parallel`), output to files under `logs`."""
+    import time
+
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running, results = list(commands.items()), {}, {}
+    deadline = time.time() + timeout
+    while pending or running:
+        while pending and len(running) < max_parallel:
+            name, cmd = pending.pop(0)
+            out, err = open(logs / f"{name}.out", "w"), open(logs / f"{name}.err", "w")
+            running[name] = (subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, text=True, env=ENV), out, err)
+        for name, (process, out, err) in list(running.items()):
+            if process.poll() is None and time.time() < deadline:
+                continue
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            out.close()
+            err.close()
+            del running[name]
+            text = lambda f: Path(f.name).read_text()  # noqa: E731
+            results[name] = subprocess.CompletedProcess(process.args, process.returncode, text(out), text(err))
+        time.sleep(0.5)
     return results
 
 
@@ -101,7 +119,8 @@ def ilrm_run(dataset, workdir) -> tuple[Path, subprocess.CompletedProcess]:
     result = check(subprocess.run(
         [BIN / "ns-train", "ilrm-small", "--data", dataset, "--machine.device-type", "cpu", "--vis", "tensorboard",
          "--output-dir", workdir / "runs", "--experiment-name", "tools", "--timestamp", "ilrm", *TINY,
-         "--max-num-iterations", "4", "--steps-per-save", "2", "--pipeline.model.viewer-scene", "1"],
+         "--max-num-iterations", "4", "--steps-per-save", "2", "--pipeline.model.viewer-scene", "1",
+         "--pipeline.datamanager.num-workers", "0"],
         capture_output=True, text=True, timeout=900, env=ENV,
     ))  # fmt: skip
     return workdir / "runs" / "tools" / "ilrm-small" / "ilrm", result
@@ -125,36 +144,34 @@ def finetune_run(ilrm_run, scene, workdir) -> tuple[Path, subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def finetune_tools(finetune_run, scene, workdir) -> dict:
-    run = finetune_run[0]
-    out = workdir / "finetune_tools"
-    out.mkdir()
-    config = run / "config.yml"
-    path = camera_path(scene, run, out / "camera_path.json")
-    results = run_parallel({
-        "camera-path": [BIN / "ns-render", "camera-path", "--load-config", config, "--camera-path-filename", path, "--output-path", out / "camera_path.mp4"],
-        "interpolate": [BIN / "ns-render", "interpolate", "--load-config", config, "--interpolation-steps", "3", "--output-path", out / "interpolate.mp4"],
-        "spiral": [BIN / "ns-render", "spiral", "--load-config", config, "--seconds", "0.25", "--output-path", out / "spiral.mp4"],
-        "export": [BIN / "ns-export", "gaussian-splat", "--load-config", config, "--output-dir", out / "export"],
-        "eval": [BIN / "ns-eval", "--load-config", config, "--output-path", out / "eval.json", "--render-output-path", out / "eval_renders"],
-    })  # fmt: skip
-    return {"dir": out, "results": results, "camera_path": path}
-
-
-@pytest.fixture(scope="module")
-def ilrm_tools(ilrm_run, dataset, workdir) -> dict:
-    run = ilrm_run[0]
-    out = workdir / "ilrm_tools"
-    out.mkdir()
-    config = run / "config.yml"
-    held = sorted((dataset / "test").iterdir())[1]  # --pipeline.model.viewer-scene 1
-    path = camera_path(held, run, out / "camera_path.json")
-    results = run_parallel({
-        "camera-path": [BIN / "ns-render", "camera-path", "--load-config", config, "--camera-path-filename", path, "--output-path", out / "camera_path.mp4"],
-        "interpolate": [BIN / "ns-render", "interpolate", "--load-config", config, "--pose-source", "train", "--interpolation-steps", "2", "--output-path", out / "interpolate.mp4"],
-        "export": [BIN / "ns-export", "gaussian-splat", "--load-config", config, "--output-dir", out / "export"],
-    })  # fmt: skip
-    return {"dir": out, "results": results, "camera_path": path}
+def tools(finetune_run, ilrm_run, scene, dataset, workdir) -> dict:
+    """Every tool on both runs, at once: ns-render (3 modes), ns-export, ns-eval on the per-scene
+    run; ns-render camera-path, ns-export on the ilrm run; ns-viewer + headless Chromium on both
+    (when chromium is installed)."""
+    out = workdir / "tools"
+    finetune, ilrm = finetune_run[0] / "config.yml", ilrm_run[0] / "config.yml"
+    (out / "finetune").mkdir(parents=True)
+    (out / "ilrm").mkdir()
+    paths = {
+        "finetune": camera_path(scene, finetune_run[0], out / "finetune" / "camera_path.json"),
+        "ilrm": camera_path(sorted((dataset / "test").iterdir())[1], ilrm_run[0], out / "ilrm" / "camera_path.json"),  # viewer-scene 1
+    }
+    commands = {}
+    if shutil.which("chromium") is not None:  # long, mostly waiting: first
+        script = ROOT / "scripts" / "viewer_screenshot.py"
+        for name, config in (("finetune", finetune), ("ilrm", ilrm)):
+            commands[f"viewer-{name}"] = [sys.executable, script, "--load-config", config, "--output", out / "viewer" / f"{name}.png", "--wait", "400", "--settle", "3"]
+    f, i = out / "finetune", out / "ilrm"
+    commands |= {
+        "finetune-camera-path": [BIN / "ns-render", "camera-path", "--load-config", finetune, "--camera-path-filename", paths["finetune"], "--output-path", f / "camera_path.mp4"],
+        "finetune-interpolate": [BIN / "ns-render", "interpolate", "--load-config", finetune, "--interpolation-steps", "3", "--output-path", f / "interpolate.mp4"],
+        "finetune-spiral": [BIN / "ns-render", "spiral", "--load-config", finetune, "--seconds", "0.25", "--output-path", f / "spiral.mp4"],
+        "finetune-export": [BIN / "ns-export", "gaussian-splat", "--load-config", finetune, "--output-dir", f / "export"],
+        "finetune-eval": [BIN / "ns-eval", "--load-config", finetune, "--output-path", f / "eval.json", "--render-output-path", f / "eval_renders"],
+        "ilrm-camera-path": [BIN / "ns-render", "camera-path", "--load-config", ilrm, "--camera-path-filename", paths["ilrm"], "--output-path", i / "camera_path.mp4"],
+        "ilrm-export": [BIN / "ns-export", "gaussian-splat", "--load-config", ilrm, "--output-dir", i / "export"],
+    }  # fmt: skip
+    return {"dir": out, "results": run_parallel(commands, out / "logs"), "camera_path": paths}
 
 
 # -- the per-scene run -----------------------------------------------------------------------------
@@ -174,20 +191,34 @@ def test_finetune_shows_both_stages_and_checkpoints_only_the_gaussians(finetune_
     assert state["pipeline"]["_model.gauss_params.means"].shape == (4 * 16 * 16, 3)
 
 
-def test_ns_render_modes_write_videos(finetune_tools):
-    out = finetune_tools["dir"]
+def test_ns_render_modes_write_videos(tools):
+    out = tools["dir"] / "finetune"
     for name, frames in (("camera-path", 6), ("interpolate", None), ("spiral", 6)):
-        check(finetune_tools["results"][name])
+        check(tools["results"][f"finetune-{name}"])
         video = video_frames(out / f"{name.replace('-', '_')}.mp4")
         assert video.shape[1:] == (32, 32, 3) and (frames is None or len(video) == frames), (name, video.shape)
         assert video.std() > 1.0  # not a blank video
 
 
-def ply_round_trip(config: Path, ply: Path, path_json: Path, sh_degree: int) -> None:
+def checkpoint_model(run: Path):
+    """The model of a run rebuilt from its checkpoint alone (its Gaussians; no data, no network,
+    and quicker than eval_setup, which imports every nerfstudio method)."""
+    from nerfstudio.data.scene_box import SceneBox
+
+    from ilrm_nerfstudio.ilrm_model import GaussianSceneModelConfig
+
+    (checkpoint,) = (run / "nerfstudio_models").glob("*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
+    gaussians = {k[len("_model."):]: v for k, v in state.items() if k.startswith("_model.gauss_params.")}
+    model = GaussianSceneModelConfig().setup(scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1)
+    model.load_state_dict(gaussians, strict=False)
+    return model.eval()
+
+
+def ply_round_trip(run: Path, ply: Path, path_json: Path, sh_degree: int) -> None:
     """Read the PLY with plyfile, rebuild the Gaussians, render them with our renderer and compare
-    with the model's own render (checkpoint loaded in inference mode: no data, no network)."""
+    with the model's own render of the checkpoint."""
     from nerfstudio.cameras.camera_paths import get_path_from_json
-    from nerfstudio.utils.eval_utils import eval_setup
     from plyfile import PlyData
 
     from ilrm_nerfstudio.export import load_ply, ply_properties
@@ -196,8 +227,7 @@ def ply_round_trip(config: Path, ply: Path, path_json: Path, sh_degree: int) -> 
     vertex = PlyData.read(str(ply))["vertex"]
     assert [p.name for p in vertex.properties] == ply_properties(sh_degree)  # INRIA names and order
     assert all(p.val_dtype in ("f4", "float32") for p in vertex.properties)
-    _, pipeline, _, _ = eval_setup(config, test_mode="inference")
-    model = pipeline.model
+    model = checkpoint_model(run)
     gaussians = load_ply(ply)
     assert len(gaussians) == len(model.means) and len(gaussians) > 0
     cameras = get_path_from_json(json.loads(path_json.read_text()))
@@ -210,17 +240,16 @@ def ply_round_trip(config: Path, ply: Path, path_json: Path, sh_degree: int) -> 
         torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
 
 
-def test_ns_export_writes_an_inria_ply_that_round_trips(finetune_tools):
-    check(finetune_tools["results"]["export"])
-    config = finetune_tools["dir"].parent / "runs" / "tools" / "ilrm-finetune" / "finetune" / "config.yml"
-    ply_round_trip(config, finetune_tools["dir"] / "export" / "splat.ply", finetune_tools["camera_path"], sh_degree=0)
+def test_ns_export_writes_an_inria_ply_that_round_trips(tools, finetune_run):
+    check(tools["results"]["finetune-export"])
+    ply_round_trip(finetune_run[0], tools["dir"] / "finetune" / "export" / "splat.ply", tools["camera_path"]["finetune"], sh_degree=0)
 
 
-def test_ns_eval_scores_the_held_out_views(finetune_tools):
-    check(finetune_tools["results"]["eval"])
-    results = json.loads((finetune_tools["dir"] / "eval.json").read_text())["results"]
+def test_ns_eval_scores_the_held_out_views(tools):
+    check(tools["results"]["finetune-eval"])
+    results = json.loads((tools["dir"] / "finetune" / "eval.json").read_text())["results"]
     assert results["psnr"] == results["psnr"] and 0 < results["psnr"] < 60 and 0 < results["ssim"] <= 1
-    assert len(list((finetune_tools["dir"] / "eval_renders").glob("*.png"))) == 3  # the 3 held-out views
+    assert len(list((tools["dir"] / "finetune" / "eval_renders").glob("*.png"))) == 3  # the 3 held-out views
 
 
 # -- the multi-scene ilrm run ------------------------------------------------------------------
@@ -235,31 +264,25 @@ def test_ilrm_checkpoint_holds_the_chosen_scene(ilrm_run, dataset):
     assert state["pipeline"]["_model.gauss_params.means"].shape == (512, 3)
 
 
-def test_tools_on_the_ilrm_run(ilrm_tools, ilrm_run):
-    for name in ("camera-path", "interpolate", "export"):
-        check(ilrm_tools["results"][name])
-    for name in ("camera_path", "interpolate"):
-        video = video_frames(ilrm_tools["dir"] / f"{name}.mp4")
-        assert len(video) >= 2 and video.std() > 1.0
-    ply_round_trip(ilrm_run[0] / "config.yml", ilrm_tools["dir"] / "export" / "splat.ply", ilrm_tools["camera_path"], sh_degree=0)
+def test_tools_on_the_ilrm_run(tools, ilrm_run):
+    for name in ("camera-path", "export"):
+        check(tools["results"][f"ilrm-{name}"])
+    video = video_frames(tools["dir"] / "ilrm" / "camera_path.mp4")
+    assert len(video) == 6 and video.std() > 1.0
+    ply_round_trip(ilrm_run[0], tools["dir"] / "ilrm" / "export" / "splat.ply", tools["camera_path"]["ilrm"], sh_degree=0)
 
 
 # -- ns-viewer in headless Chromium ----------------------------------------------------------------
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (the Makefile's setup installs it: apt-get install chromium)")
-def test_ns_viewer_renders_in_a_browser(finetune_run, ilrm_run, workdir):
-    """Both runs at once: the viewer page shows a non-empty render, and a new one after the camera
-    is dragged (screenshots kept next to the runs)."""
-    shots = workdir / "viewer"
-    script = ROOT / "scripts" / "viewer_screenshot.py"
-    results = run_parallel({
-        name: [sys.executable, script, "--load-config", run[0] / "config.yml", "--output", shots / f"{name}.png", "--wait", "300", "--settle", "3"]
-        for name, run in (("finetune", finetune_run), ("ilrm", ilrm_run))
-    })  # fmt: skip
-    for name, result in results.items():
+def test_ns_viewer_renders_in_a_browser(tools):
+    """Both runs: the viewer page shows a non-empty render, and a new one after the camera is
+    dragged (screenshots in the tools folder: viewer/<run>.png and <run>_moved.png)."""
+    for name in ("finetune", "ilrm"):
+        result = tools["results"][f"viewer-{name}"]
         report = json.loads(result.stdout.strip().splitlines()[-1])
         assert result.returncode == 0 and report["ok"], (name, report, result.stderr[-2000:])
-        # The viewer lowers its render resolution while the machine is busy: any size will do.
-        assert report["first"]["resolution"][0] > 0
+        assert report["first"]["resolution"][0] >= 256 and report["moved"]["resolution"][0] >= 256
+        shots = tools["dir"] / "viewer"
         assert (shots / f"{name}.png").is_file() and (shots / f"{name}_moved.png").is_file()
