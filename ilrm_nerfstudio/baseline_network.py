@@ -66,4 +66,4 @@ class FullAttentionLRM(nn.Module):
         raw = unpatchify(raw, p, H // p, W // p).float()  # [B, V, H, W, c]
         with fp32:
             grid_xy = pixel_centers(H, W, images.device).expand(B, V, H, W, 2)
-            return decode_gaussians(cfg, raw, c2w, K.float(), grid_xy)
+            return decode_gaussians(cfg, raw, c2w, K.float(), grid_xy, images.float().permute(0, 1, 3, 4, 2))

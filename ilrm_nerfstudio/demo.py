@@ -23,7 +23,7 @@ import torchvision.utils as vutils
 from .export import save_ply
 from .synthetic import generate_dataset
 
-DEFAULT_STEPS = 500  # aimed at ~10 minutes on 2 idle cores; not yet timed on an idle machine
+DEFAULT_STEPS = 500  # 7.6 min for the whole demo on 2 cores (docs/training.md)
 
 
 def train(data: Path, workdir: Path, steps: int, extra: list[str]) -> Path:

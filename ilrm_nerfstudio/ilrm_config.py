@@ -72,10 +72,10 @@ ilrm_small_method = MethodSpecification(
         "ilrm-small",
         ILRMDataManagerConfig(
             image_height=64, image_width=64, num_context_views=2, num_target_views=2, scenes_per_batch=4,
-            min_frame_gap=3, max_frame_gap=8,
+            min_frame_gap=4, max_frame_gap=12,
         ),
         ILRMModelConfig(
-            network=ILRMNetworkConfig(patch_size=4, width=128, num_heads=4, num_layers=4, viewpoint_factor=2),
+            network=ILRMNetworkConfig(patch_size=4, width=128, num_heads=4, num_layers=4, viewpoint_factor=2, color_skip=True),
             lpips_weight=0.0,
         ),
         max_steps=2000,

@@ -58,6 +58,11 @@ class ILRMNetworkConfig:
     far: float = 100.0
     pixel_offset: bool = True
     """Let each Gaussian move within its viewpoint-grid pixel before being cast along the ray."""
+    color_skip: bool = False
+    """Add each viewpoint-grid pixel's own color (its view's image area-averaged onto the grid) to
+    the predicted base color, so the head learns a correction instead of fetching every color
+    through attention. Not in the paper; on small CPU budgets it is what makes training converge
+    in minutes (docs/training.md)."""
     gradient_checkpointing: bool = False
 
     # -- scalability (docs/scalability.md) ------------------------------------------------------
@@ -464,10 +469,10 @@ class ILRM(nn.Module):
 
         # Image tokens: computed once, re-read by every layer.
         with fp32:
+            pooled = F.avg_pool2d(images.flatten(0, 1).float(), f).unflatten(0, (B, V))  # [B, V, 3, Hv, Wv]
             if cfg.resolution_decoupling:
                 features = pixel_features(images, c2w, K, cfg.image_ray_origins)  # [B, V, H, W, 9]
             else:  # ablation: pixels area-averaged onto the viewpoint grid
-                pooled = F.avg_pool2d(images.flatten(0, 1).float(), f).unflatten(0, (B, V))
                 features = pixel_features(pooled, c2w, K_grid, cfg.image_ray_origins)  # [B, V, Hv, Wv, 9]
         image_tokens = self.image_tokenizer(features.to(images.dtype))  # [B, V, Ti, d]
 
@@ -484,16 +489,16 @@ class ILRM(nn.Module):
         raw = self.head(self.head_norm(viewpoint_tokens))  # [B, V, Tv, p*p*c]
         raw = unpatchify(raw, p, h, w).float()  # [B, V, Hv, Wv, c]
         with fp32:
-            return decode_gaussians(cfg, raw, c2w, K_grid, grid_xy)
-
-    def decode_gaussians(self, raw: Tensor, c2w: Tensor, K_grid: Tensor, grid_xy: Tensor) -> Gaussians:
-        return decode_gaussians(self.config, raw, c2w, K_grid, grid_xy)
+            return decode_gaussians(cfg, raw, c2w, K_grid, grid_xy, pooled.permute(0, 1, 3, 4, 2))
 
 
-def decode_gaussians(cfg: ILRMNetworkConfig, raw: Tensor, c2w: Tensor, K_grid: Tensor, grid_xy: Tensor) -> Gaussians:
+def decode_gaussians(cfg: ILRMNetworkConfig, raw: Tensor, c2w: Tensor, K_grid: Tensor, grid_xy: Tensor, grid_colors: Tensor) -> Gaussians:
     """Raw head output [B, V, h, w, c] (fp32) -> Gaussians placed along the rays through the
-    pixel centers grid_xy [B, V, h, w, 2] of cameras (c2w, K_grid)."""
+    pixel centers grid_xy [B, V, h, w, 2] of cameras (c2w, K_grid). grid_colors [B, V, h, w, 3]:
+    the images on that grid (used by `color_skip`)."""
     parts = dict(zip(cfg.gaussian_channels, raw.split(list(cfg.gaussian_channels.values()), dim=-1)))
+    if cfg.color_skip:  # DC coefficient of the pixel's own color (rendered color = 0.5 + SH_C0 * dc)
+        parts["sh"] = torch.cat([parts["sh"][..., :3] + (grid_colors - 0.5) / SH_C0, parts["sh"][..., 3:]], -1)
     if cfg.pixel_offset:
         grid_xy = grid_xy + torch.sigmoid(parts["offset"]) - 0.5
     ray_o, ray_d = rays_through(c2w, K_grid, grid_xy)  # [B, V, h, w, 3]

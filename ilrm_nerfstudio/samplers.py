@@ -76,9 +76,10 @@ def _check_count(num_frames: int, num_context: int, num_target: int) -> None:
 def _pick_targets(candidates: list[int], num_target: int, generator: torch.Generator | None) -> list[int]:
     if len(candidates) < num_target:
         raise SceneError(f"only {len(candidates)} frames left for {num_target} target views")
-    if generator is None:  # evenly spread
-        picks = sorted({candidates[round(i * (len(candidates) - 1) / max(num_target - 1, 1))] for i in range(num_target)})
-        return picks if len(picks) == num_target else candidates[:num_target]
+    if generator is None:  # evenly spread inside, at 1/(n+1), ..., n/(n+1) of the candidates:
+        # never simply the neighbours of the contexts, which copying a context would predict well
+        n = len(candidates)
+        return [candidates[round((i + 1) * (n + 1) / (num_target + 1)) - 1] for i in range(num_target)]
     return sorted(candidates[i] for i in torch.randperm(len(candidates), generator=generator)[:num_target].tolist())
 
 

@@ -207,3 +207,18 @@ def test_bad_inputs_have_clear_errors():
         net(images, c2w, K)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         ILRM(tiny_config(width=30, num_heads=4))
+
+
+def test_color_skip_starts_gaussians_at_their_pixel_colors():
+    """With color_skip and a silent head, each Gaussian has the color of its viewpoint-grid pixel
+    (the image area-averaged onto the grid); without it, every Gaussian is gray."""
+    from ilrm_nerfstudio.network import SH_C0
+
+    images, c2w, K = random_inputs(B=1, V=2, H=32, W=32)
+    expected = F.avg_pool2d(images[0], 2).permute(0, 2, 3, 1).reshape(-1, 3)  # [V * 16 * 16, 3]
+    for skip in (True, False):
+        model = ILRM(tiny_config(color_skip=skip))
+        torch.nn.init.zeros_(model.head.weight)
+        with torch.no_grad():
+            colors = 0.5 + SH_C0 * model(images, c2w, K).sh[0, :, 0]
+        torch.testing.assert_close(colors, expected if skip else torch.full_like(expected, 0.5))

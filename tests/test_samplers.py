@@ -54,6 +54,14 @@ def test_bounded_targets_lie_between_contexts_and_gap_follows_the_warmup():
     assert sample_bounded(40, 3, 2, 10, 20, None) == sample_bounded(40, 3, 2, 10, 20, None)
 
 
+def test_evaluation_targets_are_evenly_spread_inside_the_window():
+    """Deterministic (evaluation) targets sit at 1/3 and 2/3 of the window, not next to a context."""
+    assert sample_bounded(24, 2, 2, 4, 12, None) == ([5, 17], [9, 13])
+    assert sample_bounded(24, 2, 1, 4, 8, None) == ([7, 15], [11])
+    context, targets = sample_bounded(24, 2, 7, 8, 8, None)  # as many targets as frames inside
+    assert targets == list(range(context[0] + 1, context[1]))
+
+
 def test_farthest_point_sampling_spreads_out():
     points = torch.tensor([[0.0, 0, 0], [1, 0, 0], [10, 0, 0], [5, 0, 0], [0.5, 0, 0]])
     assert farthest_point_sampling(points, 2, selected=[0]) == [2, 3]
