@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import torch
 from nerfstudio.configs.base_config import LoggingConfig, MachineConfig, ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
@@ -20,6 +21,11 @@ from .ilrm_model import ILRMModelConfig
 from .ilrm_pipeline import ILRMPipelineConfig
 from .network import ILRMNetworkConfig
 from .optim import AdamWMatricesConfig, WarmupCosineSchedulerConfig
+
+
+def default_machine() -> MachineConfig:
+    """CUDA where there is a GPU, else the CPU (nerfstudio's default, cuda, fails without a GPU)."""
+    return MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def ilrm_trainer_config(
@@ -50,7 +56,7 @@ def ilrm_trainer_config(
         vis="tensorboard",
         viewer=ViewerConfig(quit_on_train_completion=True),
         logging=LoggingConfig(steps_per_log=10),
-        machine=MachineConfig(),
+        machine=default_machine(),
     )
 
 
@@ -116,7 +122,7 @@ def finetune_trainer_config(epochs: int = 10) -> TrainerConfig:
         vis="tensorboard",
         viewer=ViewerConfig(quit_on_train_completion=True),
         logging=LoggingConfig(steps_per_log=1),
-        machine=MachineConfig(),
+        machine=default_machine(),
     )
 
 

@@ -120,3 +120,12 @@ def test_missing_data_folder_is_named(tmp_path):
     result = ns_train(tmp_path / "nowhere", tmp_path, "--max-num-iterations", "1")
     assert result.returncode != 0 and "nowhere: data folder not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_methods_default_to_the_cpu_without_a_gpu():
+    """nerfstudio's default device, cuda, fails on a machine without a GPU; ours follow torch."""
+    from ilrm_nerfstudio.ilrm_config import ilrm_finetune_method, ilrm_method, ilrm_small_method
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    for method in (ilrm_method, ilrm_small_method, ilrm_finetune_method):
+        assert method.config.machine.device_type == expected
