@@ -266,11 +266,10 @@ class ILRMModel(GaussianSceneModel):
 
     def perceptual(self):
         """LPIPS-VGG, loaded on first use; None when the loss does not use it and it cannot load."""
-        if self._perceptual[0] is None:
-            self._perceptual[0] = load_perceptual(required=self.config.lpips_weight > 0)
-            if self._perceptual[0] is not None:
-                self._perceptual[0] = self._perceptual[0].to(self.device)
-        return self._perceptual[0]
+        if self._perceptual[0] is None:  # False: tried and failed (offline); do not retry every call
+            module = load_perceptual(required=self.config.lpips_weight > 0)
+            self._perceptual[0] = False if module is None else module.to(self.device)
+        return None if self._perceptual[0] is False else self._perceptual[0]
 
     @staticmethod
     def _flat_targets(outputs: dict, batch: dict) -> tuple[Tensor, Tensor]:

@@ -129,3 +129,17 @@ def test_methods_default_to_the_cpu_without_a_gpu():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     for method in (ilrm_method, ilrm_small_method, ilrm_finetune_method):
         assert method.config.machine.device_type == expected
+
+
+def test_model_tries_the_vgg_weights_once_when_offline(monkeypatch):
+    """Without the VGG weights (offline) evaluation omits LPIPS; it must not retry every batch."""
+    from types import SimpleNamespace
+
+    import ilrm_nerfstudio.ilrm_model as ilrm_model
+
+    calls = []
+    monkeypatch.setattr(ilrm_model, "load_perceptual", lambda required: calls.append(required))
+    model = SimpleNamespace(_perceptual=[None], config=SimpleNamespace(lpips_weight=0.0), device="cpu")
+    assert ilrm_model.ILRMModel.perceptual(model) is None
+    assert ilrm_model.ILRMModel.perceptual(model) is None
+    assert calls == [False]
