@@ -77,7 +77,7 @@ ilrm_small_method = MethodSpecification(
     config=ilrm_trainer_config(
         "ilrm-small",
         ILRMDataManagerConfig(
-            image_height=64, image_width=64, num_context_views=2, num_target_views=2, scenes_per_batch=4,
+            image_height=64, image_width=64, num_context_views=2, num_target_views=4, eval_target_views=2, scenes_per_batch=4,
             min_frame_gap=4, max_frame_gap=12,
         ),
         ILRMModelConfig(

@@ -115,6 +115,10 @@ class ContextTargetDataset(Dataset):
     def eval_context_views(self) -> int:
         return self.config.eval_context_views or self.config.num_context_views
 
+    @property
+    def eval_target_views(self) -> int:
+        return self.config.eval_target_views or self.config.num_target_views
+
     def resolve(self, entry_index: int) -> Scene:
         entry = self.entries[entry_index]
         if entry.scene is not None:
@@ -145,7 +149,7 @@ class ContextTargetDataset(Dataset):
         if generator is None:  # evaluation
             if cfg.eval_protocol == "wide":
                 return wide_coverage_views(scene.c2w, self.eval_context_views, cfg.wide_target_interval)
-            return sample_bounded(len(scene), self.eval_context_views, cfg.num_target_views, cfg.min_frame_gap, cfg.max_frame_gap, None)
+            return sample_bounded(len(scene), self.eval_context_views, self.eval_target_views, cfg.min_frame_gap, cfg.max_frame_gap, None)
         low, high = gap_range(step, cfg.min_frame_gap, cfg.max_frame_gap, cfg.warmup_steps, cfg.initial_min_frame_gap, cfg.initial_max_frame_gap)
         if cfg.view_sampler == "multiview":
             return sample_multiview(scene.c2w, num_context, cfg.num_target_views, low, high, generator)
@@ -244,6 +248,8 @@ class ILRMDataManagerConfig(DataManagerConfig):
     wide_target_interval-th frame a target, contexts by k-means over camera position/direction."""
     eval_context_views: int | None = None
     """Context views in evaluation (None: num_context_views); e.g. 16 or 32 for the wide protocol."""
+    eval_target_views: int | None = None
+    """Target views per held-out scene in the "sequence" protocol (None: num_target_views)."""
     wide_target_interval: int = 8
     num_eval_scenes: int | None = None
     """Evaluate on the first N held-out scenes only (None: all)."""
@@ -348,7 +354,7 @@ class ILRMDataManager(DataManager):
 
     def frames_needed(self, evaluation: bool) -> int:
         if evaluation:
-            return (self.config.eval_context_views or self.config.num_context_views) + self.config.num_target_views
+            return (self.config.eval_context_views or self.config.num_context_views) + (self.config.eval_target_views or self.config.num_target_views)
         return self.context_range()[1] + self.config.num_target_views
 
     def drop_short(self, entries: list[SceneEntry], needed: int, split: str, evaluation: bool) -> list[SceneEntry]:
@@ -416,7 +422,7 @@ class ILRMDataManager(DataManager):
             if cfg.eval_protocol == "wide":
                 pairs = [(kmeans_views(scene.c2w, V, train_frames), held_out)]
             else:
-                pairs = holdout_episodes(train_frames, held_out, V, cfg.num_target_views)
+                pairs = holdout_episodes(train_frames, held_out, V, cfg.eval_target_views or cfg.num_target_views)
             episodes = [Episode(0, f"{scene.name}#{k:03d}" if len(pairs) > 1 else scene.name, c, t) for k, (c, t) in enumerate(pairs)]
         else:
             if cfg.eval_protocol != "wide":
@@ -486,7 +492,7 @@ class ILRMDataManager(DataManager):
             return len(episode.context), len(episode.target)
         if cfg.eval_protocol == "wide":
             return None  # the number of targets depends on the scene
-        return cfg.eval_context_views or cfg.num_context_views, cfg.num_target_views
+        return cfg.eval_context_views or cfg.num_context_views, cfg.eval_target_views or cfg.num_target_views
 
     def plan_eval_batches(self) -> list[list[int]]:
         """Consecutive episodes with equal numbers of views, up to scenes_per_batch per batch."""

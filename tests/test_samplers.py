@@ -257,3 +257,14 @@ def test_bad_sampler_configuration_is_explained(tmp_path):
         ILRMDataManagerConfig(data=root, view_sampler="index").setup(device="cpu")
     with pytest.raises(SceneError, match="min_context_views <= max_context_views"):
         ILRMDataManagerConfig(data=root, view_sampler="multiview", min_context_views=4, max_context_views=2).setup(device="cpu")
+
+
+def test_evaluation_can_use_fewer_targets_than_training(tmp_path):
+    root = write_chunk_dataset(tmp_path / "c", num_train=2, num_test=2, num_frames=12)
+    config = ILRMDataManagerConfig(data=root, image_height=16, image_width=16, num_target_views=4, eval_target_views=2,
+                                   min_frame_gap=6, max_frame_gap=9, scenes_per_batch=2, num_workers=0)  # fmt: skip
+    dm = config.setup(device="cpu", test_mode="val")
+    assert dm.next_train(0)["target_images"].shape[1] == 4
+    batch = next(iter(dm.eval_scene_batches()))
+    assert batch["target_images"].shape[:2] == (2, 2)
+    assert batch["target_indices"][0].tolist() == [4, 7]  # at 1/3 and 2/3 of the 9-frame gap (contexts 1 and 10)
