@@ -23,7 +23,7 @@ import torchvision.utils as vutils
 from .export import save_ply
 from .synthetic import generate_dataset
 
-DEFAULT_STEPS = 500  # 7.6 min for the whole demo on 2 cores (docs/training.md)
+DEFAULT_STEPS = 500  # 9.5 min for the whole demo on 2 cores (docs/training.md)
 
 
 def train(data: Path, workdir: Path, steps: int, extra: list[str]) -> Path:
