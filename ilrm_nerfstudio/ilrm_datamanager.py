@@ -111,14 +111,6 @@ class ContextTargetDataset(Dataset):
         """The loaded scenes (chunk scenes are read on demand and not listed)."""
         return [e.scene for e in self.entries if e.scene is not None]
 
-    @property
-    def eval_context_views(self) -> int:
-        return self.config.eval_context_views or self.config.num_context_views
-
-    @property
-    def eval_target_views(self) -> int:
-        return self.config.eval_target_views or self.config.num_target_views
-
     def resolve(self, entry_index: int) -> Scene:
         entry = self.entries[entry_index]
         if entry.scene is not None:
@@ -147,9 +139,10 @@ class ContextTargetDataset(Dataset):
                     raise SceneError(f"scene {scene.name}: the view list asks for frame {i}, but the scene has {len(scene)} frames")
             return list(episode.context), list(episode.target)
         if generator is None:  # evaluation
+            num_context, num_target = cfg.eval_views()
             if cfg.eval_protocol == "wide":
-                return wide_coverage_views(scene.c2w, self.eval_context_views, cfg.wide_target_interval)
-            return sample_bounded(len(scene), self.eval_context_views, self.eval_target_views, cfg.min_frame_gap, cfg.max_frame_gap, None)
+                return wide_coverage_views(scene.c2w, num_context, cfg.wide_target_interval)
+            return sample_bounded(len(scene), num_context, num_target, cfg.min_frame_gap, cfg.max_frame_gap, None)
         low, high = gap_range(step, cfg.min_frame_gap, cfg.max_frame_gap, cfg.warmup_steps, cfg.initial_min_frame_gap, cfg.initial_max_frame_gap)
         if cfg.view_sampler == "multiview":
             return sample_multiview(scene.c2w, num_context, cfg.num_target_views, low, high, generator)
@@ -272,6 +265,10 @@ class ILRMDataManagerConfig(DataManagerConfig):
     max_sample_attempts: int = 10
     """Training: bad samples in a row (each skipped with a logged line) before giving up."""
 
+    def eval_views(self) -> tuple[int, int]:
+        """(context, target) views per held-out sample; the eval_* fields fall back to training's."""
+        return self.eval_context_views or self.num_context_views, self.eval_target_views or self.num_target_views
+
 
 class ILRMDataManager(DataManager):
     config: ILRMDataManagerConfig
@@ -354,7 +351,7 @@ class ILRMDataManager(DataManager):
 
     def frames_needed(self, evaluation: bool) -> int:
         if evaluation:
-            return (self.config.eval_context_views or self.config.num_context_views) + (self.config.eval_target_views or self.config.num_target_views)
+            return sum(self.config.eval_views())
         return self.context_range()[1] + self.config.num_target_views
 
     def drop_short(self, entries: list[SceneEntry], needed: int, split: str, evaluation: bool) -> list[SceneEntry]:
@@ -418,11 +415,11 @@ class ILRMDataManager(DataManager):
         elif self.source == "single-scene":
             scene = entries[0].scene
             train_frames, held_out = holdout_frames(len(scene), cfg.holdout_interval)
-            V = cfg.eval_context_views or cfg.num_context_views
+            num_context, num_target = cfg.eval_views()
             if cfg.eval_protocol == "wide":
-                pairs = [(kmeans_views(scene.c2w, V, train_frames), held_out)]
+                pairs = [(kmeans_views(scene.c2w, num_context, train_frames), held_out)]
             else:
-                pairs = holdout_episodes(train_frames, held_out, V, cfg.eval_target_views or cfg.num_target_views)
+                pairs = holdout_episodes(train_frames, held_out, num_context, num_target)
             episodes = [Episode(0, f"{scene.name}#{k:03d}" if len(pairs) > 1 else scene.name, c, t) for k, (c, t) in enumerate(pairs)]
         else:
             if cfg.eval_protocol != "wide":
@@ -492,7 +489,7 @@ class ILRMDataManager(DataManager):
             return len(episode.context), len(episode.target)
         if cfg.eval_protocol == "wide":
             return None  # the number of targets depends on the scene
-        return cfg.eval_context_views or cfg.num_context_views, cfg.eval_target_views or cfg.num_target_views
+        return cfg.eval_views()
 
     def plan_eval_batches(self) -> list[list[int]]:
         """Consecutive episodes with equal numbers of views, up to scenes_per_batch per batch."""

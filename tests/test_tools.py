@@ -21,18 +21,11 @@ import pytest
 import torch
 
 from ilrm_nerfstudio.synthetic import generate_dataset
+from tests.test_training import TINY
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TINY = [
-    "--pipeline.datamanager.image-height", "32",
-    "--pipeline.datamanager.image-width", "32",
-    "--pipeline.datamanager.scenes-per-batch", "2",
-    "--pipeline.model.network.width", "32",
-    "--pipeline.model.network.num-layers", "1",
-    "--pipeline.model.network.num-heads", "2",
-]  # fmt: skip
 FINETUNE_EPOCHS = 3
 HELD_OUT = ["nerfstudio-data", "--eval-mode", "interval", "--eval-interval", "4"]  # 12 frames: 3 held out
 
