@@ -153,19 +153,27 @@ def difference(a: Image.Image, b: Image.Image) -> float:
     return float(np.abs(canvas_region(a) - canvas_region(b)).mean())
 
 
-def wait_for_render(tools: DevTools, timeout: float, previous: Image.Image | None = None, min_width: int = 256) -> Image.Image:
+def wait_for_render(tools: DevTools, timeout: float, previous: Image.Image | None = None, min_width: int = 256) -> tuple[Image.Image, tuple[int, int] | None]:
     """Poll screenshots until the canvas shows a full-resolution render (different from
-    `previous` when given); returns the last screenshot either way."""
+    `previous` when given) that is still there a second later; returns the last screenshot and
+    the resolution read with it, either way."""
     deadline = time.time() + timeout
+
+    def ready(shot: Image.Image, resolution: tuple[int, int] | None) -> bool:
+        full = looks_rendered(render_stats(shot)) and resolution is not None and resolution[0] >= min_width
+        return full and (previous is None or difference(previous, shot) >= 2.0)
+
     while True:
-        shot = tools.screenshot()
-        resolution = tools.render_resolution()
-        ready = looks_rendered(render_stats(shot)) and resolution is not None and resolution[0] >= min_width
-        if ready and (previous is None or difference(previous, shot) >= 2.0):
-            time.sleep(1.0)  # the image element may still be swapping in
-            return tools.screenshot()
+        shot, resolution = tools.screenshot(), tools.render_resolution()
+        if ready(shot, resolution):
+            # The client may re-send its camera (layout settling, thumbnails loading), which starts
+            # another round of low-resolution previews: only a render that stays counts.
+            time.sleep(1.0)
+            shot, resolution = tools.screenshot(), tools.render_resolution()
+            if ready(shot, resolution):
+                return shot, resolution
         if time.time() > deadline:
-            return shot
+            return shot, resolution
         time.sleep(1.0)
 
 
@@ -228,16 +236,16 @@ def run(load_config: Path, output: Path, wait: float = 240.0, settle: float = 8.
         time.sleep(3.0)
         # The render arrives once the client has connected and sent its camera; while the camera
         # moves the viewer sends small previews, then the full render (max_res, 512 px): poll.
-        first = wait_for_render(tools, wait)
+        first, resolution = wait_for_render(tools, wait)
         first.save(output)
-        result["first"] = render_stats(first) | {"resolution": tools.render_resolution()}
+        result["first"] = render_stats(first) | {"resolution": resolution}
         # Move the camera (orbit drag over the canvas) and wait for the new full render.
         w, h = WINDOW
-        tools.drag((int(0.3 * w), int(0.5 * h)), (int(0.45 * w), int(0.42 * h)))
+        tools.drag((int(0.3 * w), int(0.5 * h)), (int(0.36 * w), int(0.47 * h)))  # small: the scene stays in view
         time.sleep(settle)
-        second = wait_for_render(tools, wait, previous=first)
+        second, resolution = wait_for_render(tools, wait, previous=first)
         second.save(output.with_name(output.stem + "_moved" + output.suffix))
-        result["moved"] = render_stats(second) | {"resolution": tools.render_resolution()}
+        result["moved"] = render_stats(second) | {"resolution": resolution}
         result["change"] = round(difference(first, second), 2)
         result["ok"] = looks_rendered(result["first"]) and looks_rendered(result["moved"]) and result["change"] >= 2.0
         return result
