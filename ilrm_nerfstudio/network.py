@@ -16,11 +16,17 @@ Mini-batch cross-attention (`cross_attention_groups` G > 1) splits each view's t
 matching subsets (see `TokenGroups`); the ablation switches of paper Table 7 are
 `iterative_refinement`, `resolution_decoupling` and `uplift`. docs/scalability.md has the
 measurements behind the defaults.
+
+Published-model options (`ilrm_nerfstudio/published.py` loads the authors' checkpoints with them;
+docs/published.md): the per-pixel channel orders of the tokenizers (`viewpoint_features`,
+`image_features`), the layout of uplifted queries (`uplift_layout`) and the order of the head's
+channels (`head_channel_order`). Their defaults are this package's own layout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -30,10 +36,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .cameras import pixel_centers, plucker, rays_through, scale_intrinsics
+from .cameras import pixel_centers, rays_through, scale_intrinsics
 from .gaussians import Gaussians
 
 SH_C0 = 0.28209479177387814  # zeroth spherical-harmonics basis constant
+
+# Per-pixel feature channels a tokenizer can read: "rgb" = 2 * rgb - 1 (3), and of the pixel's ray
+# "origin" o (3), "direction" d (3, unit) and "moment" o x d (3); (moment, direction) = Plücker.
+PIXEL_FEATURES = ("rgb", "origin", "direction", "moment")
+PixelFeature = Literal["rgb", "origin", "direction", "moment"]
+RayFeature = Literal["origin", "direction", "moment"]
 
 
 @dataclass
@@ -49,7 +61,26 @@ class ILRMNetworkConfig:
     """Token uplifting factor k; None = 2 when the viewpoint tokens are coarser than the image
     tokens, else 1. Set 1 for the "w/o token uplifting" ablation (paper Table 7)."""
     image_ray_origins: bool = False
-    """Image tokens from 12 channels (rgb, Plücker, ray origin) instead of 9 (rgb, Plücker)."""
+    """Image tokens from 12 channels (rgb, Plücker, ray origin) instead of 9 (rgb, Plücker).
+    Ignored when `image_features` is given."""
+    viewpoint_features: tuple[RayFeature, ...] = ("moment", "direction")
+    """Per-pixel channels of the viewpoint rays, in this order (3 each): "origin", "direction",
+    "moment" (o x d). Default: Plücker (o x d, d), as the published RE10K model; the published DL3DV
+    model reads (origin, direction, moment)."""
+    image_features: tuple[PixelFeature, ...] | None = None
+    """Per-pixel channels of the image tokens, in this order: "rgb" (2 rgb - 1) and the ray
+    channels above. None: (rgb, moment, direction), then origin with `image_ray_origins`. The
+    published DL3DV model reads (origin, direction, moment, rgb)."""
+    uplift_layout: Literal["blocks", "interleaved"] = "blocks"
+    """How the k*d query projection of token uplifting is cut into k query tokens (and the k
+    outputs merged back, the same way): "blocks": token s takes channels [s d, (s+1) d);
+    "interleaved" (the published DL3DV model): channels in (head, head channel, s) order with s
+    fastest, i.e. token s takes channels s, s + k, s + 2k, ..."""
+    head_channel_order: tuple[str, ...] | None = None
+    """Order of the Gaussian head's per-pixel channel groups (names of `gaussian_channels`:
+    distance, offset, scale, rotation, opacity, sh); None: that default order. Published RE10K:
+    (distance, sh, scale, rotation, opacity); DL3DV: (offset, distance, sh, scale, rotation,
+    opacity)."""
     sh_degree: int = 0
     gaussian_param: str = "bounded"
     """"bounded": log-uniform distance in [near, far], scales relative to the pixel footprint
@@ -109,8 +140,19 @@ class ILRMNetworkConfig:
         return 2 if self.image_grid_scale > 1 else 1
 
     @property
+    def image_feature_order(self) -> tuple[str, ...]:
+        """The image tokens' per-pixel channel groups, in order."""
+        if self.image_features is not None:
+            return tuple(self.image_features)
+        return ("rgb", "moment", "direction") + (("origin",) if self.image_ray_origins else ())
+
+    @property
     def image_channels(self) -> int:
-        return 12 if self.image_ray_origins else 9
+        return 3 * len(self.image_feature_order)
+
+    @property
+    def viewpoint_channels(self) -> int:
+        return 3 * len(self.viewpoint_features)
 
     @property
     def gaussian_channels(self) -> dict[str, int]:
@@ -119,6 +161,8 @@ class ILRMNetworkConfig:
         if self.pixel_offset:
             channels["offset"] = 2
         channels.update(scale=3, rotation=4, opacity=1, sh=3 * (self.sh_degree + 1) ** 2)
+        if self.head_channel_order is not None:
+            channels = {name: channels[name] for name in self.head_channel_order}
         return channels
 
     def validate(self) -> None:
@@ -132,6 +176,18 @@ class ILRMNetworkConfig:
             raise ValueError(f"cross_attention_split must be 'strided' or 'spatial', got {self.cross_attention_split!r}")
         if self.attention_backend not in SDPA_BACKENDS:
             raise ValueError(f"attention_backend must be one of {sorted(SDPA_BACKENDS)}, got {self.attention_backend!r}")
+        for field_name, names, allowed in (
+            ("viewpoint_features", tuple(self.viewpoint_features), PIXEL_FEATURES[1:]),
+            ("image_features", self.image_feature_order, PIXEL_FEATURES),
+        ):
+            if not names or len(set(names)) != len(names) or not set(names) <= set(allowed):
+                raise ValueError(f"{field_name} must be distinct names out of {allowed}, got {names}")
+        if self.uplift_layout not in ("blocks", "interleaved"):
+            raise ValueError(f"uplift_layout must be 'blocks' or 'interleaved', got {self.uplift_layout!r}")
+        if self.head_channel_order is not None:
+            expected = dataclasses.replace(self, head_channel_order=None).gaussian_channels
+            if sorted(self.head_channel_order) != sorted(expected):
+                raise ValueError(f"head_channel_order must order exactly {tuple(expected)}, got {tuple(self.head_channel_order)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,9 +249,9 @@ class Attention(nn.Module):
     (inside forward, so that checkpointed recomputation uses the same kernel).
     """
 
-    def __init__(self, dim: int, num_heads: int, uplift: int = 1, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, uplift: int = 1, backend: str = "auto", uplift_layout: str = "blocks"):
         super().__init__()
-        self.num_heads, self.uplift, self.backend = num_heads, uplift, backend
+        self.num_heads, self.uplift, self.backend, self.uplift_layout = num_heads, uplift, backend, uplift_layout
         self.head_dim = dim // num_heads
         self.to_q = nn.Linear(dim, uplift * dim, bias=False)
         self.to_k = nn.Linear(dim, dim, bias=False)
@@ -208,14 +264,20 @@ class Attention(nn.Module):
 
     def forward(self, queries: Tensor, keys_values: Tensor) -> Tensor:
         N, Tq, d = queries.shape
-        q = self.to_q(queries).reshape(N, Tq * self.uplift, d)  # uplift: k tokens per query
+        k_up = self.uplift
+        q = self.to_q(queries)  # [N, Tq, k*d]
+        if self.uplift_layout == "interleaved":  # channels (head, head channel, s), s fastest
+            q = q.unflatten(-1, (d, k_up)).transpose(-1, -2)  # [N, Tq, k, d]
+        q = q.reshape(N, Tq * k_up, d)  # uplift: k tokens per query, token (t, s) at t*k + s
         q = self.q_norm(self.split_heads(q))
         k = self.k_norm(self.split_heads(self.to_k(keys_values)))
         v = self.split_heads(self.to_v(keys_values))
         with sdpa_backend(self.backend):
             out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, Tq*k, head_dim]
-        out = out.transpose(1, 2).reshape(N, Tq, self.uplift * d)  # merge the k outputs back
-        return self.to_out(out)
+        out = out.transpose(1, 2).reshape(N, Tq, k_up, d)  # the k outputs of each query token
+        if self.uplift_layout == "interleaved":  # merged back in the same (head, channel, s) order
+            out = out.transpose(-1, -2)  # [N, Tq, d, k]
+        return self.to_out(out.reshape(N, Tq, k_up * d))
 
 
 class MLP(nn.Sequential):
@@ -228,10 +290,10 @@ class Block(nn.Module):
     """Pre-norm residual block. Self-attention when called with one argument; cross-attention
     (only the query side normalized) when given `context` tokens."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, uplift: int = 1, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, uplift: int = 1, backend: str = "auto", uplift_layout: str = "blocks"):
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim, bias=False)
-        self.attn = Attention(dim, num_heads, uplift, backend)
+        self.attn = Attention(dim, num_heads, uplift, backend, uplift_layout)
         self.norm_mlp = nn.LayerNorm(dim, bias=False)
         self.mlp = MLP(dim, mlp_ratio)
 
@@ -325,7 +387,7 @@ class UpdateLayer(nn.Module):
         d, heads, ratio, backend = config.width, config.num_heads, config.mlp_ratio, config.attention_backend
         self.groups, self.shift, self.reads_images = config.cross_attention_groups, shift, reads_images
         if reads_images:
-            self.cross = Block(d, heads, ratio, uplift=config.uplift_factor, backend=backend)
+            self.cross = Block(d, heads, ratio, uplift=config.uplift_factor, backend=backend, uplift_layout=config.uplift_layout)
         else:
             self.global_attn = Block(d, heads, ratio, backend=backend)
         self.self_attn = Block(d, heads, ratio, backend=backend)
@@ -364,15 +426,27 @@ class Tokenizer(nn.Sequential):
         return super().forward(patchify(features, self.patch_size))
 
 
-def pixel_features(images: Tensor, c2w: Tensor, K: Tensor, ray_origins: bool) -> Tensor:
-    """Per-pixel image-token features [B, V, H, W, 9 (or 12)]: (2 rgb - 1, Plücker[, origin]).
-    images [B, V, 3, H, W]; rays through the pixel centers of K, computed in fp32."""
+def ray_features(names, ray_o: Tensor, ray_d: Tensor, images: Tensor | None = None) -> Tensor:
+    """Per-pixel channels [..., h, w, 3 * len(names)] in the order of `names` (see
+    `PIXEL_FEATURES`): rays ray_o, ray_d [..., h, w, 3]; images [..., 3, h, w] in [0, 1] for "rgb"."""
+    parts = {
+        "origin": lambda: ray_o,
+        "direction": lambda: ray_d,
+        "moment": lambda: torch.cross(ray_o, ray_d, dim=-1),
+        "rgb": lambda: 2 * images.movedim(-3, -1).float() - 1,
+    }
+    return torch.cat([parts[name]() for name in names], dim=-1)
+
+
+def pixel_features(images: Tensor, c2w: Tensor, K: Tensor, features) -> Tensor:
+    """Per-pixel image-token features [B, V, H, W, 3 * groups]; images [B, V, 3, H, W], rays through
+    the pixel centers of K, computed in fp32. `features`: channel names in order (see
+    `PIXEL_FEATURES`), or a bool for (2 rgb - 1, Plücker[, origin]) (`image_ray_origins`)."""
+    if isinstance(features, bool):
+        features = ("rgb", "moment", "direction") + (("origin",) if features else ())
     B, V, _, H, W = images.shape
     ray_o, ray_d = rays_through(c2w, K, pixel_centers(H, W, images.device).expand(B, V, H, W, 2))
-    features = [2 * images.permute(0, 1, 3, 4, 2).float() - 1, plucker(ray_o, ray_d)]
-    if ray_origins:
-        features.append(ray_o)
-    return torch.cat(features, dim=-1)
+    return ray_features(features, ray_o, ray_d, images)
 
 
 def no_autocast(device: torch.device):
@@ -399,7 +473,7 @@ class ILRM(nn.Module):
         self.config = config
         p, d = config.patch_size, config.width
         self.groups = TokenGroups(config.cross_attention_groups, config.cross_attention_split)
-        self.viewpoint_tokenizer = Tokenizer(6, p, d)
+        self.viewpoint_tokenizer = Tokenizer(config.viewpoint_channels, p, d)
         self.image_tokenizer = Tokenizer(config.image_channels, p, d)
         self.layers = nn.ModuleList(
             UpdateLayer(
@@ -464,16 +538,16 @@ class ILRM(nn.Module):
             K_grid = scale_intrinsics(K.float(), 1.0 / f)
             grid_xy = pixel_centers(Hv, Wv, images.device).expand(B, V, Hv, Wv, 2)
             grid_o, grid_d = rays_through(c2w, K_grid, grid_xy)
-            viewpoint_rays = plucker(grid_o, grid_d)  # [B, V, Hv, Wv, 6]
+            viewpoint_rays = ray_features(cfg.viewpoint_features, grid_o, grid_d)  # [B, V, Hv, Wv, 6 (or 9)]
         viewpoint_tokens = self.viewpoint_tokenizer(viewpoint_rays)  # [B, V, Tv, d]
 
         # Image tokens: computed once, re-read by every layer.
         with fp32:
             pooled = F.avg_pool2d(images.flatten(0, 1).float(), f).unflatten(0, (B, V))  # [B, V, 3, Hv, Wv]
             if cfg.resolution_decoupling:
-                features = pixel_features(images, c2w, K, cfg.image_ray_origins)  # [B, V, H, W, 9]
+                features = pixel_features(images, c2w, K, cfg.image_feature_order)  # [B, V, H, W, 9 (or 12)]
             else:  # ablation: pixels area-averaged onto the viewpoint grid
-                features = pixel_features(pooled, c2w, K_grid, cfg.image_ray_origins)  # [B, V, Hv, Wv, 9]
+                features = pixel_features(pooled, c2w, K_grid, cfg.image_feature_order)  # [B, V, Hv, Wv, 9]
         image_tokens = self.image_tokenizer(features.to(images.dtype))  # [B, V, Ti, d]
 
         # Group order for mini-batch cross-attention (identity when G = 1).
