@@ -407,8 +407,8 @@ def load_view(scene: Scene, index: int, height: int, width: int) -> tuple[Tensor
     return pixels.float() / 255.0, K
 
 
-def load_view_uint8(scene: Scene, index: int, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """`load_view` with the image as uint8 [3, height, width] (compact for caches)."""
+def read_undistorted(scene: Scene, index: int) -> tuple[Image.Image, Tensor]:
+    """Frame `index` as stored, lens distortion removed, with its exact pinhole intrinsics."""
     image = scene.read_image(index)
     stored_h, stored_w = scene.image_sizes[index]
     # Intrinsics refer to the stored size; a downscaled copy (images_4 ...) rescales them. Anything
@@ -425,6 +425,35 @@ def load_view_uint8(scene: Scene, index: int, height: int, width: int) -> tuple[
         K[1] *= scale_y
     if scene.distortion is not None and bool(scene.distortion[index].abs().max() > 0):
         image, K = undistort_image(image, K, scene.distortion[index])
+    return image, K
+
+
+def working_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(height, width) of a frame scaled so that its longest side is at most `max_side`
+    (0: unchanged), aspect ratio kept."""
+    if max_side <= 0 or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def load_working_view(scene: Scene, index: int, max_side: int) -> tuple[Tensor, Tensor]:
+    """Frame `index` undistorted and resized (whole frame, aspect kept) so that its longest side
+    is at most `max_side`: uint8 [H, W, 3] and its intrinsics [3, 3], scaled exactly per axis."""
+    image, K = read_undistorted(scene, index)
+    height, width = working_size(image.height, image.width, max_side)
+    if (height, width) != (image.height, image.width):
+        K = K.clone()
+        K[0] *= width / image.width
+        K[1] *= height / image.height
+        image = image.resize((width, height), Image.LANCZOS, reducing_gap=3.0)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    return pixels, K.float()
+
+
+def load_view_uint8(scene: Scene, index: int, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """`load_view` with the image as uint8 [3, height, width] (compact for caches)."""
+    image, K = read_undistorted(scene, index)
     K, (resized_h, resized_w), (top, left) = resize_and_crop_intrinsics(K, (image.height, image.width), (height, width))
     if (resized_h, resized_w) != (image.height, image.width):
         # reducing_gap: large reductions (full-resolution DL3DV) first box-reduce, exactly tracked.
