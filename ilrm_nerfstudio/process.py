@@ -174,10 +174,8 @@ def database_diagnosis(database: Path) -> str:
         return f"COLMAP found (almost) no features in any of the {len(names)} images (textureless, dark or tiny): photograph a textured, well-lit scene"
     if len(connected) < 2:
         return f"no two of the {len(names)} images share enough matching features ({MIN_PAIR_MATCHES}): they do not show the same scene from nearby viewpoints; {OVERLAP_HINT}"
-    return (
-        f"only {len(connected)} of the {len(names)} images match another one and COLMAP found no pair to start a model from "
-        f"(neighbouring views too far apart, or too little parallax): {OVERLAP_HINT}"
-    )
+    which = f"all {len(names)} images match some other one" if len(connected) >= len(names) else f"{len(connected)} of the {len(names)} images match some other one"
+    return f"{which}, but no pair is good enough to start a model from (neighbouring views too far apart, or too little parallax): {OVERLAP_HINT}"
 
 
 def largest_model_first(sparse: Path) -> int:
@@ -276,9 +274,9 @@ def process(config: ProcessConfig) -> Result:
     start = time.time()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     kind = check_paths(config)
+    colmap_binary(config.colmap_cmd)
     if shutil.which("ffmpeg") is None:
         raise ProcessError("ffmpeg not found (not on PATH; nerfstudio copies and scales the images with it): run `make setup` or `sudo apt-get install ffmpeg`")
-    colmap_binary(config.colmap_cmd)
     common = dict(output_dir=config.output_dir, gpu=False, num_downscales=config.num_downscales, colmap_cmd=config.colmap_cmd, verbose=config.verbose)
     if kind == "images":
         from nerfstudio.process_data.images_to_nerfstudio_dataset import ImagesToNerfstudioDataset
