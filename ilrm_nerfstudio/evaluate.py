@@ -6,6 +6,12 @@ averaged over the targets of a scene, then over scenes.
     ilrm-eval --load-config outputs/x/ilrm/RUN/config.yml \
         [--data DATA] [--index index.json] [--output results.json] [--render-dir DIR] \
         [--protocol sequence|wide] [--context-views N] [--split test] [--num-scenes N]
+    ilrm-eval --published re10k_2view.ckpt --data RE10K_ROOT --index evaluation_index_re10k.json
+    ilrm-eval --published ilrm_undistort_dl3dv.pt --data DL3DV_SCENES --protocol wide
+
+With `--published` the authors' checkpoint (docs/published.md) is evaluated directly, with that
+model's protocol (input size, number of context views, white background, their pose scale);
+`--image-size H W` and `--context-views N` change it (e.g. to fit a CPU).
 
 The views come from an evaluation index (`{scene: {"context": [...], "target": [...]}}`, null
 entries skipped), from the deterministic held-out protocol of the run's data manager, or (with
@@ -162,9 +168,124 @@ def evaluate(
     return results
 
 
+def published_pipeline_config(
+    published: Path,
+    data: Path | None,
+    index: Path | None = None,
+    protocol: str | None = None,
+    context_views: int | None = None,
+    split: str | None = None,
+    num_scenes: int | None = None,
+    num_workers: int | None = None,
+    source: str | None = None,
+    image_size: tuple[int, int] | None = None,
+):
+    """An evaluation pipeline config around a published network, with its protocol's defaults."""
+    from .ilrm_datamanager import ILRMDataManagerConfig
+    from .ilrm_model import ILRMModelConfig
+    from .ilrm_pipeline import ILRMPipelineConfig
+    from .published import protocol_for, published_network_config, read_published, _views_from_name
+
+    kind, state = read_published(published)
+    network = published_network_config(kind, state, published)
+    del state
+    model_protocol = protocol_for(kind, _views_from_name(Path(published)) if kind == "dl3dv" else None, network.patch_size * network.viewpoint_factor)
+    height, width = image_size or model_protocol.image_size
+    views = context_views or model_protocol.num_views
+    datamanager = ILRMDataManagerConfig(
+        data=None if data is None else Path(data),
+        source=source or "auto",
+        image_height=height,
+        image_width=width,
+        num_context_views=views,
+        eval_context_views=views,
+        eval_split=split or "test",
+        eval_index=None if index is None else Path(index),
+        eval_protocol=protocol or ("wide" if model_protocol.view_selection == "kmeans" else "sequence"),
+        wide_target_interval=model_protocol.target_interval or 8,
+        num_eval_scenes=num_scenes,
+        eval_num_workers=num_workers or 0,
+        scenes_per_batch=1,
+    )
+    model = ILRMModelConfig(
+        network=network,
+        init_from=Path(published),
+        sh_degree=network.sh_degree,
+        pose_scale="max_abs_coordinate",
+        background_color=model_protocol.background_name,
+        lpips_weight=0.0,
+        viewer_scene="none",
+    )
+    return ILRMPipelineConfig(datamanager=datamanager, model=model), model_protocol
+
+
+def evaluate_published(
+    published: Path,
+    data: Path | None,
+    index: Path | None = None,
+    output: Path | None = None,
+    render_dir: Path | None = None,
+    protocol: str | None = None,
+    context_views: int | None = None,
+    split: str | None = None,
+    num_scenes: int | None = None,
+    num_workers: int | None = None,
+    source: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    device: str | None = None,
+) -> dict:
+    """Evaluate a published checkpoint directly (no run); JSON to `output` (default
+    `<checkpoint stem>_eval_results.json` next to the checkpoint)."""
+    published = Path(published)
+    if data is None:
+        raise SceneError("--published needs --data (RE10K torch chunks or DL3DV scenes)")
+    config, model_protocol = published_pipeline_config(published, data, index, protocol, context_views, split, num_scenes, num_workers, source, image_size)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        pipeline = config.setup(device=device, test_mode="test")
+    except SystemExit as error:  # the pipeline turns bad data into SystemExit("ilrm: ...")
+        if isinstance(error.code, str):
+            raise SceneError(error.code.removeprefix("ilrm: ")) from None
+        raise
+    dm = pipeline.datamanager
+    lpips_ok = _lpips_available(pipeline.model)
+    per_scene, summary = evaluate_pipeline(pipeline, render_dir, num_workers)
+    cfg = dm.config
+    results = {
+        "published": str(published),
+        "model": model_protocol.name,
+        "model_protocol": {
+            "image_size": list(model_protocol.image_size), "num_views": model_protocol.num_views,
+            "near": model_protocol.near, "far": model_protocol.far, "background": model_protocol.background_name,
+            "pose_scale": model_protocol.pose_scale,
+        },  # fmt: skip
+        "data": str(cfg.data),
+        "source": dm.source,
+        "split": cfg.eval_split,
+        "index": None if cfg.eval_index is None else str(cfg.eval_index),
+        "protocol": "index" if cfg.eval_index is not None else cfg.eval_protocol,
+        "image_size": [cfg.image_height, cfg.image_width],
+        "context_views": cfg.eval_context_views,
+        "metrics_protocol": "PSNR on [0,1]-clipped images; SSIM win 11 Gaussian (sigma 1.5) data_range 1; LPIPS-VGG normalize=True; mean over targets, then scenes",
+        "results": summary,
+        "lpips": "computed" if lpips_ok else "omitted: the VGG16 weights could not be loaded (see the warning)",
+        "missing_scenes": dm.missing_eval_scenes,
+        "skipped_scenes": dm.skipped_eval_scenes,
+        "per_scene": per_scene,
+    }
+    output = Path(output) if output is not None else published.parent / f"{published.stem}_eval_results.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2, allow_nan=True))
+    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in METRICS if k in summary and math.isfinite(summary[k]))
+    print(f"evaluated {len(per_scene)} scenes with the published {model_protocol.name} model: {shown}; wrote {output}", flush=True)
+    return results
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ilrm-eval", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--load-config", type=Path, required=True, help="config.yml of a trained run")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--load-config", type=Path, help="config.yml of a trained run")
+    which.add_argument("--published", type=Path, help="a published iLRM checkpoint (re10k_2view.ckpt, ilrm_undistort_dl3dv*.pt; docs/published.md)")
     parser.add_argument("--data", type=Path, help="data to evaluate on (default: the run's --data)")
     parser.add_argument("--index", type=Path, help="evaluation index JSON {scene: {context: [...], target: [...]}}")
     parser.add_argument("--output", type=Path, help="results JSON (default: <run>/eval_results.json)")
@@ -175,16 +296,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-scenes", type=int, help="evaluate the first N scenes only")
     parser.add_argument("--num-workers", type=int, help="background loader processes (default: the run's eval_num_workers)")
     parser.add_argument("--source", choices=("auto", "chunks", "nerfstudio-scenes", "opencv-scenes", "single-scene"), help="override source detection")
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="--published: input size (default: the model's, 256 256 / 544 960)")
+    parser.add_argument("--device", help="--published: cpu or cuda (default: cuda when available)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.load_config is not None and (args.image_size is not None or args.device is not None):
+        parser.error("--image-size and --device go with --published (a run evaluates at its own size)")
     try:
-        evaluate(
-            args.load_config, args.data, args.index, args.output, args.render_dir, args.protocol,
-            args.context_views, args.split, args.num_scenes, args.num_workers, args.source,
-        )  # fmt: skip
+        if args.published is not None:
+            evaluate_published(
+                args.published, args.data, args.index, args.output, args.render_dir, args.protocol,
+                args.context_views, args.split, args.num_scenes, args.num_workers, args.source,
+                None if args.image_size is None else tuple(args.image_size), args.device,
+            )  # fmt: skip
+        else:
+            evaluate(
+                args.load_config, args.data, args.index, args.output, args.render_dir, args.protocol,
+                args.context_views, args.split, args.num_scenes, args.num_workers, args.source,
+            )  # fmt: skip
     except SceneError as error:
         print(f"ilrm-eval: error: {error}", file=sys.stderr)
         return 2
