@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Type
 
 import torch
@@ -31,6 +32,7 @@ from .gaussians import Gaussians
 from .metrics import load_perceptual, psnr, ssim
 from .network import ILRM, SH_C0, ILRMNetworkConfig
 from .rendering import render
+from .scenes import SceneError
 
 GAUSSIAN_FIELDS = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 
@@ -201,6 +203,24 @@ class ILRMModelConfig(GaussianSceneModelConfig):
     ns-export on this run): an index into the evaluation scenes or a scene name. It is
     reconstructed before every checkpoint is written, in a frame oriented and scaled as nerfstudio's
     dataparser does (recorded in <run>/held_scene.json); "none" disables that."""
+    init_from: Path | None = None
+    """Start from a published iLRM checkpoint (re10k_2view.ckpt, ilrm_undistort_dl3dv*.pt; see
+    docs/published.md). Its architecture replaces `network`'s, except for the fields of
+    `INIT_FROM_KEEPS` (how it runs: checkpointing, attention kernel, compile, mini-batch
+    cross-attention); `sh_degree` must match the file's (0). The file is read again whenever the
+    model is built (also when a run made with it is loaded)."""
+    pose_scale: Literal["auto", "data", "max_abs_coordinate"] = "auto"
+    """Scale of the context cameras the network sees. "data": as the data manager normalizes them
+    (farthest context camera at distance 1); "max_abs_coordinate": the published models'
+    convention (largest |coordinate| of a context camera position = 1); "auto": the latter with
+    `init_from`, else "data"."""
+
+
+# Network fields that `init_from` keeps from the run's config: how the network runs, not what it is.
+INIT_FROM_KEEPS = (
+    "gradient_checkpointing", "attention_backend", "compile",
+    "cross_attention_groups", "cross_attention_split", "cross_attention_rotation",
+)  # fmt: skip
 
 
 class ILRMModel(GaussianSceneModel):
@@ -208,10 +228,65 @@ class ILRMModel(GaussianSceneModel):
 
     def populate_modules(self):
         super().populate_modules()
-        network_config = dataclasses.replace(self.config.network, sh_degree=self.config.sh_degree)
-        self.network = ILRM(network_config)
+        if self.config.init_from is not None:
+            try:
+                self.network = self._published_network(Path(self.config.init_from))
+            except SceneError as error:  # ns-train: one line, no traceback
+                raise SystemExit(f"ilrm: {error}") from None
+        else:
+            network_config = dataclasses.replace(self.config.network, sh_degree=self.config.sh_degree)
+            self.network = ILRM(network_config)
         # Not a submodule: the frozen VGG must not land in checkpoints.
         self._perceptual = [None]
+
+    def _published_network(self, path: Path) -> ILRM:
+        """The published network at `path`, trainable, with this config's run-time fields."""
+        from .published import load_published_network
+
+        published = load_published_network(path)
+        if published.config.sh_degree != self.config.sh_degree:
+            raise SceneError(
+                f"{path}: the published model has sh_degree {published.config.sh_degree}, this model "
+                f"{self.config.sh_degree}; set --pipeline.model.sh-degree {published.config.sh_degree}"
+            )
+        keeps = {name: getattr(self.config.network, name) for name in INIT_FROM_KEEPS}
+        config = dataclasses.replace(published.config, **keeps)
+        replaced = [
+            f"{f.name} {getattr(self.config.network, f.name)!r} -> {getattr(config, f.name)!r}"
+            for f in dataclasses.fields(config)
+            if getattr(self.config.network, f.name) != getattr(config, f.name)
+        ]
+        from nerfstudio.utils.rich_utils import CONSOLE
+
+        CONSOLE.print(
+            f"init_from {path}: published {published.published_protocol.name} network"
+            + (f"; network options taken from the file: {', '.join(replaced)}" if replaced else ""),
+            soft_wrap=True, markup=False, highlight=False,
+        )  # fmt: skip
+        network = ILRM(config)
+        network.load_state_dict(published.state_dict())
+        network.published_protocol = published.published_protocol
+        return network
+
+    def uses_published_pose_scale(self) -> bool:
+        if self.config.pose_scale == "auto":
+            return self.config.init_from is not None
+        return self.config.pose_scale == "max_abs_coordinate"
+
+    def rescale_poses(self, batch: dict) -> dict:
+        """The batch with translations scaled per scene so that the largest |coordinate| of its
+        context camera positions is 1 (the published convention; the frame's origin and axes,
+        the average context camera, are the same in both conventions)."""
+        if not self.uses_published_pose_scale():
+            return batch
+        largest = batch["context_c2w"][..., :3, 3].abs().amax(dim=(1, 2))  # [B]
+        scale = torch.where(largest > 1e-8, 1.0 / largest.clamp_min(1e-8), torch.ones_like(largest))
+        batch = dict(batch)
+        for key in ("context_c2w", "target_c2w"):
+            c2w = batch[key].clone()
+            c2w[..., :3, 3] *= scale[:, None, None]
+            batch[key] = c2w
+        return batch
 
     # -- nerfstudio hooks --------------------------------------------------------------------------
 
@@ -251,14 +326,15 @@ class ILRMModel(GaussianSceneModel):
         (render the stored scene, for the viewer and ns-render)."""
         if isinstance(inputs, Cameras):
             return self.render_cameras(inputs)
-        batch = inputs
+        batch = self.rescale_poses(inputs)
         gaussians = self.reconstruct(batch["context_images"], batch["context_c2w"], batch["context_K"])
         H, W = batch["target_images"].shape[-2:]
         per_scene = [
             self.render_views(gaussians.map(lambda t: t[b]), batch["target_c2w"][b], batch["target_K"][b], H, W)
             for b in range(len(batch["target_c2w"]))
         ]
-        outputs = {key: torch.stack([o[key] for o in per_scene]) for key in per_scene[0]}  # [B, T, H, W, c]
+        # [B, T, H, W, c]; per-render extras that are not images (e.g. "info") are left out
+        outputs = {key: torch.stack([o[key] for o in per_scene]) for key, value in per_scene[0].items() if isinstance(value, Tensor)}
         outputs["gaussians"] = gaussians
         return outputs
 
