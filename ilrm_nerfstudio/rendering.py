@@ -37,6 +37,7 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,7 +49,6 @@ ALPHA_MIN = 1.0 / 255.0  # pairs with a smaller alpha are skipped
 T_MIN = 1e-4  # a pixel stops before the Gaussian that would bring T to <= T_MIN
 EPS2D = 0.3  # low-pass filter added to the 2D covariance diagonal, px^2
 TILE_SIZE = 16  # gsplat's default tile size; it decides where tails are clipped
-PAIR_CHUNK = 1 << 22  # candidate (pixel, Gaussian) pairs evaluated at once, bounds temporaries
 FOV_MARGIN = 0.3  # x/z is clamped to the image bounds + 0.3 * tan(fov / 2)
 
 # Real spherical harmonics constants, as in gsplat / nerfstudio (Sloan's formulation).
@@ -60,11 +60,26 @@ BACKENDS = ("auto", "gsplat", "torch")
 
 @dataclass
 class RenderOutput:
-    """Rendered images, C cameras of height H and width W."""
+    """Rendered images, C cameras of height H and width W, and what densification needs.
+
+    means2d and radii follow gsplat's `rasterization(packed=False)` meta (N Gaussians):
+    means2d [C, N, 2] are the projected pixel coordinates, a non-leaf tensor of the autograd graph
+    (call `means2d.retain_grad()` before backward to read its `.grad`, the screen-space gradient
+    that gsplat's DefaultStrategy accumulates); radii [C, N] int32 the 3-sigma pixel radii, 0 where
+    culled. `info` packs them with width, height and n_cameras as gsplat's strategies expect.
+    """
 
     rgb: Tensor  # [C, H, W, 3], background composited
     alpha: Tensor  # [C, H, W, 1], 1 - final transmittance
     depth: Tensor  # [C, H, W, 1], expected camera z (accumulated z / alpha), 0 where alpha is 0
+    means2d: Tensor | None = None  # [C, N, 2] (torch backend; None from the gsplat backend)
+    radii: Tensor | None = None  # [C, N] int32 (torch backend; None from the gsplat backend)
+
+    @property
+    def info(self) -> dict:
+        """gsplat-style meta for `gsplat.strategy.DefaultStrategy` (packed=False)."""
+        C, H, W = self.rgb.shape[:3]
+        return {"means2d": self.means2d, "radii": self.radii, "width": W, "height": H, "n_cameras": C}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,245 +223,67 @@ def _project(
 
 
 # ----------------------------------------------------------------------------------------------
-# Rasterization (sparse pixel-Gaussian pairs)
+# Rasterization (CPU: numba tile kernels in raster_cpu.py)
 # ----------------------------------------------------------------------------------------------
 
 
-def _enumerate_pairs(
-    means2d: Tensor,  # [S, 2], Gaussians sorted front to back
-    conics: Tensor,  # [S, 3]
-    cov2d: Tensor,  # [S, 3]
-    opacities: Tensor,  # [S]
-    radii: Tensor,  # [S] int
-    width: int,
-    height: int,
-) -> tuple[Tensor, Tensor]:
-    """Every (pixel, Gaussian) pair of one camera where gsplat could draw the Gaussian, sorted by
-    pixel and, within a pixel, front to back. Returns pixel ids [P] (y * W + x) and Gaussian
-    indices [P] (into the S inputs), both int32 (int64 for huge images).
+def _numba_threads() -> int:
+    """Kernel threads: torch's CPU thread count, capped by numba's (the number of cores)."""
+    import numba
 
-    A pair is listed when the pixel lies (a) in one of the 16 x 16 tiles that the Gaussian's
-    radius box touches (gsplat's isect_tiles: tails outside are clipped), (b) in the image and
-    (c) inside the ellipse power <= log(255 * opacity), outside of which alpha < 1/255 and gsplat
-    skips the pair. (c) is solved row by row, with 0.01 px of slack for rounding; the exact tests
-    run per pair afterwards.
-    """
-    device = means2d.device
-    S = means2d.shape[0]
-    mx, my = means2d.unbind(-1)
-    a, b, c = conics.unbind(-1)
-
-    # (a) gsplat's tile range: [floor(t - r), ceil(t + r)) in tile units, clamped to the grid.
-    tile_w, tile_h = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
-    tile_r = radii.to(means2d.dtype) / TILE_SIZE
-    tx, ty = mx / TILE_SIZE, my / TILE_SIZE
-    box_x0 = torch.floor(tx - tile_r).clamp(0, tile_w) * TILE_SIZE
-    box_x1 = (torch.ceil(tx + tile_r).clamp(0, tile_w) * TILE_SIZE).clamp(max=width)  # (b)
-    box_y0 = torch.floor(ty - tile_r).clamp(0, tile_h) * TILE_SIZE
-    box_y1 = (torch.ceil(ty + tile_r).clamp(0, tile_h) * TILE_SIZE).clamp(max=height)
-
-    # (c) power = 0.5 (a dx^2 + c dy^2) + b dx dy <= thresh, dx = mx - px, dy = my - py. Its y
-    # extent is sqrt(2 thresh cov_yy); pixel centers sit at y + 0.5.
-    thresh = torch.log(torch.clamp_min(opacities * 255.0, 1.0))
-    ey = torch.sqrt(2.0 * thresh * cov2d[:, 2])
-    y0 = torch.maximum(torch.ceil(my - ey - 0.5 - 0.01), box_y0)
-    y1 = torch.minimum(torch.floor(my + ey - 0.5 + 0.01) + 1, box_y1)
-    n_rows = (y1 - y0).clamp_min(0).long()  # [S]
-
-    # One entry per (Gaussian, row): solve the row's quadratic in dx for its x range.
-    row_g = torch.repeat_interleave(torch.arange(S, device=device), n_rows)  # [R]
-    first_row = torch.cumsum(n_rows, 0) - n_rows  # [S] index of each Gaussian's first row entry
-    row_y = y0[row_g] + (torch.arange(len(row_g), device=device) - first_row[row_g])
-    dy = my[row_g] - (row_y + 0.5)
-    a_r, b_r = a[row_g], b[row_g]
-    disc = (b_r * b_r - a_r * c[row_g]) * dy * dy + 2.0 * a_r * thresh[row_g]
-    half = torch.sqrt(disc.clamp_min(0.0)) / a_r
-    center = mx[row_g] + b_r * dy / a_r  # px where the row's power is smallest
-    x0 = torch.maximum(torch.ceil(center - half - 0.5 - 0.01), box_x0[row_g])
-    x1 = torch.minimum(torch.floor(center + half - 0.5 + 0.01) + 1, box_x1[row_g])
-    n_cols = torch.where(disc >= 0, x1 - x0, torch.zeros_like(x0)).clamp_min(0).long()  # [R]
-
-    # Pairs, Gaussian by Gaussian (front to back), row by row: pixel id = row start + offset.
-    n_pairs = int(n_cols.sum())
-    small = height * width < 2**31 and S < 2**31
-    index_dtype = torch.int32 if small else torch.int64  # int32 halves the memory traffic
-    row_start = row_y.long() * width + x0.long() - (torch.cumsum(n_cols, 0) - n_cols)
-    pix = torch.repeat_interleave(row_start.to(index_dtype), n_cols)
-    pix += torch.arange(n_pairs, device=device, dtype=index_dtype)
-    gauss = torch.repeat_interleave(row_g.to(index_dtype), n_cols)  # [P]
-    # A stable sort by pixel keeps the front-to-back order inside every pixel.
-    pix, order = torch.sort(pix, stable=True)
-    return pix, gauss.index_select(0, order)
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    return n
 
 
-class _Composite(torch.autograd.Function):
-    """Front-to-back alpha compositing of sorted (pixel, Gaussian) pairs, gsplat's rules.
+def _np(t: Tensor):
+    return t.detach().cpu().contiguous().numpy()
 
-    forward(means2d [S, 2], conics [S, 3], opacities [S], features [S, D], pix [P], gauss [P],
-    pixel_centers [n_pix, 2]) -> accumulated features [n_pix, D], alpha [n_pix].
 
-    The forward runs without autograd over all P candidate pairs, then keeps only the pairs that
-    are drawn (alpha >= 1/255, power >= 0, in front of the transmittance stop); the hand-written
-    backward runs over those alone and saves a few numbers per kept pair instead of autograd's
-    dozens of [P] intermediates.
+class _Rasterize(torch.autograd.Function):
+    """Front-to-back alpha compositing of one camera's projected Gaussians, gsplat's rules.
 
-    Per-pixel running sums (transmittance in front of a pair, light behind it) are segmented
-    cumulative sums over the pixel-sorted pairs. They are computed as one global float64 cumsum
-    minus the total of all earlier pixels (a cumsum over per-pixel totals), which keeps
-    everything vectorized and exact to ~1e-10.
+    forward(means2d [S, 2], conics [S, 3], opacities [S], features [S, D], cov2d [S, 3],
+    radii [S] int, width, height) -> accumulated features [H * W, D], alpha [H * W]. The S
+    Gaussians must be sorted front to back; cov2d and radii only decide which 8 x 8 pixel blocks
+    list a Gaussian (no gradient). The kernels (`raster_cpu`) run on the CPU; tensors on
+    another device are copied there and back. The backward re-walks every pixel back to front
+    from where its forward stopped (no per-pair state is saved).
     """
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, features, pix, gauss, pixel_centers):
-        dtype, n_pix = features.dtype, pixel_centers.shape[0]
-        params = torch.cat([means2d, conics, opacities[:, None]], dim=-1)  # [S, 6]
-        # Candidates are processed in chunks of whole pixels so that the [P]-sized temporaries
-        # stay bounded; only the drawn pairs are kept.
-        kept = [_drawn_pairs(params, pixel_centers, pix[a:b], gauss[a:b]) for a, b in _pixel_chunks(pix)]
-        pix, gauss, alpha, log_1ma, log_t_after = (torch.cat(parts) for parts in zip(*kept))
-        del kept
-        t_before = torch.exp(log_t_after - log_1ma).to(dtype)  # T in front of each kept pair
-        del log_t_after
+    def forward(ctx, means2d, conics, opacities, features, cov2d, radii, width, height):
+        from ilrm_nerfstudio import raster_cpu
 
-        weight = alpha * t_before
-        accum = torch.zeros(n_pix, features.shape[1], dtype=dtype, device=features.device)
-        accum.index_put_((pix.long(),), weight[:, None] * features.index_select(0, gauss), accumulate=True)
-        log_t_final = torch.zeros(n_pix, dtype=torch.float64, device=features.device).index_add_(0, pix, log_1ma)
-        ctx.save_for_backward(
-            means2d, conics, opacities, features, pixel_centers, pix, gauss, alpha, t_before, log_t_final
+        if features.shape[1] != raster_cpu.N_FEATURES:
+            raise ValueError(f"the CPU kernels composite {raster_cpu.N_FEATURES} features, got {features.shape[1]}")
+        _numba_threads()
+        dtype = np.float64 if features.dtype == torch.float64 else np.float32
+        arrays = [np.ascontiguousarray(_np(t), dtype=dtype) for t in (means2d, conics, cov2d, opacities, features)]
+        m, co, cv, o, f = arrays
+        starts, ids, packed, g_start, slot = raster_cpu.bin_gaussians(
+            m, co, cv, o, _np(radii.to(torch.int32)), f, width, height
         )
-        # 1 - T as -expm1(log T): exact even when alpha is tiny
-        return accum, (-torch.expm1(log_t_final)).to(dtype)
+        consts = raster_cpu.constants(dtype)
+        out, t_final, end = raster_cpu.rasterize_fwd(starts, packed, width, height, consts)
+        ctx.state = (starts, packed, g_start, slot, t_final, end, width, height, consts)
+        device, dtype = features.device, features.dtype
+        alpha = torch.from_numpy(1.0 - t_final).to(device=device, dtype=dtype)
+        return torch.from_numpy(out).to(device=device, dtype=dtype), alpha
 
     @staticmethod
-    def backward(ctx, v_accum, v_alpha_img):
-        saved = ctx.saved_tensors
-        means2d, conics, opacities, features, pixel_centers, pix, gauss, alpha, t_before, log_t_final = saved
-        S, D = means2d.shape[0], features.shape[1]
-        v_alpha_t = torch.exp(log_t_final).to(features.dtype) * v_alpha_img  # [n_pix] v_alpha T_final
-        # Per-Gaussian sums of 6 + D per-pair quantities (see _backward_sums), accumulated over
-        # chunks of whole pixels to bound the temporaries.
-        sums = torch.zeros(6 + D, S, dtype=features.dtype, device=features.device)
-        for a, b in _pixel_chunks(pix):
-            _backward_sums(
-                sums, means2d, features, pixel_centers, v_accum, v_alpha_t,
-                pix[a:b], gauss[a:b], alpha[a:b], t_before[a:b],
-            )  # fmt: skip
-        s_v, s_x, s_y, s_xx, s_xy, s_yy = sums[:6]
-        a, b, c = conics.unbind(-1)
-        v_means2d = torch.stack([a * s_x + b * s_y, b * s_x + c * s_y], dim=-1)
-        v_conics = torch.stack([0.5 * s_xx, s_xy, 0.5 * s_yy], dim=-1)
-        return v_means2d, v_conics, -s_v / opacities, sums[6:].T, None, None, None
+    def backward(ctx, v_out, v_alpha):
+        from ilrm_nerfstudio import raster_cpu
 
-
-def _backward_sums(
-    sums: Tensor,  # [6 + D, S] accumulated here
-    means2d: Tensor,  # [S, 2]
-    features: Tensor,  # [S, D]
-    pixel_centers: Tensor,  # [n_pix, 2]
-    v_accum: Tensor,  # [n_pix, D] upstream gradient of the accumulated features
-    v_alpha_t: Tensor,  # [n_pix] upstream gradient of alpha times the final transmittance
-    pix: Tensor,  # [K] kept pairs of whole pixels, sorted
-    gauss: Tensor,  # [K]
-    alpha: Tensor,  # [K]
-    t_before: Tensor,  # [K]
-) -> None:
-    """Backward of the compositing for some kept pairs: adds to `sums` the per-Gaussian sums of
-    v, v dx, v dy, v dx^2, v dx dy, v dy^2 (v = dL/dpower) and w * v_accum (the features' grad).
-
-    With w_i = a_i T_i, T_i = prod_{j<i} (1 - a_j), out = sum_i w_i f_i, alpha = 1 - T_final:
-      d out / d f_i = w_i
-      dL / d a_i = T_i <f_i, v> - (sum_{k>i} w_k <f_k, v>) / (1 - a_i) + v_alpha T_final / (1 - a_i)
-    alpha = min(0.999, o exp(-power)): no gradient where clamped (as gsplat); else
-    d alpha / d power = -alpha and d alpha / d o = alpha / o. power = 0.5 a dx^2 + 0.5 c dy^2 +
-    b dx dy with dx = mean_x - pixel_x, so its gradients are per-Gaussian conic entries times
-    per-pair moments: only the moments need scattering.
-    """
-    dtype, n_pix = features.dtype, pixel_centers.shape[0]
-    v_c = v_accum.index_select(0, pix)  # [K, D] upstream gradient at each pair's pixel
-    weight = alpha * t_before
-    q = (features.index_select(0, gauss) * v_c).sum(-1)  # <f_i, v>
-    wq = (weight * q).double()
-    # light behind a pair = pixel total - inclusive running sum (segmented cumsums, float64)
-    incl = torch.cumsum(wq, 0) - _earlier_pixels_total(wq, pix, n_pix).index_select(0, pix)
-    pixel_total = torch.zeros(n_pix, dtype=torch.float64, device=wq.device).index_add_(0, pix, wq)
-    behind = (pixel_total.index_select(0, pix) - incl).to(dtype)
-    del incl, wq, pixel_total
-    v_a = t_before * q + (v_alpha_t.index_select(0, pix) - behind) / (1.0 - alpha)
-    v_power = torch.where(alpha < ALPHA_MAX, -v_a * alpha, torch.zeros_like(v_a))
-    del v_a, behind, q
-
-    pc = pixel_centers.index_select(0, pix)
-    m = means2d.index_select(0, gauss)
-    dx, dy = m[:, 0] - pc[:, 0], m[:, 1] - pc[:, 1]
-    del pc, m
-    v_dx, v_dy = v_power * dx, v_power * dy
-    per_pair = [v_power, v_dx, v_dy, v_dx * dx, v_dx * dy, v_dy * dy]
-    per_pair += [weight * v_c[:, d] for d in range(v_c.shape[1])]
-    # one 1-D index_add per quantity: on CPU this beats scattering the rows of a [K, 6 + D] matrix
-    for row, values in zip(sums, per_pair):
-        row.index_add_(0, gauss, values)
-
-
-def _pixel_chunks(pix: Tensor) -> list[tuple[int, int]]:
-    """Split pixel-sorted pairs [P] into ranges of about PAIR_CHUNK pairs that never split a pixel."""
-    n, chunk = len(pix), PAIR_CHUNK
-    if n <= chunk:
-        return [(0, n)]
-    # start each chunk at the first pair of the pixel found at every multiple of `chunk`
-    starts = torch.searchsorted(pix, pix[chunk::chunk].contiguous()).tolist()
-    bounds = sorted(set([0] + starts + [n]))
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _drawn_pairs(params: Tensor, pixel_centers: Tensor, pix: Tensor, gauss: Tensor) -> tuple[Tensor, ...]:
-    """Evaluate candidate pairs (whole pixels, sorted) with gsplat's rules and keep those drawn.
-
-    params [S, 6] = (mean x, mean y, conic a, b, c, opacity); pix, gauss [P]. Returns, for the
-    kept pairs, pix, gauss, alpha, log(1 - alpha) and log T after the pair (float64).
-    """
-    pc = pixel_centers.index_select(0, pix)  # [P, 2]
-    g = params.index_select(0, gauss)  # [P, 6]
-    dx, dy = g[:, 0] - pc[:, 0], g[:, 1] - pc[:, 1]
-    del pc
-    power = 0.5 * (g[:, 2] * dx * dx + g[:, 4] * dy * dy) + g[:, 3] * dx * dy
-    alpha = torch.clamp_max(g[:, 5] * torch.exp(-power), ALPHA_MAX)
-    valid = (power >= 0) & (alpha >= ALPHA_MIN)
-    del g, dx, dy, power
-    # log T after each pair: inclusive segmented cumsum of log(1 - alpha) along each pixel.
-    log_1ma = torch.where(valid, torch.log1p(-alpha), torch.zeros_like(alpha)).double()
-    n_pix = pixel_centers.shape[0]
-    log_t_after = torch.cumsum(log_1ma, 0) - _earlier_pixels_total(log_1ma, pix, n_pix).index_select(0, pix)
-    # gsplat stops at the first Gaussian whose next T would be <= 1e-4 and does not draw it;
-    # log T only decreases along a pixel, so all later pairs of that pixel go too.
-    keep = torch.nonzero(valid & (log_t_after > math.log(T_MIN))).squeeze(1)
-    return tuple(t.index_select(0, keep) for t in (pix, gauss, alpha, log_1ma, log_t_after))
-
-
-def _earlier_pixels_total(values: Tensor, pix: Tensor, n_pix: int) -> Tensor:
-    """For pixel-sorted pairs: the sum of `values` over all pairs of lower pixel ids, per pixel
-    [n_pix]. A global cumsum minus this at a pair's pixel is the pixel's own running sum."""
-    per_pixel = torch.zeros(n_pix, dtype=values.dtype, device=values.device).index_add_(0, pix, values)
-    return torch.cumsum(per_pixel, 0) - per_pixel
-
-
-def _rasterize(
-    features: Tensor,  # [S, D] per projected Gaussian (colors, depth, ...), sorted front to back
-    means2d: Tensor,  # [S, 2]
-    conics: Tensor,  # [S, 3]
-    cov2d: Tensor,  # [S, 3] (no grad needed)
-    opacities: Tensor,  # [S]
-    radii: Tensor,  # [S] int
-    pixel_centers: Tensor,  # [H * W, 2]
-    width: int,
-    height: int,
-) -> tuple[Tensor, Tensor]:
-    """Composite one camera's Gaussians front to back -> features [H*W, D] and alpha [H*W]."""
-    with torch.no_grad():
-        pix, gauss = _enumerate_pairs(
-            means2d.detach(), conics.detach(), cov2d.detach(), opacities.detach(), radii, width, height
-        )
-    return _Composite.apply(means2d, conics, opacities, features, pix, gauss, pixel_centers)
+        starts, packed, g_start, slot, t_final, end, width, height, consts = ctx.state
+        device, dtype = v_out.device, v_out.dtype
+        _numba_threads()
+        v_out_np = np.ascontiguousarray(_np(v_out), dtype=packed.dtype)
+        v_alpha_np = np.ascontiguousarray(_np(v_alpha), dtype=packed.dtype)
+        grads = raster_cpu.rasterize_bwd(starts, packed, t_final, end, v_out_np, v_alpha_np, width, height, consts)
+        sums = torch.from_numpy(raster_cpu.reduce_entries(grads, g_start, slot)).to(device=device, dtype=dtype)
+        return sums[:, 0:2], sums[:, 2:5], sums[:, 5], sums[:, 6:], None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -544,15 +381,20 @@ def render(
         return _render_torch(g, c2w, K, width, height, bg, near_plane, far_plane)
 
 
-def _empty_output(g: Gaussians, c2w: Tensor, width: int, height: int, bg: Tensor | None) -> RenderOutput:
+def _empty_output(
+    g: Gaussians, c2w: Tensor, width: int, height: int, bg: Tensor | None, radii: Tensor | None = None
+) -> RenderOutput:
     """Nothing to draw: background, alpha 0, depth 0 (still attached to the autograd graph)."""
-    C, device = c2w.shape[0], c2w.device
+    C, N, device = c2w.shape[0], len(g), c2w.device
     zero = sum(t.sum() for t in (g.means, g.scales, g.quats, g.opacities, g.sh)) * 0.0
     rgb = torch.zeros(C, height, width, 3, device=device) + zero
     if bg is not None:
         rgb = rgb + bg[:, None, None, :]
     empty = torch.zeros(C, height, width, 1, device=device) + zero
-    return RenderOutput(rgb=rgb, alpha=empty, depth=empty.clone())
+    means2d = torch.zeros(C, N, 2, device=device) + zero
+    if radii is None:
+        radii = torch.zeros(C, N, dtype=torch.int32, device=device)
+    return RenderOutput(rgb=rgb, alpha=empty, depth=empty.clone(), means2d=means2d, radii=radii)
 
 
 def _render_torch(
@@ -567,53 +409,51 @@ def _render_torch(
     with torch.no_grad():
         cam_all = torch.arange(C, device=device).repeat_interleave(N)
         gid_all = torch.arange(N, device=device).repeat(C)
-        radii = _project(
+        radii_all = _project(
             g.means[gid_all], g.quats[gid_all], g.scales[gid_all], w2c[cam_all], K[cam_all],
             width, height, near_plane, far_plane,
         ).radii  # fmt: skip
-        visible = (radii > 0) & (g.opacities[gid_all] >= ALPHA_MIN)  # fainter ones never draw
+        visible = (radii_all > 0) & (g.opacities[gid_all] >= ALPHA_MIN)  # fainter ones never draw
         idx = torch.nonzero(visible).squeeze(1)
         cam, gid = cam_all[idx], gid_all[idx]  # [S]
         del cam_all, gid_all
+    radii_out = radii_all.reshape(C, N)
     if len(idx) == 0:
-        return _empty_output(g, c2w, width, height, bg)
+        return _empty_output(g, c2w, width, height, bg, radii_out)
 
     proj = _project(g.means[gid], g.quats[gid], g.scales[gid], w2c[cam], K[cam], width, height, near_plane, far_plane)
     opac = g.opacities[gid]
     colors = sh_to_rgb(g.sh[gid], g.means[gid] - c2w[cam, :3, 3])  # [S, 3]
+    # The [C, N, 2] screen-space means (gsplat's meta["means2d"]): the rasterizer reads them from
+    # this tensor, so its .grad (after retain_grad) is the gradient that densification uses.
+    means2d_full = torch.zeros(C, N, 2, device=device, dtype=proj.means2d.dtype)
+    means2d_full = means2d_full.reshape(C * N, 2).index_put((idx,), proj.means2d).reshape(C, N, 2)
 
     # Group the entries by camera, front to back inside each (ties: index order, like gsplat).
     with torch.no_grad():
         order = torch.argsort(proj.depths, stable=True)
         order = order[torch.argsort(cam[order], stable=True)]
         ends = torch.cumsum(torch.bincount(cam, minlength=C), 0).tolist()
-        ys, xs = torch.meshgrid(
-            torch.arange(height, device=device, dtype=torch.float32) + 0.5,
-            torch.arange(width, device=device, dtype=torch.float32) + 0.5,
-            indexing="ij",
-        )
-        pixel_centers = torch.stack([xs, ys], dim=-1).reshape(-1, 2)  # [H * W, 2]
     features = torch.cat([colors, proj.depths[:, None]], dim=-1)[order]  # [S, 4] = rgb + z
-    means2d, conics, cov2d = proj.means2d[order], proj.conics[order], proj.cov2d[order]
-    opac, radii = opac[order], radii[idx][order]
-    # One camera at a time: bounds the memory and keeps pixel ids small.
+    means2d = means2d_full.reshape(C * N, 2)[idx[order]]
+    conics, opac = proj.conics[order], opac[order]
+    cov2d, radii = proj.cov2d.detach()[order], radii_all[idx][order]
+    # One camera at a time (each kernel call is parallel over the camera's pixel blocks).
     accum, alpha = [], []
     for start, end in zip([0] + ends[:-1], ends):
         part = slice(start, end)
-        a_c, t_c = _rasterize(
-            features[part], means2d[part], conics[part], cov2d[part], opac[part], radii[part],
-            pixel_centers, width, height,
-        )  # fmt: skip
+        a_c, t_c = _Rasterize.apply(
+            means2d[part], conics[part], opac[part], features[part], cov2d[part], radii[part], width, height
+        )
         accum.append(a_c)
         alpha.append(t_c)
-    accum, alpha = torch.stack(accum), torch.stack(alpha)
-    accum = accum.reshape(C, height, width, 4)
-    alpha = alpha.reshape(C, height, width, 1)
+    accum = torch.stack(accum).reshape(C, height, width, 4)
+    alpha = torch.stack(alpha).reshape(C, height, width, 1)
     rgb = accum[..., :3]
     if bg is not None:
         rgb = rgb + (1.0 - alpha) * bg[:, None, None, :]
     depth = accum[..., 3:] / alpha.clamp_min(1e-10)  # expected depth, as gsplat's "RGB+ED"
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d_full, radii=radii_out)
 
 
 def _render_gsplat(

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ilrm_nerfstudio.gaussians import Gaussians
-from ilrm_nerfstudio.rendering import RenderOutput, _Composite, render, sh_to_rgb
+from ilrm_nerfstudio.rendering import RenderOutput, _Rasterize, render, sh_to_rgb
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -303,8 +303,8 @@ def test_camera_pose_gradient_matches_reference():
     assert float((ours_c2w.grad.double() - ref_c2w.grad).abs().max()) <= 2e-3 * scale
 
 
-def test_composite_backward_gradcheck():
-    """The hand-written backward of the compositing step against finite differences (float64)."""
+def test_rasterize_backward_gradcheck():
+    """The hand-written backward of the compositing kernels against finite differences (float64)."""
     gen = torch.Generator().manual_seed(0)
     S, width, height = 12, 8, 6
     means2d = (torch.rand(S, 2, generator=gen, dtype=torch.float64) * torch.tensor([width, height])).requires_grad_()
@@ -312,14 +312,13 @@ def test_composite_backward_gradcheck():
     cov = A @ A.transpose(1, 2) * 2 + torch.eye(2, dtype=torch.float64)
     inv = torch.linalg.inv(cov)
     conics = torch.stack([inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 1]], -1).requires_grad_()
+    cov2d = torch.stack([cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]], -1)
     opac = (0.3 + 0.69 * torch.rand(S, generator=gen, dtype=torch.float64)).requires_grad_()
     feats = torch.rand(S, 4, generator=gen, dtype=torch.float64).requires_grad_()
-    # all pairs, sorted by pixel then Gaussian index (= depth order)
-    pix = torch.arange(width * height).repeat_interleave(S)
-    gauss = torch.arange(S).repeat(width * height)
-    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-    centers = torch.stack([xs, ys], -1).reshape(-1, 2).double()
-    fn = lambda m, c, o, f: _Composite.apply(m, c, o, f, pix, gauss, centers)  # noqa: E731
+    radii = torch.full((S,), 64, dtype=torch.int32)  # every Gaussian in every tile, input order = depth order
+    fn = lambda m, c, o, f: _Rasterize.apply(m, c, o, f, cov2d, radii, width, height)  # noqa: E731
+    out, alpha = fn(means2d, conics, opac, feats)
+    assert float(alpha.detach().min()) > 0.3 and out.shape == (width * height, 4)  # the Gaussians overlap everywhere
     assert torch.autograd.gradcheck(fn, (means2d, conics, opac, feats), eps=1e-6, atol=1e-6)
 
 
@@ -385,22 +384,6 @@ def test_background_compositing():
     torch.testing.assert_close(with_bg.rgb, plain.rgb + (1 - plain.alpha) * bg)
     torch.testing.assert_close(with_bg.rgb[0, 0, 0], bg)  # a corner the Gaussian does not reach
     torch.testing.assert_close(with_bg.alpha, plain.alpha)
-
-
-def test_chunked_evaluation_gives_the_same_result(monkeypatch):
-    """Candidate pairs are evaluated in chunks of whole pixels; tiny chunks change nothing."""
-    import ilrm_nerfstudio.rendering as rendering
-
-    g = random_scene(150, 8)
-    whole_in, chunked_in = with_grad(g), with_grad(g)
-    whole = render(whole_in, CAMS, KS, W, H)
-    monkeypatch.setattr(rendering, "PAIR_CHUNK", 97)
-    chunked = render(chunked_in, CAMS, KS, W, H)
-    for name in ("rgb", "alpha", "depth"):
-        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), atol=1e-6, rtol=1e-6)
-    loss_of(whole.rgb, whole.alpha, whole.depth).backward()
-    loss_of(chunked.rgb, chunked.alpha, chunked.depth).backward()
-    torch.testing.assert_close(chunked_in.means.grad, whole_in.means.grad, atol=1e-5, rtol=1e-4)
 
 
 def test_several_cameras_equal_separate_renders():
