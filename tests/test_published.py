@@ -310,6 +310,27 @@ def test_round_trip_matches_the_reference_forward(kind, files):
 
 
 @pytest.mark.parametrize("kind", [RE10K, DL3DV])
+def test_round_trip_at_24_blocks(kind, tmp_path):
+    """Their depth (24 blocks) with their initialization (norm weights 1, linears N(0, 0.02)),
+    narrow width for speed."""
+    shapes = their_shapes(kind, d=32, head_dim=8, blocks=24, p=4)
+    state = random_state(shapes, seed=7)
+    for key in state:
+        if state[key].dim() == 1:
+            state[key] = torch.ones_like(state[key])
+    path = (write_re10k if kind == RE10K else write_dl3dv)(tmp_path / "model.pt", state)
+    net = load_published_network(path)
+    assert net.config.num_layers == 12
+    B, V, H, W = SIZES[kind]
+    images, c2w, K = random_inputs(B, V, H, W, seed=8)
+    with torch.no_grad():
+        ours = net(images, c2w, K)
+    ref = reference_forward(kind, state, images, c2w, their_intrinsics(kind, K, H, W), 4, 8)
+    for name in ("means", "scales", "quats", "opacities", "sh"):
+        assert relative_error(getattr(ours, name), ref[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize("kind", [RE10K, DL3DV])
 def test_tokenizer_channels_land_where_their_code_puts_them(kind, files):
     """Every per-pixel channel of both tokenizers' inputs, at every patch position, equals theirs;
     the channel groups are pairwise distinct, so any swap of two groups would fail here."""
