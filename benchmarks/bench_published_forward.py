@@ -1,11 +1,12 @@
 """Forward time of the full-size published iLRM architectures (random weights) on this machine.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_published_forward.py [--repeats 2] [--device cpu]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_published_forward.py [--repeats 2] [--warmup 1] [--device cpu] [--cases 0 1 2]
 
 The networks are built exactly as `load_published_network` builds them from the authors' files
 (24 blocks = 12 update layers, d = 768, 12 heads, p = 8; RE10K: (V, F, F) without uplifting;
 DL3DV: (V, H, F) with uplifting k = 2), here from the key structure of those files with random
-weights. fp32, no gradients; one warm-up forward, then the median of `--repeats`. Prints a markdown
+weights. fp32, no gradients; `--warmup` forwards (on a CPU the first forward is not slower), then
+the median of `--repeats`. Prints a markdown
 table (docs/published.md holds the measured one).
 """
 
@@ -53,23 +54,25 @@ def inputs(views: int, height: int, width: int, device: str):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cases", type=int, nargs="*", help=f"indices into {CASES} (default: all)")
     args = parser.parse_args(argv)
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     rows = []
-    for kind, views, height, width in CASES:
+    for kind, views, height, width in [CASES[i] for i in (args.cases if args.cases else range(len(CASES)))]:
         net = build(kind, args.device)
         x = inputs(views, height, width, args.device)
         times = []
         with torch.no_grad():
-            for i in range(args.repeats + 1):
+            for i in range(args.warmup + args.repeats):
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 start = time.perf_counter()
                 out = net(*x)
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
-                if i:  # the first forward is a warm-up
+                if i >= args.warmup:
                     times.append(time.perf_counter() - start)
         params = sum(p.numel() for p in net.parameters()) / 1e6
         cfg = net.config
@@ -78,8 +81,9 @@ def main(argv=None) -> int:
         print(f"{kind} {arch} {height}x{width}: {statistics.median(times):.2f} s", flush=True)
         del net, out
     print()
-    print(f"`OMP_NUM_THREADS={threads} .venv/bin/python benchmarks/bench_published_forward.py --repeats {args.repeats} --device {args.device}`")
-    print(f"({platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, no grad, median of {args.repeats} after a warm-up)")
+    cases = "" if not args.cases else " --cases " + " ".join(map(str, args.cases))
+    print(f"`OMP_NUM_THREADS={threads} .venv/bin/python benchmarks/bench_published_forward.py --repeats {args.repeats} --warmup {args.warmup} --device {args.device}{cases}`")
+    print(f"({platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, no grad, median of {args.repeats} after {args.warmup} warm-up)")
     print()
     print("| layout | (V, viewpoint, image) | input | Gaussians | parameters | forward (s) |")
     print("| --- | --- | --- | --- | --- | --- |")
