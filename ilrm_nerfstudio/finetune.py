@@ -1,21 +1,28 @@
-"""The per-scene stage (`ns-train ilrm-finetune`, the paper's "Ours_10").
+"""The per-scene stage (`ns-train ilrm-finetune`): one scene's Gaussians, optimized directly.
 
-1. Feed-forward: the network of an `ilrm` / `ilrm-small` run (`--pipeline.model.ilrm-run`: its
-   folder, config.yml or a .ckpt) predicts Gaussians from the scene's input views (chosen by the
-   data manager, resized/cropped to the network's resolution, cameras normalized as in training)
-   in one pass; they are mapped back into the dataparser's frame.
-2. Finetune (optional): those Gaussians are optimized directly on the input views, network
-   frozen and not even kept: Adam (eps 1e-15), lr 6e-4 for means and 1e-3 for the rest, constant,
-   MSE, no densification. ONE TRAINING STEP = ONE EPOCH: it renders every input view and takes
-   one Adam step on their mean loss, as the published code's "10 iterations, each rendering all
-   input views". `--max-num-iterations E` is the number of epochs (default 10 = Ours_10; 0 keeps
-   the feed-forward Gaussians). `--pipeline.datamanager.views-per-step k` renders k random views
-   per step instead.
+ONE TRAINING ITERATION = ONE EPOCH, so `--max-num-iterations E` counts epochs:
+
+1. Start. `init="auto"`: the network of an `ilrm` run (`--pipeline.model.ilrm-run`) predicts
+   the Gaussians from the input views in one pass (mapped back into the dataparser's frame); with
+   no network, the scene's SfM points (a `ply_file_path` in transforms.json) or, without those,
+   points triangulated from the training frames start one Gaussian each; `init="random"` draws
+   random Gaussians (the from-scratch baseline).
+2. Published epochs (network start only, the first `paper_epochs`, default 10 = the paper's
+   "Ours_10"): each renders every input view and takes ONE Adam step on their mean MSE, Adam
+   (eps 1e-15), lr 6e-4 for means and 1e-3 for the rest, constant, no densification.
+   `--max-num-iterations 10` therefore is exactly Ours_10 (and 0 keeps the feed-forward result).
+3. Refinement epochs (all later ones, and every epoch of a point or random start): 3D Gaussian
+   splatting's recipe on every training frame, `views_per_step` frames per Adam step: loss
+   0.8 L1 + 0.2 (1 - SSIM), 3DGS learning rates (means decaying exponentially to 1/100),
+   densification and pruning by gsplat's `DefaultStrategy`.
+   With `--max-num-iterations` left at -1 (auto), the number of refinement epochs comes from
+   `refine_views` (frames rendered in all), which takes about 10 minutes on 2 CPU cores at the
+   default working size.
 
 The checkpoint holds only the Gaussians (Splatfacto's layout), so ns-viewer, ns-render, ns-export
-and ns-eval work from it without the network. `--pipeline.model.init random` starts the same
-optimizer from random Gaussians instead (a baseline), and there are options for SSIM / LPIPS loss
-terms and a simple densification (off by default).
+and ns-eval work from it without the network. Held-out PSNR is printed at the start, after the
+published epochs and at the end, and `held_out.png` (ground truth | render of held-out frames) is
+written to the run folder.
 """
 
 from __future__ import annotations
@@ -33,19 +40,24 @@ import yaml
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
-from torch import Tensor, nn
+from torch import Tensor
 
-from .cameras import normalize_poses
+from .cameras import normalize_poses, opengl_to_opencv, to_homogeneous
 from .frames import normalized_to_world
 from .gaussians import Gaussians
 from .ilrm_model import GAUSSIAN_FIELDS, GaussianSceneModel, GaussianSceneModelConfig
 from .metrics import PerceptualWeightsError, image_metrics, load_perceptual, psnr, ssim
-from .network import ILRM, SH_C0
+from .network import ILRM
 from .scene_datamanager import ILRMSceneDataManagerConfig
+from .scene_init import points_to_gaussians, random_gaussians, triangulate_points
 from .scenes import SceneError
 
+# The published finetune ("Ours_10").
 MEANS_LR = 6e-4
 OTHER_LR = 1e-3
+# 3D Gaussian splatting's learning rates (means: times the scene extent, decaying to 1/100).
+REFINE_LR = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "features_dc": 2.5e-3, "features_rest": 2.5e-3 / 20, "opacities": 5e-2}
+REFINE_MEANS_FINAL = 0.01
 
 
 def log_line(message: str, style: str | None = None) -> None:
@@ -97,7 +109,10 @@ def load_trained_network(path: Path, device: torch.device | str = "cpu") -> Trai
         raise SceneError(f"{config_path}: not an ilrm run (method {getattr(config, 'method_name', '?')!r} has no network)")
     network_config = dataclasses.replace(model_config.network, sh_degree=model_config.sh_degree, compile=False, gradient_checkpointing=False)
     network = ILRM(network_config)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
+    except Exception as error:  # torn or foreign file: name it
+        raise SceneError(f"{checkpoint}: cannot read this checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:120]})") from None
     weights = {key.split("network.", 1)[1]: value for key, value in state.items() if "_model.network." in key}
     if not weights:
         raise SceneError(f"{checkpoint}: holds no network weights")
@@ -108,6 +123,17 @@ def load_trained_network(path: Path, device: torch.device | str = "cpu") -> Trai
     return TrainedNetwork(
         network.to(device), (int(data.image_height), int(data.image_width)), int(model_config.sh_degree), checkpoint, bool(getattr(model_config, "bf16", True))
     )
+
+
+def network_input_size(frame_hw: tuple[int, int], trained_hw: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """The network's input size for frames of `frame_hw`: the frame's aspect ratio, its longest
+    side that of the training resolution, both sides rounded down to `multiple` (the crop that
+    this needs is at most multiple - 1 pixels)."""
+    (frame_h, frame_w), longest = frame_hw, max(trained_hw)
+    scale = longest / max(frame_h, frame_w)
+    height = max(multiple, int(frame_h * scale) // multiple * multiple)
+    width = max(multiple, int(frame_w * scale) // multiple * multiple)
+    return height, width
 
 
 @torch.no_grad()
@@ -132,64 +158,27 @@ def with_sh_degree(g: Gaussians, degree: int) -> Gaussians:
     return dataclasses.replace(g, sh=sh)
 
 
-def nearest_neighbor_distance(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
-    """Mean distance of every point to its k nearest other points."""
-    out = []
-    for start in range(0, len(points), chunk):
-        d = torch.cdist(points[start : start + chunk], points)
-        out.append(d.topk(min(k + 1, len(points)), largest=False).values[:, 1:].mean(-1))
-    return torch.cat(out)
+# ------------------------------------------------------------------------------------------------
+# The plan of a run: which epochs are published ones, how many Adam steps the refinement takes
+# ------------------------------------------------------------------------------------------------
 
 
-def random_gaussians(count: int, camera_c2w: Tensor, sh_degree: int, extent: float = 10.0, seed: int = 0) -> Gaussians:
-    """The usual random start of 3D Gaussian splatting: `count` Gaussians uniform in a cube of side
-    `extent` x (camera spread) around the cameras' centroid, random colors, opacity 0.1, random
-    rotations, scales = mean distance to the 3 nearest neighbors."""
-    generator = torch.Generator().manual_seed(seed)
-    centers = camera_c2w[:, :3, 3].float().cpu()
-    center = centers.mean(0)
-    spread = float((centers - center).norm(dim=-1).max().clamp_min(0.1))
-    means = center + (torch.rand(count, 3, generator=generator) - 0.5) * extent * spread
-    scales = nearest_neighbor_distance(means).clamp_min(1e-6)[:, None].expand(-1, 3).clone()
-    sh = torch.zeros(count, (sh_degree + 1) ** 2, 3)
-    sh[:, 0] = (torch.rand(count, 3, generator=generator) - 0.5) / SH_C0
-    return Gaussians(
-        means=means,
-        scales=scales,
-        quats=F.normalize(torch.randn(count, 4, generator=generator), dim=-1),
-        opacities=torch.full((count,), 0.1),
-        sh=sh,
-    )
+@dataclass
+class EpochPlan:
+    epochs: int  # all epochs of the run
+    paper_epochs: int  # the first ones follow the published recipe
+    steps_per_epoch: int  # Adam steps of one refinement epoch
 
+    def is_paper(self, epoch: int) -> bool:
+        return epoch < self.paper_epochs
 
-def finetune_optimizers(model: GaussianSceneModel) -> dict[str, torch.optim.Optimizer]:
-    """The published per-scene optimizer: one Adam (eps 1e-15) per Gaussian field, lr 6e-4 for
-    the means and 1e-3 for the rest, constant (what the `ilrm-finetune` method config sets up)."""
-    return {
-        name: torch.optim.Adam([model.gauss_params[name]], lr=MEANS_LR if name == "means" else OTHER_LR, eps=1e-15)
-        for name in GAUSSIAN_FIELDS
-    }
+    @property
+    def refine_steps(self) -> int:
+        return max(0, self.epochs - self.paper_epochs) * self.steps_per_epoch
 
-
-def optimize_scene(model: GaussianSceneModel, c2w: Tensor, K: Tensor, images: Tensor, epochs: int, on_epoch=None) -> None:
-    """The finetune loop outside nerfstudio's trainer (benchmarks, tests): `epochs` Adam steps,
-    each on the MSE of every input view (c2w [V, 4, 4] OpenCV, K [V, 3, 3], images [V, H, W, 3]).
-    Same computation as `ns-train ilrm-finetune` with its defaults. `on_epoch(epoch)` is called
-    after each step."""
-    for param in model.gauss_params.values():
-        param.requires_grad_(True)
-    optimizers = finetune_optimizers(model)
-    height, width = images.shape[1:3]
-    model.train()
-    for epoch in range(1, epochs + 1):
-        for optimizer in optimizers.values():
-            optimizer.zero_grad()
-        out = model.render_views(model.scene_gaussians(), c2w, K, height, width)
-        F.mse_loss(out["rgb"], images).backward()
-        for optimizer in optimizers.values():
-            optimizer.step()
-        if on_epoch is not None:
-            on_epoch(epoch)
+    def refine_step(self, epoch: int, batch: int) -> int:
+        """Index of an Adam step among the refinement steps (resume-safe: from the epoch)."""
+        return (epoch - self.paper_epochs) * self.steps_per_epoch + batch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,35 +192,43 @@ class ILRMFinetuneModelConfig(GaussianSceneModelConfig):
     ilrm_run: Optional[Path] = None
     """The trained network: an `ns-train ilrm` / `ilrm-small` run folder, its config.yml or a
     checkpoint (.ckpt). Only read at the start; the result does not depend on it afterwards."""
-    init: Literal["network", "random"] = "network"
-    """Start from the network's prediction, or from random Gaussians (the from-scratch baseline)."""
+    init: Literal["auto", "network", "points", "random"] = "auto"
+    """Starting Gaussians: "network" (the prediction of --pipeline.model.ilrm-run), "points" (the
+    scene's SfM points, else points triangulated from the training frames), "random" (the
+    from-scratch baseline); "auto": network when ilrm-run is given, else points."""
     network_resolution: Optional[Tuple[int, int]] = None
-    """(height, width) the input views are resized/cropped to for the network; default: the run's
-    training resolution. Must be divisible by patch_size x viewpoint_factor."""
+    """(height, width) of the network's input; default: the frame's aspect ratio at the longest
+    side of the run's training resolution, rounded to patch_size x viewpoint_factor."""
     bf16: bool = True
     """bf16 autocast for the network on CUDA."""
-    ssim_weight: float = 0.0
-    """Loss = MSE + ssim_weight * (1 - SSIM) + lpips_weight * LPIPS (the published recipe: MSE only)."""
+    paper_epochs: int = 10
+    """Network start: the first epochs follow the published finetune (Ours_10)."""
+    refine_views: int = 6000
+    """Auto budget (--max-num-iterations -1): refinement epochs = refine_views / training frames."""
+    ssim_weight: float = 0.2
+    """Refinement loss = (1 - ssim_weight) L1 + ssim_weight (1 - SSIM) + lpips_weight LPIPS."""
     lpips_weight: float = 0.0
-    """LPIPS-VGG term (needs the VGG16 weights; see README)."""
-    random_init_count: int = 0
-    """init=random: number of Gaussians (0: as many as the network would predict, which needs
-    --pipeline.model.ilrm-run; else 50,000)."""
-    random_init_extent: float = 10.0
+    """LPIPS-VGG term of the refinement loss (needs the VGG16 weights; see README)."""
+    densify: bool = True
+    """Refinement: gsplat's DefaultStrategy (clone / split where screen-space gradients are large,
+    prune transparent and huge Gaussians) from densify_start to densify_stop of the steps."""
+    densify_grad: float = 0.0002
+    """Screen-space gradient above which a Gaussian is cloned or split (gsplat's grow_grad2d)."""
+    densify_every: int = 100
+    """Adam steps between two densifications."""
+    densify_start: float = 0.05
+    densify_stop: float = 0.6
+    """Fractions of the refinement steps where densification starts and stops."""
+    max_gaussians: int = 400_000
+    """No more growth once this many Gaussians exist (bounds time per step on a CPU)."""
+    random_init_count: int = 50_000
+    """init=random: number of Gaussians."""
+    random_init_extent: float = 4.0
     """init=random: side of the cube the means are drawn in, in units of the camera spread."""
     seed: int = 0
-    densify: bool = False
-    """Adaptive density control during finetuning (off in the published recipe): every
-    densify_every steps, the densify_fraction of Gaussians with the largest mean-position gradients
-    are cloned (small ones) or split in two (large ones), and those with opacity below
-    prune_opacity are removed."""
-    densify_every: int = 5
-    densify_fraction: float = 0.05
-    densify_stop_fraction: float = 0.7
-    """No densification after this fraction of the steps."""
-    prune_opacity: float = 0.005
     report_held_out: bool = True
-    """Print the PSNR of the held-out views after the feed-forward pass and after finetuning."""
+    """Print the held-out PSNR at the start, after the published epochs and at the end, and write
+    held_out.png into the run folder."""
 
 
 class ILRMFinetuneModel(GaussianSceneModel):
@@ -240,75 +237,179 @@ class ILRMFinetuneModel(GaussianSceneModel):
     def populate_modules(self):
         super().populate_modules()
         self._perceptual = [None]  # not a submodule: no VGG in checkpoints
+        self.started_from = "network"
+        self.plan: EpochPlan | None = None
+        self.optimizers = None  # nerfstudio's Optimizers, set when training starts
+        self.strategy = None
+        self.strategy_state = None
+        self.scene_extent = 1.0
+        self.last_info: dict | None = None  # the last training render's gsplat-style meta
         self.last_metrics: dict[str, float] = {}
-        self._grad_sum: Tensor | None = None
-        self._grad_count: Tensor | None = None
+        self.history: list[dict] = []  # per epoch: seconds, loss, Gaussians, held-out PSNR (when measured)
 
-    # -- the start: feed-forward prediction or random ------------------------------------------
+    # -- the start --------------------------------------------------------------------------------
+
+    def start_kind(self) -> str:
+        init = self.config.init
+        return ("network" if self.config.ilrm_run is not None else "points") if init == "auto" else init
 
     def initialize_gaussians(self, datamanager) -> None:
-        """Predict (or draw) the scene's starting Gaussians; makes them trainable parameters."""
+        """Predict, place or draw the scene's starting Gaussians; they become trainable parameters."""
         cfg = self.config
-        count = len(datamanager.input_indices)
-        trained = None
-        if cfg.ilrm_run is not None:
-            trained = load_trained_network(cfg.ilrm_run, self.device)
-            trained.bf16 = cfg.bf16
-        if cfg.init == "network":
-            if trained is None:
-                raise SceneError("--pipeline.model.ilrm-run is needed (an ns-train ilrm / ilrm-small run), or --pipeline.model.init random")
-            height, width = cfg.network_resolution or trained.resolution
-            multiple = trained.network.config.patch_size * trained.network.config.viewpoint_factor
-            if height % multiple or width % multiple:
-                raise SceneError(f"network_resolution {height}x{width} must be divisible by patch_size x viewpoint_factor = {multiple}")
-            log_line(f"1/2 feed-forward: {count} input views at {height}x{width} through the network of {trained.checkpoint}")
-            images, c2w, K = datamanager.network_views(height, width)
-            start = time.perf_counter()
-            gaussians = predict_gaussians(trained, images, c2w, K)
-            if gaussians.means.is_cuda:
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            if trained.sh_degree != cfg.sh_degree:
-                log_line(f"the network predicts SH degree {trained.sh_degree}; the model keeps degree {cfg.sh_degree} (padded/truncated)")
-            gaussians = with_sh_degree(gaussians, cfg.sh_degree)
-            log_line(f"    {len(gaussians):,} Gaussians in {seconds:.2f} s")
+        kind = self.started_from = self.start_kind()
+        cameras, _ = datamanager.train_views
+        c2w = opengl_to_opencv(to_homogeneous(cameras.camera_to_worlds.double().cpu()))
+        centers = c2w[:, :3, 3]
+        self.scene_extent = 1.1 * float((centers - centers.mean(0)).norm(dim=-1).max().clamp_min(1e-3))
+        start = time.perf_counter()
+        if kind == "network":
+            gaussians = self._network_start(datamanager)
+        elif kind == "points":
+            points = datamanager.point_cloud()
+            source = "SfM points of the data"
+            if points is None or len(points[0]) == 0:
+                _, items = datamanager.train_views
+                K = cameras.get_intrinsics_matrices().cpu()
+                points = triangulate_points([item["image"].numpy() for item in items], c2w, K, seed=cfg.seed)
+                source = f"points triangulated from {len(items)} training frames (SIFT, known poses)"
+            if len(points[0]) < 100:
+                raise SceneError(f"{datamanager.config.data}: found only {len(points[0])} 3D points to start from; use --pipeline.model.init random")
+            gaussians = points_to_gaussians(points[0], points[1], cfg.sh_degree)
+            log_line(f"start: {len(gaussians):,} Gaussians at {source} ({time.perf_counter() - start:.1f} s)")
+        elif kind == "random":
+            gaussians = random_gaussians(cfg.random_init_count, c2w, cfg.sh_degree, cfg.random_init_extent, cfg.seed)
+            log_line(f"start: {len(gaussians):,} random Gaussians")
         else:
-            number = cfg.random_init_count
-            if number <= 0:
-                if trained is not None:
-                    height, width = cfg.network_resolution or trained.resolution
-                    number = trained.network.num_gaussians(count, height, width)
-                else:
-                    number = 50_000
-            cameras, _ = datamanager.input_views
-            c2w = cameras.camera_to_worlds.cpu()
-            gaussians = random_gaussians(number, c2w, cfg.sh_degree, cfg.random_init_extent, cfg.seed)
-            log_line(f"1/2 random start: {number:,} random Gaussians (no network)")
-        del trained
+            raise SceneError(f"unknown init {kind!r}")
         self.set_scene_gaussians(gaussians.map(lambda t: t.to(self.device)), trainable=True)
         if cfg.report_held_out:
-            self.report("start", datamanager)
+            self.report("feed-forward" if kind == "network" else f"{kind} start", datamanager)
+
+    def _network_start(self, datamanager) -> Gaussians:
+        cfg = self.config
+        if cfg.ilrm_run is None:
+            raise SceneError("--pipeline.model.ilrm-run is needed (an ns-train ilrm / ilrm-small run), or --pipeline.model.init points / random")
+        trained = load_trained_network(cfg.ilrm_run, self.device)
+        trained.bf16 = cfg.bf16
+        multiple = trained.network.config.patch_size * trained.network.config.viewpoint_factor
+        _, items = datamanager.train_views
+        frame_hw = tuple(items[0]["image"].shape[:2])
+        height, width = cfg.network_resolution or network_input_size(frame_hw, trained.resolution, multiple)
+        if height % multiple or width % multiple:
+            raise SceneError(f"network_resolution {height}x{width} must be divisible by patch_size x viewpoint_factor = {multiple}")
+        count = len(datamanager.input_indices)
+        log_line(f"start: {count} input views at {width}x{height} through the network of {trained.checkpoint}")
+        images, c2w, K = datamanager.network_views(height, width)
+        start = time.perf_counter()
+        gaussians = predict_gaussians(trained, images, c2w, K)
+        if gaussians.means.is_cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        if trained.sh_degree != cfg.sh_degree:
+            log_line(f"the network predicts SH degree {trained.sh_degree}; the model keeps degree {cfg.sh_degree} (padded/truncated)")
+        log_line(f"    {len(gaussians):,} Gaussians in {seconds:.2f} s")
+        return with_sh_degree(gaussians, cfg.sh_degree)
+
+    # -- held-out views ----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def held_out_psnr(self, datamanager) -> float | None:
+    def held_out_renders(self, datamanager) -> list[tuple[Tensor, Tensor]]:
+        """(render, ground truth) [H, W, 3] of every held-out view."""
         cameras, items = datamanager.eval_views
-        if not items:
-            return None
         was_training = self.training
         self.eval()
-        values = []
+        pairs = []
         for i, item in enumerate(items):
             out = self.render_cameras(cameras[i : i + 1])
-            gt = self.ground_truth(item["image"], out["background"])
-            values.append(float(psnr(out["rgb"].permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None])))
+            pairs.append((out["rgb"], self.ground_truth(item["image"], out["background"])))
         self.train(was_training)
-        return sum(values) / len(values)
+        return pairs
 
-    def report(self, when: str, datamanager) -> None:
+    def held_out_psnr(self, datamanager) -> float | None:
+        pairs = self.held_out_renders(datamanager)
+        if not pairs:
+            return None
+        return sum(float(psnr(r.permute(2, 0, 1)[None], g.permute(2, 0, 1)[None])) for r, g in pairs) / len(pairs)
+
+    def report(self, label: str, datamanager) -> float | None:
         value = self.held_out_psnr(datamanager)
         if value is not None:
-            label = "feed-forward" if when == "start" and self.config.init == "network" else ("random start" if when == "start" else when)
             log_line(f"    held-out PSNR ({label}, {len(datamanager.eval_views[1])} views): {value:.2f} dB")
+        return value
+
+    def save_held_out_picture(self, datamanager, path: Path, count: int = 4) -> Path | None:
+        """Ground truth | render of up to `count` held-out views, one row each."""
+        import torchvision.utils as vutils
+
+        pairs = self.held_out_renders(datamanager)
+        if not pairs:
+            return None
+        chosen = [pairs[round(i * (len(pairs) - 1) / max(1, count - 1))] for i in range(min(count, len(pairs)))]
+        size = chosen[0][0].shape[:2]
+        tiles = []
+        for render, truth in chosen:
+            for image in (truth, render):
+                image = image.permute(2, 0, 1)[None].float().cpu()
+                tiles.append(F.interpolate(image, size=size, mode="bilinear", align_corners=False)[0].clamp(0, 1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vutils.save_image(torch.stack(tiles), path, nrow=2, padding=2, pad_value=1.0)
+        return path
+
+    # -- the plan and the optimizer ---------------------------------------------------------------
+
+    def make_plan(self, epochs: int, datamanager) -> EpochPlan:
+        frames = len(datamanager.train_views[1])
+        per_step = datamanager.config.views_per_step
+        steps = 1 if per_step <= 0 else math.ceil(frames / per_step)
+        paper = min(self.config.paper_epochs, epochs) if self.started_from == "network" else 0
+        return EpochPlan(epochs, paper, steps)
+
+    def auto_epochs(self, datamanager) -> int:
+        frames = len(datamanager.train_views[1])
+        paper = self.config.paper_epochs if self.started_from == "network" else 0
+        return paper + max(1, round(self.config.refine_views / frames))
+
+    def start_training(self, plan: EpochPlan, optimizers) -> None:
+        """Keep the plan and nerfstudio's optimizers; set up densification for the refinement."""
+        from gsplat.strategy import DefaultStrategy
+
+        cfg = self.config
+        self.plan, self.optimizers = plan, optimizers
+        total = plan.refine_steps
+        self.strategy = DefaultStrategy(
+            prune_opa=0.005,
+            grow_grad2d=cfg.densify_grad,
+            refine_start_iter=int(cfg.densify_start * total),
+            refine_stop_iter=int(cfg.densify_stop * total) if cfg.densify else 0,
+            refine_every=cfg.densify_every,
+            reset_every=1 << 30,  # no opacity reset: too few steps on a CPU budget to recover
+        )
+        self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_extent)
+
+    def set_learning_rates(self, epoch: int, batch: int) -> None:
+        plan = self.plan
+        if plan.is_paper(epoch):
+            rates = {name: MEANS_LR if name == "means" else OTHER_LR for name in GAUSSIAN_FIELDS}
+        else:
+            progress = min(1.0, plan.refine_step(epoch, batch) / max(1, plan.refine_steps))
+            rates = dict(REFINE_LR)
+            rates["means"] = REFINE_LR["means"] * self.scene_extent * REFINE_MEANS_FINAL**progress
+        for name, optimizer in self.optimizers.optimizers.items():
+            for group in optimizer.param_groups:
+                group["lr"] = float(rates[name])
+
+    def after_optimizer_step(self, epoch: int, batch: int) -> None:
+        """Densify / prune after a refinement step (gsplat's strategy edits parameters and Adam
+        state together)."""
+        if self.plan is None or self.plan.is_paper(epoch) or not self.config.densify or self.last_info is None:
+            return
+        step = self.plan.refine_step(epoch, batch)
+        if len(self.means) >= self.config.max_gaussians:
+            self.strategy.refine_stop_iter = min(self.strategy.refine_stop_iter, step)
+        self.strategy.step_post_backward(self.gauss_params, self.optimizers.optimizers, self.strategy_state, step, self.last_info, packed=False)
+        for name in GAUSSIAN_FIELDS:  # nerfstudio's view of the parameters follows
+            self.optimizers.parameters[name] = [self.gauss_params[name]]
+        self.last_info = None
 
     # -- nerfstudio hooks ----------------------------------------------------------------------
 
@@ -321,28 +422,44 @@ class ILRMFinetuneModel(GaussianSceneModel):
         callbacks = super().get_training_callbacks(training_callback_attributes)
         trainer = training_callback_attributes.trainer
         pipeline = training_callback_attributes.pipeline
-        optimizers = training_callback_attributes.optimizers
-        if trainer is None:
+        if trainer is None or pipeline is None:
             return callbacks
-        total = trainer.config.max_num_iterations
-        start = trainer._start_step
-        views = len(pipeline.datamanager.input_indices) if pipeline is not None else 0
-        per_step = pipeline.datamanager.config.views_per_step if pipeline is not None else 0
-        if total > 0:
-            unit = "epochs" if per_step <= 0 or per_step >= views else f"steps of {per_step} views"
-            log_line(f"2/2 finetune: {total} {unit} over {views} input views (Adam, lr {MEANS_LR:g} means, {OTHER_LR:g} others; network frozen)")
+        datamanager = pipeline.datamanager
+        if trainer.config.max_num_iterations < 0:  # auto: the default budget
+            trainer.config.max_num_iterations = self.auto_epochs(datamanager)
+        plan = self.make_plan(trainer.config.max_num_iterations, datamanager)
+        self.start_training(plan, training_callback_attributes.optimizers)
+        frames = len(datamanager.train_views[1])
+        if plan.paper_epochs:
+            log_line(f"epochs 1-{plan.paper_epochs}: published finetune on {len(datamanager.input_indices)} input views (one Adam step each, MSE)")
+        if plan.epochs > plan.paper_epochs:
+            log_line(
+                f"epochs {plan.paper_epochs + 1}-{plan.epochs}: refinement on {frames} training frames, "
+                f"{plan.steps_per_epoch} Adam steps per epoch, L1 + SSIM, densification {'on' if self.config.densify else 'off'}"
+            )
+        clock = {"start": time.perf_counter(), "epochs": 0}
 
-        def after_step(step: int) -> None:
-            done = step - start + 1
-            if self.config.densify and optimizers is not None:
-                self.densify_step(step - start, total, optimizers)
-            loss, value = self.last_metrics.get("loss"), self.last_metrics.get("psnr")
-            if loss is not None:
-                log_line(f"    {done}/{total}: loss {loss:.5f}, input-view PSNR {value:.2f} dB, {len(self.means):,} Gaussians")
-            if done == total and self.config.report_held_out and pipeline is not None:
-                self.report(f"after {total} {'epochs' if per_step <= 0 else 'steps'}", pipeline.datamanager)
+        def after_epoch(step: int) -> None:
+            epoch = step + 1
+            elapsed = time.perf_counter() - clock["start"]
+            clock["epochs"] += 1
+            done = clock["epochs"]
+            remaining = (plan.epochs - epoch) * elapsed / max(1, done)
+            entry = {"epoch": epoch, "seconds": elapsed, "gaussians": len(self.means), **self.last_metrics}
+            if self.config.report_held_out and (epoch == plan.paper_epochs or epoch == plan.epochs):
+                entry["held_out_psnr"] = self.report(f"after {epoch} epochs", datamanager)
+            self.history.append(entry)
+            loss = entry.get("loss", float("nan"))
+            log_line(
+                f"epoch {epoch}/{plan.epochs}  loss {loss:.4f}  train PSNR {entry.get('psnr', float('nan')):.2f} dB  "
+                f"{len(self.means):,} Gaussians  {elapsed / 60:.1f} min, ETA {remaining / 60:.1f} min"
+            )
+            if epoch == plan.epochs and self.config.report_held_out:
+                picture = self.save_held_out_picture(datamanager, Path(trainer.base_dir) / "held_out.png")
+                if picture is not None:
+                    log_line(f"wrote {picture} (held-out frames: ground truth | render)")
 
-        callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_step))
+        callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_epoch))
         return callbacks
 
     # -- forward, loss, metrics ------------------------------------------------------------------
@@ -351,6 +468,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
         if self.training:  # a step: every camera of the batch at once
             out = self.render_camera_batch(inputs)
             out["background"] = self._get_background_color()
+            self.last_info = out.pop("info", None)
             return out
         return self.render_cameras(inputs)
 
@@ -381,13 +499,18 @@ class ILRMFinetuneModel(GaussianSceneModel):
         pred, gt = self._pred_gt(outputs, batch)
         return {"psnr": psnr(pred.detach(), gt).mean(), "num_gaussians": float(len(self.means))}
 
-    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict:
+    def get_loss_dict(self, outputs, batch, metrics_dict=None, published: bool = False) -> dict:
+        """published: the Ours_10 loss (MSE); else the refinement loss (L1 + SSIM [+ LPIPS])."""
         pred, gt = self._pred_gt(outputs, batch)
-        losses = {"mse_loss": F.mse_loss(pred, gt)}
-        if self.config.ssim_weight > 0:
-            losses["ssim_loss"] = self.config.ssim_weight * (1.0 - ssim(pred, gt).mean())
-        if self.config.lpips_weight > 0:
-            losses["lpips_loss"] = self.config.lpips_weight * self.perceptual()(pred, gt).mean()
+        cfg = self.config
+        if published:
+            losses = {"mse_loss": F.mse_loss(pred, gt)}
+        else:
+            losses = {"l1_loss": (1.0 - cfg.ssim_weight) * (pred - gt).abs().mean()}
+            if cfg.ssim_weight > 0:
+                losses["ssim_loss"] = cfg.ssim_weight * (1.0 - ssim(pred, gt).mean())
+            if cfg.lpips_weight > 0:
+                losses["lpips_loss"] = cfg.lpips_weight * self.perceptual()(pred, gt).mean()
         if self.training:
             self.last_metrics = {
                 "loss": float(sum(v.detach() for v in losses.values())),
@@ -403,76 +526,9 @@ class ILRMFinetuneModel(GaussianSceneModel):
         image = torch.cat([gt[0], pred[0]], dim=2).permute(1, 2, 0)  # ground truth | render
         return metrics, {"img": image}
 
-    # -- densification (optional) --------------------------------------------------------------
-
-    def densify_step(self, step: int, total: int, optimizers) -> None:
-        """Accumulate mean-position gradient norms; every densify_every steps, clone / split the
-        Gaussians with the largest ones and prune transparent ones."""
-        cfg = self.config
-        grad = self.means.grad
-        if grad is None:
-            return
-        norm = grad.detach().norm(dim=-1)
-        if self._grad_sum is None or len(self._grad_sum) != len(norm):
-            self._grad_sum, self._grad_count = torch.zeros_like(norm), torch.zeros_like(norm)
-        self._grad_sum += norm
-        self._grad_count += (norm > 0).float()
-        done = step + 1
-        if done % cfg.densify_every or done > cfg.densify_stop_fraction * total:
-            return
-        with torch.no_grad():
-            average = self._grad_sum / self._grad_count.clamp_min(1)
-            n = len(average)
-            chosen = torch.zeros(n, dtype=torch.bool, device=average.device)
-            top = max(1, int(cfg.densify_fraction * n))
-            chosen[average.topk(top).indices] = True
-            chosen &= self._grad_count > 0
-            scales = torch.exp(self.scales).amax(-1)
-            extent = (self.means - self.means.mean(0)).norm(dim=-1).median()
-            large = scales > 0.01 * extent
-            clone, split = chosen & ~large, chosen & large
-            params = {name: self.gauss_params[name].detach() for name in GAUSSIAN_FIELDS}
-            new = {name: [value[clone]] for name, value in params.items()}
-            if bool(split.any()):  # two Gaussians sampled inside each large one, 1.6x smaller
-                for _ in range(2):
-                    from .rendering import quat_to_rotmat
-
-                    R = quat_to_rotmat(params["quats"][split])
-                    offset = (R @ (torch.randn_like(params["means"][split]) * torch.exp(params["scales"][split]))[..., None])[..., 0]
-                    for name, value in params.items():
-                        piece = value[split]
-                        if name == "means":
-                            piece = piece + offset
-                        elif name == "scales":
-                            piece = piece - math.log(1.6)
-                        new[name].append(piece)
-            keep = ~split & (torch.sigmoid(params["opacities"][:, 0]) >= cfg.prune_opacity)
-            additions = {name: torch.cat(parts) for name, parts in new.items()}
-            replace_gaussians(self, optimizers, keep, additions)
-            self._grad_sum = self._grad_count = None
-        log_line(f"    densify: +{int(clone.sum())} cloned, {int(split.sum())} split in 2, {int((~keep).sum()) - int(split.sum())} pruned -> {len(self.means):,}")
-
-
-def replace_gaussians(model: GaussianSceneModel, optimizers, keep: Tensor, additions: dict[str, Tensor]) -> None:
-    """Keep rows `keep` of every Gaussian parameter and append `additions`; the Adam state follows
-    (kept rows keep their moments, new rows start at zero)."""
-    for name in GAUSSIAN_FIELDS:
-        old = model.gauss_params[name]
-        added = additions[name]
-        param = nn.Parameter(torch.cat([old.detach()[keep], added]), requires_grad=True)
-        optimizer = optimizers.optimizers[name]
-        state = optimizer.state.pop(old, {})
-        for key, value in list(state.items()):
-            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == old.shape[0]:
-                state[key] = torch.cat([value[keep], value.new_zeros((len(added),) + value.shape[1:])])
-        optimizer.param_groups[0]["params"] = [param]
-        optimizer.state[param] = state
-        optimizers.parameters[name] = [param]
-        model.gauss_params[name] = param
-
 
 # ------------------------------------------------------------------------------------------------
-# The pipeline
+# The pipeline: one trainer iteration = one epoch
 # ------------------------------------------------------------------------------------------------
 
 
@@ -484,7 +540,9 @@ class ILRMFinetunePipelineConfig(VanillaPipelineConfig):
 
 
 class ILRMFinetunePipeline(VanillaPipeline):
-    """VanillaPipeline (cameras in, renders out) that starts training from the prediction."""
+    """Cameras in, renders out; starts from the predicted (or placed) Gaussians, and runs one
+    epoch per trainer iteration: the trainer takes the optimizer step of the epoch's last batch,
+    the pipeline those of the batches before it."""
 
     config: ILRMFinetunePipelineConfig
 
@@ -497,3 +555,45 @@ class ILRMFinetunePipeline(VanillaPipeline):
                 self.model.initialize_gaussians(self.datamanager)
         except (SceneError, PerceptualWeightsError) as error:
             raise SystemExit(f"ilrm-finetune: {error}") from None
+
+    def _batch_loss(self, epoch: int, batch_index: int, cameras: Cameras, batch: dict):
+        model = self.model
+        published = model.plan.is_paper(epoch)
+        model.set_learning_rates(epoch, batch_index)
+        outputs = model(cameras)
+        metrics = model.get_metrics_dict(outputs, batch)
+        losses = model.get_loss_dict(outputs, batch, metrics, published=published)
+        return outputs, losses, metrics
+
+    def get_train_loss_dict(self, step: int):
+        model, plan = self.model, self.model.plan
+        if plan is None:  # outside nerfstudio's trainer (no callbacks ran): published steps only
+            return super().get_train_loss_dict(step)
+        if plan.is_paper(step):
+            batches = self.datamanager.epoch_batches(step, "input", 0)
+        else:
+            batches = self.datamanager.epoch_batches(step, "all", self.datamanager.config.views_per_step)
+        optimizers = model.optimizers
+        for index, (cameras, batch) in enumerate(batches[:-1]):
+            _, losses, _ = self._batch_loss(step, index, cameras, batch)
+            sum(losses.values()).backward()
+            optimizers.optimizer_step_all()
+            model.after_optimizer_step(step, index)
+            optimizers.zero_grad_all()
+        last = len(batches) - 1
+        outputs, losses, metrics = self._batch_loss(step, last, *batches[last])
+        self._last_batch = (step, last)
+        return outputs, losses, metrics
+
+    def get_training_callbacks(self, training_callback_attributes):
+        from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+
+        def after_last_batch(step: int) -> None:  # the trainer stepped the optimizers of the last batch
+            if getattr(self, "_last_batch", None) is not None:
+                self.model.after_optimizer_step(*self._last_batch)
+                self._last_batch = None
+
+        # First, so that the model's epoch report sees the densified Gaussians.
+        return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_last_batch)] + callbacks

@@ -3,8 +3,9 @@
 - `ilrm`: the paper's base model, (2, H, F) at 256 x 256, trained across scenes.
 - `ilrm-small`: a narrow, shallow network at 64 x 64 that trains on a CPU in minutes
   (the demo and the tests use it).
-- `ilrm-finetune`: the per-scene stage (paper "Ours_10"): one scene, Gaussians predicted by the
-  network of an ilrm run, then optimized directly for `--max-num-iterations` epochs (default 10).
+- `ilrm-finetune`: the per-scene stage: one scene, Gaussians predicted by the network of an ilrm
+  run (or placed at the scene's points), the published finetune epochs (the paper's "Ours_10",
+  `--max-num-iterations 10`), then 3DGS-style refinement (the default budget).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from .finetune import MEANS_LR, OTHER_LR, ILRMFinetunePipelineConfig
 from .ilrm_datamanager import ILRMDataManagerConfig
-from .ilrm_model import ILRMModelConfig
+from .ilrm_model import GAUSSIAN_FIELDS, ILRMModelConfig
 from .ilrm_pipeline import ILRMPipelineConfig
 from .network import ILRMNetworkConfig
 from .optim import AdamWMatricesConfig, WarmupCosineSchedulerConfig
@@ -93,10 +94,10 @@ ilrm_small_method = MethodSpecification(
 )
 
 
-def finetune_trainer_config(epochs: int = 10) -> TrainerConfig:
-    """The published per-scene recipe: Adam (eps 1e-15), lr 6e-4 for means and 1e-3 for the other
-    Gaussian fields, constant, MSE, no densification. One step renders every input view (one
-    epoch), so max_num_iterations is the number of epochs."""
+def finetune_trainer_config(epochs: int = -1) -> TrainerConfig:
+    """The per-scene stage (see finetune.py). One iteration is one epoch; -1: the default budget
+    (the published epochs after a network start, then refinement epochs worth `refine_views`
+    frames). The learning rates below are the published finetune's; the model sets each step's."""
 
     def adam(lr: float) -> dict:
         return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}
@@ -111,14 +112,7 @@ def finetune_trainer_config(epochs: int = 10) -> TrainerConfig:
         save_only_latest_checkpoint=True,
         mixed_precision=False,
         pipeline=ILRMFinetunePipelineConfig(),
-        optimizers={
-            "means": adam(MEANS_LR),
-            "scales": adam(OTHER_LR),
-            "quats": adam(OTHER_LR),
-            "features_dc": adam(OTHER_LR),
-            "features_rest": adam(OTHER_LR),
-            "opacities": adam(OTHER_LR),
-        },
+        optimizers={name: adam(MEANS_LR if name == "means" else OTHER_LR) for name in GAUSSIAN_FIELDS},
         vis="tensorboard",
         viewer=ViewerConfig(quit_on_train_completion=True),
         logging=LoggingConfig(steps_per_log=1),
@@ -128,5 +122,5 @@ def finetune_trainer_config(epochs: int = 10) -> TrainerConfig:
 
 ilrm_finetune_method = MethodSpecification(
     config=finetune_trainer_config(),
-    description="iLRM per-scene stage (Ours_10): Gaussians from an ilrm run's network, then optimized on the input views.",
+    description="iLRM per-scene stage: Gaussians from an ilrm run's network (or the scene's points), the published 10 finetune epochs (Ours_10), then 3DGS-style refinement; one iteration = one epoch, -1 = the default budget.",
 )

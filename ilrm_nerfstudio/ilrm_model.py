@@ -18,12 +18,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Type
+from typing import Dict, Literal, Optional, Type
+
+import tyro
 
 import torch
 import torch.nn.functional as F
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
+from nerfstudio.models.base_model import ModelConfig
+from nerfstudio.models.splatfacto import SplatfactoModel
 from torch import Tensor, nn
 
 from .baselines import mean_color_baseline, nearest_view_baseline
@@ -38,14 +41,22 @@ GAUSSIAN_FIELDS = ("means", "scales", "quats", "features_dc", "features_rest", "
 
 
 @dataclass
-class GaussianSceneModelConfig(SplatfactoModelConfig):
-    """One scene's Gaussians, rendered by gsplat (CUDA) or our PyTorch rasterizer (CPU)."""
+class GaussianSceneModelConfig(ModelConfig):
+    """One scene's Gaussians, rendered by gsplat (CUDA) or our PyTorch rasterizer (CPU). Not a
+    SplatfactoModelConfig: none of Splatfacto's options apply (the model only subclasses
+    SplatfactoModel because ns-export and the viewer check for that type)."""
 
     _target: Type = field(default_factory=lambda: GaussianSceneModel)
     sh_degree: int = 0
     background_color: Literal["random", "black", "white"] = "white"
     render_backend: Literal["auto", "gsplat", "torch"] = "auto"
     """"auto": gsplat on CUDA, our PyTorch rasterizer on CPU."""
+    # Options of nerfstudio's ray-based models that Gaussians do not use: hidden from --help.
+    enable_collider: tyro.conf.Suppress[bool] = False
+    collider_params: tyro.conf.Suppress[Optional[Dict[str, float]]] = None
+    loss_coefficients: tyro.conf.Suppress[Dict[str, float]] = field(default_factory=dict)
+    eval_num_rays_per_chunk: tyro.conf.Suppress[int] = 1 << 30
+    prompt: tyro.conf.Suppress[Optional[str]] = None
 
 
 class GaussianSceneModel(SplatfactoModel):
@@ -140,7 +151,11 @@ class GaussianSceneModel(SplatfactoModel):
         """Render one scene's Gaussians into cameras c2w [C, 4, 4] (OpenCV), K [C, 3, 3]."""
         background = self._get_background_color() if background is None else background
         out = render(gaussians, c2w, K, width, height, background, backend=self.config.render_backend)
-        return {"rgb": out.rgb.clamp(0, 1), "accumulation": out.alpha, "depth": out.depth}
+        outputs = {"rgb": out.rgb.clamp(0, 1), "accumulation": out.alpha, "depth": out.depth}
+        if self.training and out.means2d is not None and out.means2d.requires_grad:
+            out.means2d.retain_grad()  # screen-space gradients for densification
+            outputs["info"] = {**out.info, "gaussian_ids": None}  # gsplat strategies ask for it (unpacked: None)
+        return outputs
 
     @staticmethod
     def opencv_cameras(camera: Cameras) -> tuple[Tensor, Tensor]:

@@ -1,59 +1,88 @@
 """Data manager of the per-scene stage (`ilrm-finetune`): one scene through any nerfstudio
-dataparser (default: `nerfstudio-data`, i.e. ns-process-data output; `colmap` and the others as
-subcommands), full images rather than rays.
+dataparser (default: `nerfstudio-data`, i.e. ns-process-data output, every 8th frame held out;
+`colmap` and the others as subcommands), whole images rather than rays.
 
-- Input views: the frames of the dataparser's train split chosen by `view_selection` ("all",
-  "every-kth" with `view_stride`, or "kmeans" over camera position and direction with
-  `num_input_views`). They feed the network (resized/cropped to its resolution, `network_views`)
-  and are the only images the finetune optimizes on (at the dataparser's resolution).
+- Working size: every frame is undistorted and resized on load so that its longest side is
+  `image_size` (default 512 px on the CPU, the full size on CUDA); intrinsics follow exactly. No
+  `images_N` folder is needed.
+- Input views: the training frames chosen by `view_selection` (k-means over camera position and
+  direction by default) that feed the network (`network_views`, resized and cropped to the
+  network's multiple with the frame's aspect ratio) and that the published finetune epochs
+  optimize on.
+- Refinement epochs optimize on every training frame, `views_per_step` at a time
+  (`epoch_batches`).
 - Held-out views: the dataparser's eval split; ns-eval scores them.
 
 It is a `VanillaDataManager` subclass because nerfstudio's tools check for that type
 (`ns-render spiral`, `ns-render dataset`, the viewer's `train_dataset`); its ray samplers and
-loader processes are not used. Lens distortion is removed from the cached images (as nerfstudio's
-FullImageDatamanager does) and the cameras of the cached images become pinholes.
+loader processes are not used. The cached images are pinhole (distortion removed).
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Type
+from typing import Literal, Optional, Type
 
 import torch
+import tyro
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.data.pixel_samplers import PixelSamplerConfig
 from nerfstudio.data.utils.dataloaders import RandIndicesEvalDataloader
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from .cameras import opengl_to_opencv, to_homogeneous
 from .samplers import kmeans_views
-from .scenes import Scene, SceneError, load_view
+from .scenes import Scene, SceneError, load_view, load_working_view
 from .sources import scene_from_dataparser_outputs
+
+CPU_IMAGE_SIZE = 512  # default longest image side on the CPU
+
+
+def held_out_every_8th() -> NerfstudioDataParserConfig:
+    return NerfstudioDataParserConfig(eval_mode="interval", eval_interval=8)
 
 
 @dataclass
 class ILRMSceneDataManagerConfig(VanillaDataManagerConfig):
     _target: Type = field(default_factory=lambda: ILRMSceneDataManager)
-    dataparser: AnnotatedDataParserUnion = field(default_factory=NerfstudioDataParserConfig)
+    dataparser: AnnotatedDataParserUnion = field(default_factory=held_out_every_8th)
     """How the scene is read: `nerfstudio-data` (transforms.json, ns-process-data output), `colmap`, ..."""
+    image_size: Optional[int] = None
+    """Longest image side (pixels) the frames are resized to on load, whole frame and aspect kept,
+    intrinsics scaled exactly. None: 512 on the CPU, the full size on CUDA; 0: the full size."""
     view_selection: Literal["all", "every-kth", "kmeans"] = "kmeans"
-    """Input views among the training frames: every one, every `view_stride`-th, or
-    `num_input_views` chosen by k-means over camera position and viewing direction."""
+    """Input views (the network's, and the published finetune epochs') among the training frames:
+    every one, every `view_stride`-th, or `num_input_views` chosen by k-means over camera position
+    and viewing direction."""
     num_input_views: int = 8
     """Number of input views for view_selection="kmeans"."""
     view_stride: int = 2
     """k for view_selection="every-kth" (frames 0, k, 2k, ... of the training split)."""
-    views_per_step: int = 0
-    """Views rendered per training step: 0 = every input view, so that one step is one epoch (the
-    published recipe); k > 0: k random input views per step."""
+    views_per_step: int = 1
+    """Refinement epochs: training frames per optimizer step (0: all of them in one step)."""
     seed: int = 0
+    # Inherited ray-sampling options that this data manager does not use: hidden from --help.
+    train_num_rays_per_batch: tyro.conf.Suppress[int] = 1024
+    train_num_images_to_sample_from: tyro.conf.Suppress[int] = -1
+    train_num_times_to_repeat_images: tyro.conf.Suppress[int] = -1
+    eval_num_rays_per_batch: tyro.conf.Suppress[int] = 1024
+    eval_num_images_to_sample_from: tyro.conf.Suppress[int] = -1
+    eval_num_times_to_repeat_images: tyro.conf.Suppress[int] = -1
+    eval_image_indices: tyro.conf.Suppress[Optional[tuple[int, ...]]] = (0,)
+    camera_res_scale_factor: tyro.conf.Suppress[float] = 1.0
+    patch_size: tyro.conf.Suppress[int] = 1
+    pixel_sampler: tyro.conf.Suppress[PixelSamplerConfig] = field(default_factory=PixelSamplerConfig)
+    masks_on_gpu: tyro.conf.Suppress[bool] = False
+    images_on_gpu: tyro.conf.Suppress[bool] = False
 
 
 class ILRMSceneDataManager(VanillaDataManager):
@@ -62,6 +91,8 @@ class ILRMSceneDataManager(VanillaDataManager):
     def __init__(self, config: ILRMSceneDataManagerConfig, device="cpu", test_mode: Literal["test", "val", "inference"] = "val", world_size: int = 1, local_rank: int = 0, **kwargs):
         if config.num_input_views < 1 or config.view_stride < 1 or config.views_per_step < 0:
             raise SceneError("num_input_views and view_stride must be >= 1, views_per_step >= 0")
+        if config.image_size is not None and config.image_size < 0:
+            raise SceneError(f"image_size must be >= 0 (0: full size), got {config.image_size}")
         data = config.data if config.data is not None else config.dataparser.data
         if not Path(data).exists():
             if test_mode != "inference":
@@ -69,7 +100,22 @@ class ILRMSceneDataManager(VanillaDataManager):
             # ns-export / ns-render camera-path need only the checkpoint: work without the data.
             self._init_without_data(config, device, test_mode, world_size, local_rank)
             return
+        self._request_point_cloud(config, Path(data))
         super().__init__(config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, **kwargs)
+
+    @staticmethod
+    def _request_point_cloud(config: ILRMSceneDataManagerConfig, data: Path) -> None:
+        """Have nerfstudio-data load the SfM points when transforms.json names them (asking for
+        them otherwise only makes nerfstudio prompt or warn)."""
+        if not isinstance(config.dataparser, NerfstudioDataParserConfig):
+            return
+        transforms = data if data.suffix == ".json" else data / "transforms.json"
+        try:
+            meta = json.loads(transforms.read_text())
+        except (OSError, ValueError):
+            return  # the dataparser reports unreadable files itself
+        ply = meta.get("ply_file_path") if isinstance(meta, dict) else None
+        config.dataparser.load_3D_points = bool(ply) and (transforms.parent / str(ply)).is_file()
 
     def _init_without_data(self, config, device, test_mode, world_size, local_rank) -> None:
         from nerfstudio.data.datamanagers.base_datamanager import DataManager
@@ -90,6 +136,13 @@ class ILRMSceneDataManager(VanillaDataManager):
 
     # -- which views ----------------------------------------------------------------------------
 
+    @property
+    def image_size(self) -> int:
+        """The working size's longest side (0: full size)."""
+        if self.config.image_size is not None:
+            return self.config.image_size
+        return 0 if torch.device(self.device).type == "cuda" else CPU_IMAGE_SIZE
+
     @cached_property
     def input_indices(self) -> list[int]:
         """Indices into the training dataset of the input views (sorted)."""
@@ -106,38 +159,51 @@ class ILRMSceneDataManager(VanillaDataManager):
 
     # -- images --------------------------------------------------------------------------------
 
-    def _load_views(self, dataset: InputDataset, indices: list[int]) -> tuple[Cameras, list[dict]]:
-        """Images (float [H, W, C] on the device, undistorted) and their pinhole cameras."""
-        from nerfstudio.data.datamanagers.full_images_datamanager import _undistort_image
+    def _scene(self, dataset: InputDataset) -> tuple[Scene, dict[str, int]]:
+        """The split as a Scene (our conventions) and the position of each image file in it."""
+        outputs = dataset._dataparser_outputs
+        scene = scene_from_dataparser_outputs(outputs, Path(str(self.config.data)).name)
+        return scene, {str(path): i for i, path in enumerate(scene.image_paths)}
 
-        cameras = dataset.cameras[torch.tensor(indices, dtype=torch.long)]
+    def _load_views(self, dataset: InputDataset, indices: list[int]) -> tuple[Cameras, list[dict]]:
+        """Frames at the working size, undistorted (uint8 [H, W, 3] on the CPU), and their pinhole
+        cameras (on the device)."""
+        if not indices:
+            return dataset.cameras[torch.zeros(0, dtype=torch.long)], []
+        scene, position = self._scene(dataset)
+        images, Ks = [], []
+        for index in indices:
+            image, K = load_working_view(scene, position[str(dataset.image_filenames[index])], self.image_size)
+            images.append(image)
+            Ks.append(K)
+        source = dataset.cameras[torch.tensor(indices, dtype=torch.long)]
+        K = torch.stack(Ks)
         cameras = Cameras(
-            camera_to_worlds=cameras.camera_to_worlds.clone(),
-            fx=cameras.fx.clone(), fy=cameras.fy.clone(), cx=cameras.cx.clone(), cy=cameras.cy.clone(),
-            width=cameras.width.clone(), height=cameras.height.clone(),
+            camera_to_worlds=source.camera_to_worlds.clone(),
+            fx=K[:, 0, 0:1], fy=K[:, 1, 1:2], cx=K[:, 0, 2:3], cy=K[:, 1, 2:3],
+            width=torch.tensor([[image.shape[1]] for image in images]),
+            height=torch.tensor([[image.shape[0]] for image in images]),
             distortion_params=None, camera_type=CameraType.PERSPECTIVE,
-            times=cameras.times, metadata=cameras.metadata,
+            times=source.times, metadata=source.metadata,
         )  # fmt: skip
-        items = []
-        for j, index in enumerate(indices):
-            data = dataset.get_data(index, image_type="float32")
-            camera = dataset.cameras[index].reshape(())
-            if camera.camera_type.item() != CameraType.PERSPECTIVE.value:
-                raise SceneError(f"{dataset.image_filenames[index]}: only perspective cameras are supported")
-            if camera.distortion_params is not None and bool(torch.any(camera.distortion_params != 0)):
-                K = camera.get_intrinsics_matrices().numpy()
-                K, image, _ = _undistort_image(camera, camera.distortion_params.numpy(), data, data["image"].numpy(), K)
-                data["image"] = torch.from_numpy(image)
-                cameras.fx[j], cameras.fy[j], cameras.cx[j], cameras.cy[j] = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
-                cameras.height[j], cameras.width[j] = image.shape[0], image.shape[1]
-            data["image"] = data["image"].to(self.device)
-            items.append(data)
-        return cameras.to(self.device), items
+        return cameras.to(self.device), [{"image": image, "image_idx": index} for image, index in zip(images, indices)]
 
     @cached_property
+    def train_views(self) -> tuple[Cameras, list[dict]]:
+        """Every training frame at the working size."""
+        n = len(self.train_dataset)
+        if n == 0:
+            raise SceneError(f"{self.config.data}: the dataparser's training split is empty")
+        cameras, items = self._load_views(self.train_dataset, list(range(n)))
+        height, width = items[0]["image"].shape[:2]
+        CONSOLE.print(f"loaded {n} training frames at {width}x{height}", soft_wrap=True, markup=False, highlight=False)
+        return cameras, items
+
+    @property
     def input_views(self) -> tuple[Cameras, list[dict]]:
-        CONSOLE.print(f"loading {len(self.input_indices)} input views", soft_wrap=True, markup=False, highlight=False)
-        return self._load_views(self.train_dataset, self.input_indices)
+        cameras, items = self.train_views
+        chosen = self.input_indices
+        return cameras[torch.tensor(chosen, device=cameras.device)], [items[i] for i in chosen]
 
     @cached_property
     def eval_views(self) -> tuple[Cameras, list[dict]]:
@@ -147,9 +213,8 @@ class ILRMSceneDataManager(VanillaDataManager):
         """The input views at the network's resolution (resized to cover, center cropped, intrinsics
         adjusted exactly, distortion removed): images [V, 3, H, W], OpenCV c2w [V, 4, 4] in the
         dataparser's frame, K [V, 3, 3]."""
+        scene, position = self._scene(self.train_dataset)
         outputs = self.train_dataparser_outputs
-        scene: Scene = scene_from_dataparser_outputs(outputs, Path(str(self.config.data)).name)
-        position = {str(path): i for i, path in enumerate(scene.image_paths)}
         images, Ks = [], []
         for index in self.input_indices:
             image, K = load_view(scene, position[str(outputs.image_filenames[index])], height, width)
@@ -158,10 +223,43 @@ class ILRMSceneDataManager(VanillaDataManager):
         c2w = opengl_to_opencv(to_homogeneous(outputs.cameras.camera_to_worlds[self.input_indices].double()))
         return torch.stack(images), c2w, torch.stack(Ks)
 
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the first training frame as stored (before the working size)."""
+        cameras = self.train_dataset.cameras
+        return int(cameras.height.reshape(-1)[0]), int(cameras.width.reshape(-1)[0])
+
+    def point_cloud(self) -> tuple[Tensor, Tensor] | None:
+        """The dataparser's SfM points (xyz [P, 3] in the dataparser's frame, rgb [P, 3] in [0, 1])
+        when the data has them."""
+        metadata = self.train_dataparser_outputs.metadata
+        if "points3D_xyz" not in metadata:
+            return None
+        return metadata["points3D_xyz"].float(), metadata["points3D_rgb"].float() / 255.0
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def epoch_batches(self, epoch: int, views: Literal["input", "all"], per_step: int) -> list[tuple[Cameras, dict]]:
+        """One epoch over the input views or every training frame: a shuffled order (seeded by
+        the epoch) cut into batches of `per_step` frames of one size (0: all in one batch)."""
+        cameras, items = self.train_views
+        chosen = list(self.input_indices) if views == "input" else list(range(len(items)))
+        random.Random(self.config.seed * 1_000_003 + epoch).shuffle(chosen)
+        by_size: dict[tuple, list[int]] = {}
+        for i in chosen:
+            by_size.setdefault(tuple(items[i]["image"].shape), []).append(i)
+        batches = []
+        for group in by_size.values():
+            size = len(group) if per_step <= 0 else per_step
+            for start in range(0, len(group), size):
+                part = sorted(group[start : start + size])
+                batch = {"image": torch.stack([items[i]["image"] for i in part]).to(self.device), "indices": torch.tensor(part)}
+                batches.append((cameras[torch.tensor(part, device=cameras.device)], batch))
+        return batches
+
     # -- nerfstudio hooks ----------------------------------------------------------------------
 
     def setup_train(self):
-        """Nothing to set up: input views are loaded on first use."""
+        """Nothing to set up: frames are loaded on first use."""
 
     def setup_eval(self):
         # `ns-render spiral` starts from eval_dataloader.get_camera(0).
@@ -169,24 +267,14 @@ class ILRMSceneDataManager(VanillaDataManager):
 
     @property
     def fixed_indices_eval_dataloader(self) -> list[tuple[Cameras, dict]]:
-        """Every held-out view as (camera [1], {"image": [H, W, C]}), for ns-eval."""
+        """Every held-out view as (camera [1], {"image": [H, W, 3]}), for ns-eval."""
         cameras, items = self.eval_views
         return [(cameras[i : i + 1], items[i]) for i in range(len(items))]
 
     def next_train(self, step: int) -> tuple[Cameras, dict]:
+        """All input views in one batch (the published finetune step)."""
         self.train_count += 1
-        cameras, items = self.input_views
-        count = len(items)
-        k = self.config.views_per_step
-        if k <= 0 or k >= count:
-            chosen = list(range(count))
-        else:
-            chosen = sorted(random.Random(self.config.seed * 1_000_003 + step).sample(range(count), k))
-        images = [items[i]["image"] for i in chosen]
-        if len({tuple(image.shape) for image in images}) > 1:
-            raise SceneError("the input views have different image sizes; use --pipeline.datamanager.views-per-step 1")
-        batch = {"image": torch.stack(images), "indices": torch.tensor(chosen)}
-        return cameras[torch.tensor(chosen, device=cameras.device)], batch
+        return self.epoch_batches(step, "input", 0)[0]
 
     def next_eval(self, step: int) -> tuple[Cameras, dict]:
         return self.next_eval_image(step)
@@ -200,11 +288,11 @@ class ILRMSceneDataManager(VanillaDataManager):
         return cameras[i : i + 1], items[i]
 
     def get_train_rays_per_batch(self) -> int:
-        cameras = self.train_dataset.cameras
-        pixels = int(cameras.width.reshape(-1)[0]) * int(cameras.height.reshape(-1)[0])
+        cameras, items = self.train_views
+        height, width = items[0]["image"].shape[:2]
         k = self.config.views_per_step
-        return pixels * (len(self.input_indices) if k <= 0 else k)
+        return height * width * (len(items) if k <= 0 else k)
 
     def get_eval_rays_per_batch(self) -> int:
-        cameras = self.eval_dataset.cameras
-        return int(cameras.width.reshape(-1)[0]) * int(cameras.height.reshape(-1)[0]) if len(cameras) else 0
+        cameras, items = self.eval_views
+        return int(items[0]["image"].shape[0] * items[0]["image"].shape[1]) if items else 0
