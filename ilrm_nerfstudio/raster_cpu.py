@@ -343,3 +343,221 @@ def count_pairs(starts, packed, end, width, height):
                     if min(ALPHA_MAX, packed[j, 5] * math.exp(-power)) >= ALPHA_MIN:
                         drawn += 1
     return evaluated, drawn
+
+
+# ------------------------------------------------------------------------------------------------
+# Projection (EWA, gsplat's fully_fused_projection, pinhole, classic) and its backward
+# ------------------------------------------------------------------------------------------------
+
+
+# 3 x 3 matrices are row-major 9-tuples here (no heap allocation inside the parallel loops).
+
+
+@nb.njit(cache=True)
+def _mm(A, B):
+    return (
+        A[0] * B[0] + A[1] * B[3] + A[2] * B[6], A[0] * B[1] + A[1] * B[4] + A[2] * B[7], A[0] * B[2] + A[1] * B[5] + A[2] * B[8],
+        A[3] * B[0] + A[4] * B[3] + A[5] * B[6], A[3] * B[1] + A[4] * B[4] + A[5] * B[7], A[3] * B[2] + A[4] * B[5] + A[5] * B[8],
+        A[6] * B[0] + A[7] * B[3] + A[8] * B[6], A[6] * B[1] + A[7] * B[4] + A[8] * B[7], A[6] * B[2] + A[7] * B[5] + A[8] * B[8],
+    )  # fmt: skip
+
+
+@nb.njit(cache=True)
+def _tr(A):
+    return (A[0], A[3], A[6], A[1], A[4], A[7], A[2], A[5], A[8])
+
+
+@nb.njit(cache=True)
+def _rotmat(q0, q1, q2, q3):
+    """Rotation of the normalized wxyz quaternion, the normalized quaternion and |q|."""
+    n = math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3)
+    w, x, y, z = q0 / n, q1 / n, q2 / n, q3 / n
+    R = (
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    )  # fmt: skip
+    return R, w, x, y, z, n
+
+
+@nb.njit(cache=True)
+def _world_cov(quats, scales, g):
+    R, w, x, y, z, n = _rotmat(quats[g, 0], quats[g, 1], quats[g, 2], quats[g, 3])
+    s0, s1, s2 = float(scales[g, 0]), float(scales[g, 1]), float(scales[g, 2])
+    M = (R[0] * s0, R[1] * s1, R[2] * s2, R[3] * s0, R[4] * s1, R[5] * s2, R[6] * s0, R[7] * s1, R[8] * s2)
+    return M, _mm(M, _tr(M)), R, w, x, y, z, n
+
+
+@nb.njit(cache=True)
+def _camera(w2c, Ks, c):
+    R = (
+        float(w2c[c, 0, 0]), float(w2c[c, 0, 1]), float(w2c[c, 0, 2]),
+        float(w2c[c, 1, 0]), float(w2c[c, 1, 1]), float(w2c[c, 1, 2]),
+        float(w2c[c, 2, 0]), float(w2c[c, 2, 1]), float(w2c[c, 2, 2]),
+    )  # fmt: skip
+    t = (float(w2c[c, 0, 3]), float(w2c[c, 1, 3]), float(w2c[c, 2, 3]))
+    return R, t, float(Ks[c, 0, 0]), float(Ks[c, 1, 1]), float(Ks[c, 0, 2]), float(Ks[c, 1, 2])
+
+
+@nb.njit(cache=True)
+def _jacobian(x, y, z, fx, fy, cx, cy, width, height, margin):
+    """gsplat's persp_proj Jacobian: J = [[j00, 0, j02], [0, j11, j12]] with x/z, y/z clamped."""
+    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
+    lim_x_pos = (width - cx) / fx + margin * tan_fovx
+    lim_x_neg = cx / fx + margin * tan_fovx
+    lim_y_pos = (height - cy) / fy + margin * tan_fovy
+    lim_y_neg = cy / fy + margin * tan_fovy
+    rz = 1.0 / z
+    u, v = x * rz, y * rz
+    in_x = (u <= lim_x_pos) and (u >= -lim_x_neg)
+    in_y = (v <= lim_y_pos) and (v >= -lim_y_neg)
+    tx = z * min(lim_x_pos, max(-lim_x_neg, u))
+    ty = z * min(lim_y_pos, max(-lim_y_neg, v))
+    return fx * rz, -fx * tx * rz * rz, fy * rz, -fy * ty * rz * rz, tx, ty, in_x, in_y
+
+
+@nb.njit(parallel=True, cache=True)
+def project_fwd(means, quats, scales, w2c, Ks, width, height, near, far, eps2d, margin):
+    """-> means2d [C, N, 2], conics [C, N, 3], depths [C, N], cov2d [C, N, 3], radii [C, N] int32
+    (all zero where culled: outside [near, far], det <= 0 or the radius box off the image)."""
+    C, N = w2c.shape[0], means.shape[0]
+    dt = means.dtype
+    means2d = np.zeros((C, N, 2), dt)
+    conics = np.zeros((C, N, 3), dt)
+    depths = np.zeros((C, N), dt)
+    cov2d = np.zeros((C, N, 3), dt)
+    radii = np.zeros((C, N), np.int32)
+    for g in nb.prange(N):
+        _, S3, _, _, _, _, _, _ = _world_cov(quats, scales, g)
+        m0, m1, m2 = float(means[g, 0]), float(means[g, 1]), float(means[g, 2])
+        for c in range(C):
+            R, t, fx, fy, cx, cy = _camera(w2c, Ks, c)
+            x = R[0] * m0 + R[1] * m1 + R[2] * m2 + t[0]
+            y = R[3] * m0 + R[4] * m1 + R[5] * m2 + t[1]
+            z = R[6] * m0 + R[7] * m1 + R[8] * m2 + t[2]
+            if z < near or z > far:
+                continue
+            j00, j02, j11, j12, _, _, _, _ = _jacobian(x, y, z, fx, fy, cx, cy, width, height, margin)
+            Sc = _mm(_mm(R, S3), _tr(R))  # camera-space covariance
+            a = j00 * j00 * Sc[0] + 2 * j00 * j02 * Sc[2] + j02 * j02 * Sc[8] + eps2d
+            b = j00 * j11 * Sc[1] + j00 * j12 * Sc[2] + j02 * j11 * Sc[7] + j02 * j12 * Sc[8]
+            cc = j11 * j11 * Sc[4] + 2 * j11 * j12 * Sc[5] + j12 * j12 * Sc[8] + eps2d
+            det = a * cc - b * b
+            if not det > 0.0:
+                continue
+            mx, my = fx * x / z + cx, fy * y / z + cy
+            half_trace = 0.5 * (a + cc)
+            v1 = half_trace + math.sqrt(max(half_trace * half_trace - det, 0.01))
+            radius = math.ceil(3.0 * math.sqrt(v1))
+            if radius <= 0 or mx + radius <= 0 or mx - radius >= width or my + radius <= 0 or my - radius >= height:
+                continue
+            radii[c, g] = int(min(radius, 2.0**30))
+            means2d[c, g, 0], means2d[c, g, 1] = mx, my
+            conics[c, g, 0], conics[c, g, 1], conics[c, g, 2] = cc / det, -b / det, a / det
+            cov2d[c, g, 0], cov2d[c, g, 1], cov2d[c, g, 2] = a, b, cc
+            depths[c, g] = z
+    return means2d, conics, depths, cov2d, radii
+
+
+@nb.njit(parallel=True, cache=True)
+def project_bwd(means, quats, scales, w2c, Ks, width, height, margin, radii, conics, v_means2d, v_conics, v_depths,
+                want_cam):  # fmt: skip
+    """Gradients of means [N, 3], quats [N, 4], scales [N, 3] and, when want_cam, per entry of
+    the world-to-camera rotation (9) and translation (3) [C, N, 12] (to be summed over N)."""
+    C, N = w2c.shape[0], means.shape[0]
+    v_means = np.zeros((N, 3), np.float64)
+    v_quats = np.zeros((N, 4), np.float64)
+    v_scales = np.zeros((N, 3), np.float64)
+    v_cam = np.zeros((C, N if want_cam else 0, 12), np.float64)
+    for g in nb.prange(N):
+        M, S3, Rq, w, x_, y_, z_, qn = _world_cov(quats, scales, g)
+        m0, m1, m2 = float(means[g, 0]), float(means[g, 1]), float(means[g, 2])
+        v_S3 = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        for c in range(C):
+            if radii[c, g] <= 0:
+                continue
+            R, t, fx, fy, cx, cy = _camera(w2c, Ks, c)
+            x = R[0] * m0 + R[1] * m1 + R[2] * m2 + t[0]
+            y = R[3] * m0 + R[4] * m1 + R[5] * m2 + t[1]
+            z = R[6] * m0 + R[7] * m1 + R[8] * m2 + t[2]
+            j00, j02, j11, j12, tx, ty, in_x, in_y = _jacobian(x, y, z, fx, fy, cx, cy, width, height, margin)
+            # conic = inverse(cov): v_cov = -conic G conic, G the symmetric gradient of the conic
+            ia, ib, ic = float(conics[c, g, 0]), float(conics[c, g, 1]), float(conics[c, g, 2])
+            g00, g01, g11 = float(v_conics[c, g, 0]), 0.5 * float(v_conics[c, g, 1]), float(v_conics[c, g, 2])
+            h00, h01, h10, h11 = g00 * ia + g01 * ib, g00 * ib + g01 * ic, g01 * ia + g11 * ib, g01 * ib + g11 * ic
+            V00 = -(ia * h00 + ib * h10)
+            V01 = -(ia * h01 + ib * h11)
+            V11 = -(ib * h01 + ic * h11)
+            Sc = _mm(_mm(R, S3), _tr(R))
+            # cov = J Sc J^T: v_J = 2 V J Sc, v_Sc = J^T V J
+            JS0 = (j00 * Sc[0] + j02 * Sc[6], j00 * Sc[1] + j02 * Sc[7], j00 * Sc[2] + j02 * Sc[8])
+            JS1 = (j11 * Sc[3] + j12 * Sc[6], j11 * Sc[4] + j12 * Sc[7], j11 * Sc[5] + j12 * Sc[8])
+            vJ00 = 2 * (V00 * JS0[0] + V01 * JS1[0])
+            vJ02 = 2 * (V00 * JS0[2] + V01 * JS1[2])
+            vJ11 = 2 * (V01 * JS0[1] + V11 * JS1[1])
+            vJ12 = 2 * (V01 * JS0[2] + V11 * JS1[2])
+            J0 = (j00, 0.0, j02)
+            J1 = (0.0, j11, j12)
+            v_Sc = (
+                V00 * J0[0] * J0[0] + 2 * V01 * J0[0] * J1[0] + V11 * J1[0] * J1[0],
+                V00 * J0[0] * J0[1] + V01 * (J0[0] * J1[1] + J1[0] * J0[1]) + V11 * J1[0] * J1[1],
+                V00 * J0[0] * J0[2] + V01 * (J0[0] * J1[2] + J1[0] * J0[2]) + V11 * J1[0] * J1[2],
+                V00 * J0[1] * J0[0] + V01 * (J0[1] * J1[0] + J1[1] * J0[0]) + V11 * J1[1] * J1[0],
+                V00 * J0[1] * J0[1] + 2 * V01 * J0[1] * J1[1] + V11 * J1[1] * J1[1],
+                V00 * J0[1] * J0[2] + V01 * (J0[1] * J1[2] + J1[1] * J0[2]) + V11 * J1[1] * J1[2],
+                V00 * J0[2] * J0[0] + V01 * (J0[2] * J1[0] + J1[2] * J0[0]) + V11 * J1[2] * J1[0],
+                V00 * J0[2] * J0[1] + V01 * (J0[2] * J1[1] + J1[2] * J0[1]) + V11 * J1[2] * J1[1],
+                V00 * J0[2] * J0[2] + 2 * V01 * J0[2] * J1[2] + V11 * J1[2] * J1[2],
+            )  # fmt: skip
+            d = _mm(_mm(_tr(R), v_Sc), R)
+            v_S3 = (
+                v_S3[0] + d[0], v_S3[1] + d[1], v_S3[2] + d[2], v_S3[3] + d[3], v_S3[4] + d[4],
+                v_S3[5] + d[5], v_S3[6] + d[6], v_S3[7] + d[7], v_S3[8] + d[8],
+            )  # fmt: skip
+            rz = 1.0 / z
+            rz2, rz3 = rz * rz, rz * rz * rz
+            vu, vv = float(v_means2d[c, g, 0]), float(v_means2d[c, g, 1])
+            vx = fx * rz * vu
+            vy = fy * rz * vv
+            vz = -(fx * x * vu + fy * y * vv) * rz2 + float(v_depths[c, g])
+            # gsplat's persp_proj_vjp (the Jacobian with its clamped x/z, y/z)
+            if in_x:
+                vx += -fx * rz2 * vJ02
+            else:
+                vz += -fx * rz3 * vJ02 * tx
+            if in_y:
+                vy += -fy * rz2 * vJ12
+            else:
+                vz += -fy * rz3 * vJ12 * ty
+            vz += -fx * rz2 * vJ00 - fy * rz2 * vJ11 + 2.0 * fx * tx * rz3 * vJ02 + 2.0 * fy * ty * rz3 * vJ12
+            v_means[g, 0] += R[0] * vx + R[3] * vy + R[6] * vz
+            v_means[g, 1] += R[1] * vx + R[4] * vy + R[7] * vz
+            v_means[g, 2] += R[2] * vx + R[5] * vy + R[8] * vz
+            if want_cam:
+                A = _mm(_mm(v_Sc, R), S3)
+                vmc = (vx, vy, vz)
+                mm = (m0, m1, m2)
+                for i in range(3):
+                    for k in range(3):
+                        v_cam[c, g, 3 * i + k] = 2.0 * A[3 * i + k] + vmc[i] * mm[k]
+                    v_cam[c, g, 9 + i] = vmc[i]
+        # S3 = M M^T, M = Rq diag(s): v_M = 2 v_S3 M
+        v_M = _mm(v_S3, M)
+        A = (
+            2 * v_M[0] * scales[g, 0], 2 * v_M[1] * scales[g, 1], 2 * v_M[2] * scales[g, 2],
+            2 * v_M[3] * scales[g, 0], 2 * v_M[4] * scales[g, 1], 2 * v_M[5] * scales[g, 2],
+            2 * v_M[6] * scales[g, 0], 2 * v_M[7] * scales[g, 1], 2 * v_M[8] * scales[g, 2],
+        )  # fmt: skip (the gradient of Rq)
+        for k in range(3):
+            v_scales[g, k] = 2 * (v_M[k] * Rq[k] + v_M[3 + k] * Rq[3 + k] + v_M[6 + k] * Rq[6 + k])
+        w, x, y, z = w, x_, y_, z_
+        vw = 2 * (-z * A[1] + y * A[2] + z * A[3] - x * A[5] - y * A[6] + x * A[7])
+        vx = 2 * (y * A[1] + z * A[2] + y * A[3] - 2 * x * A[4] - w * A[5] + z * A[6] + w * A[7] - 2 * x * A[8])
+        vy = 2 * (-2 * y * A[0] + x * A[1] + w * A[2] + x * A[3] + z * A[5] - w * A[6] + z * A[7] - 2 * y * A[8])
+        vz = 2 * (-2 * z * A[0] - w * A[1] + x * A[2] + w * A[3] - 2 * z * A[4] + y * A[5] + x * A[6] + y * A[7])
+        dot = w * vw + x * vx + y * vy + z * vz  # through the normalization q / |q|
+        v_quats[g, 0] = (vw - w * dot) / qn
+        v_quats[g, 1] = (vx - x * dot) / qn
+        v_quats[g, 2] = (vy - y * dot) / qn
+        v_quats[g, 3] = (vz - z * dot) / qn
+    return v_means, v_quats, v_scales, v_cam

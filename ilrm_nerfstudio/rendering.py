@@ -150,78 +150,6 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
-def _matmul(A: Tensor, B: Tensor) -> Tensor:
-    """Batched product of small matrices [..., n, k] @ [..., k, m] -> [..., n, m]."""
-    return (A[..., :, :, None] * B[..., None, :, :]).sum(-2)
-
-
-@dataclass
-class _Projected:
-    means2d: Tensor  # [M, 2] pixel coordinates
-    conics: Tensor  # [M, 3] inverse 2D covariance (a, b, c) of [[a, b], [b, c]]
-    cov2d: Tensor  # [M, 3] blurred 2D covariance (xx, xy, yy)
-    depths: Tensor  # [M] camera z
-    radii: Tensor  # [M] int, 0 where culled
-
-
-def _project(
-    means: Tensor,  # [M, 3] world
-    quats: Tensor,  # [M, 4]
-    scales: Tensor,  # [M, 3]
-    w2c: Tensor,  # [M, 4, 4] the camera of each entry
-    K: Tensor,  # [M, 3, 3]
-    width: int,
-    height: int,
-    near_plane: float,
-    far_plane: float,
-) -> _Projected:
-    """gsplat's `fully_fused_projection` (pinhole, classic) for M (camera, Gaussian) entries."""
-    R, t = w2c[:, :3, :3], w2c[:, :3, 3]
-    mean_c = (R * means[:, None, :]).sum(-1) + t  # [M, 3]
-    x, y, z = mean_c.unbind(-1)
-    in_depth = (z >= near_plane) & (z <= far_plane)
-    # Entries outside the depth range are culled; give them a harmless z so that nothing here
-    # divides by ~0 (the caller only differentiates through entries that survive).
-    z = torch.where(in_depth, z, torch.ones_like(z))
-
-    fx, fy, cx, cy = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]
-    # Clamp the Jacobian's x/z, y/z to 1.3x the field of view (gsplat's persp_proj).
-    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
-    lim_x_pos = (width - cx) / fx + FOV_MARGIN * tan_fovx
-    lim_x_neg = cx / fx + FOV_MARGIN * tan_fovx
-    lim_y_pos = (height - cy) / fy + FOV_MARGIN * tan_fovy
-    lim_y_neg = cy / fy + FOV_MARGIN * tan_fovy
-    rz = 1.0 / z
-    tx = z * torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x * rz))
-    ty = z * torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y * rz))
-    zero = torch.zeros_like(z)
-    J = torch.stack(
-        [fx * rz, zero, -fx * tx * rz * rz, zero, fy * rz, -fy * ty * rz * rz], dim=-1
-    ).reshape(-1, 2, 3)
-    # cov2d = J R cov3d R^T J^T with cov3d = rot S S rot^T, i.e. T T^T for T = J R rot S [M, 2, 3].
-    # Tiny per-entry products are written as broadcast sums: much faster than bmm on CPU.
-    T = _matmul(_matmul(J, R), quat_to_rotmat(quats)) * scales[:, None, :]
-    a = (T[:, 0] * T[:, 0]).sum(-1) + EPS2D
-    b = (T[:, 0] * T[:, 1]).sum(-1)
-    c = (T[:, 1] * T[:, 1]).sum(-1) + EPS2D
-    det = a * c - b * b
-    ok = in_depth & (det > 0)
-    det = torch.where(ok, det, torch.ones_like(det))
-    conics = torch.stack([c / det, -b / det, a / det], dim=-1)
-    means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)
-
-    with torch.no_grad():  # the 3-sigma radius and the culling are not differentiable
-        half_trace = 0.5 * (a + c)
-        v1 = half_trace + torch.sqrt(torch.clamp_min(half_trace * half_trace - det, 0.01))
-        radius = torch.ceil(3.0 * torch.sqrt(v1))
-        mx, my = means2d.unbind(-1)
-        on_screen = (mx + radius > 0) & (mx - radius < width) & (my + radius > 0) & (my - radius < height)
-        ok = ok & (radius > 0) & on_screen
-        # (clamped so that absurdly large Gaussians cannot overflow int32)
-        radii = torch.where(ok, radius.clamp_max(2.0**30), torch.zeros_like(radius)).to(torch.int32)
-    return _Projected(means2d, conics, torch.stack([a, b, c], dim=-1), z, radii)
-
-
 # ----------------------------------------------------------------------------------------------
 # Rasterization (CPU: numba tile kernels in raster_cpu.py)
 # ----------------------------------------------------------------------------------------------
@@ -241,49 +169,109 @@ def _np(t: Tensor):
     return t.detach().cpu().contiguous().numpy()
 
 
-class _Rasterize(torch.autograd.Function):
-    """Front-to-back alpha compositing of one camera's projected Gaussians, gsplat's rules.
+class _Project(torch.autograd.Function):
+    """gsplat's `fully_fused_projection` (pinhole, classic, packed=False) on the CPU (numba).
 
-    forward(means2d [S, 2], conics [S, 3], opacities [S], features [S, D], cov2d [S, 3],
-    radii [S] int, width, height) -> accumulated features [H * W, D], alpha [H * W]. The S
-    Gaussians must be sorted front to back; cov2d and radii only decide which 8 x 8 pixel blocks
-    list a Gaussian (no gradient). The kernels (`raster_cpu`) run on the CPU; tensors on
-    another device are copied there and back. The backward re-walks every pixel back to front
-    from where its forward stopped (no per-pair state is saved).
+    forward(means [N, 3], quats [N, 4], scales [N, 3], w2c [C, 4, 4], K [C, 3, 3], width, height,
+    near, far) -> means2d [C, N, 2], conics [C, N, 3], depths [C, N], cov2d [C, N, 3] (no grad),
+    radii [C, N] int32 (0 where culled; every output is 0 there). The backward is gsplat's
+    (fully_fused_projection_bwd), to means, quats, scales and w2c.
+    """
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, w2c, K, width, height, near_plane, far_plane):
+        from ilrm_nerfstudio import raster_cpu
+
+        _numba_threads()
+        arrays = [_np(t) for t in (means, quats, scales, w2c.double(), K.double())]
+        out = raster_cpu.project_fwd(*arrays, width, height, near_plane, far_plane, EPS2D, FOV_MARGIN)
+        means2d, conics, depths, cov2d, radii = (torch.from_numpy(a).to(means.device) for a in out)
+        ctx.state = (arrays, out[4], out[1], width, height)
+        ctx.mark_non_differentiable(cov2d, radii)
+        return means2d, conics, depths, cov2d, radii
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, _v_cov2d, _v_radii):
+        from ilrm_nerfstudio import raster_cpu
+
+        arrays, radii, conics, width, height = ctx.state
+        means, quats, scales, w2c, K = arrays
+        C, N = radii.shape
+        grads = [np.zeros(shape, means.dtype) if v is None else _np(v) for v, shape in
+                 ((v_means2d, (C, N, 2)), (v_conics, (C, N, 3)), (v_depths, (C, N)))]  # fmt: skip
+        want_cam = bool(ctx.needs_input_grad[3])
+        _numba_threads()
+        v_means, v_quats, v_scales, v_cam = raster_cpu.project_bwd(
+            means, quats, scales, w2c, K, width, height, FOV_MARGIN, radii, conics, *grads, want_cam
+        )
+        dtype, device = v_means2d.dtype, v_means2d.device
+        v_w2c = None
+        if want_cam:
+            v_cam = torch.from_numpy(v_cam.sum(axis=1))  # [C, 12]
+            v_w2c = torch.zeros(C, 4, 4, dtype=torch.float64)
+            v_w2c[:, :3, :3] = v_cam[:, :9].reshape(C, 3, 3)
+            v_w2c[:, :3, 3] = v_cam[:, 9:]
+            v_w2c = v_w2c.to(device=device, dtype=dtype)
+        as_t = lambda a: torch.from_numpy(a).to(device=device, dtype=dtype)  # noqa: E731
+        return as_t(v_means), as_t(v_quats), as_t(v_scales), v_w2c, None, None, None, None, None
+
+
+class _Rasterize(torch.autograd.Function):
+    """Front-to-back alpha compositing of projected Gaussians into C cameras, gsplat's rules.
+
+    forward(means2d [C, N, 2], conics [C, N, 3], opacities [N], features [C, N, 4] (the last one
+    is the depth, which also sets the order), cov2d [C, N, 3], radii [C, N], width, height) ->
+    accumulated features [C, H * W, 4], alpha [C, H * W]. Entries with radius 0 or opacity
+    < 1/255 are not drawn; the others are sorted front to back per camera (stable: ties keep the
+    index order, as gsplat's radix sort). cov2d and radii only decide which 8 x 8 pixel blocks
+    list a Gaussian (no gradient). The kernels (`raster_cpu`) run on the CPU; tensors on another
+    device are copied there and back. The backward re-walks every pixel back to front from where
+    its forward stopped (no per-pair state is saved).
     """
 
     @staticmethod
     def forward(ctx, means2d, conics, opacities, features, cov2d, radii, width, height):
         from ilrm_nerfstudio import raster_cpu
 
-        if features.shape[1] != raster_cpu.N_FEATURES:
-            raise ValueError(f"the CPU kernels composite {raster_cpu.N_FEATURES} features, got {features.shape[1]}")
+        if features.shape[-1] != raster_cpu.N_FEATURES:
+            raise ValueError(f"the CPU kernels composite {raster_cpu.N_FEATURES} features, got {features.shape[-1]}")
         _numba_threads()
         dtype = np.float64 if features.dtype == torch.float64 else np.float32
-        arrays = [np.ascontiguousarray(_np(t), dtype=dtype) for t in (means2d, conics, cov2d, opacities, features)]
-        m, co, cv, o, f = arrays
-        starts, ids, packed, g_start, slot = raster_cpu.bin_gaussians(
-            m, co, cv, o, _np(radii.to(torch.int32)), f, width, height
-        )
+        m, co, cv, f = (np.ascontiguousarray(_np(t), dtype=dtype) for t in (means2d, conics, cov2d, features))
+        o = np.ascontiguousarray(_np(opacities), dtype=dtype)
+        r = _np(radii.to(torch.int32))
         consts = raster_cpu.constants(dtype)
-        out, t_final, end = raster_cpu.rasterize_fwd(starts, packed, width, height, consts)
-        ctx.state = (starts, packed, g_start, slot, t_final, end, width, height, consts)
+        accum, t_final, states = [], [], []
+        for c in range(m.shape[0]):
+            visible = np.flatnonzero((r[c] > 0) & (o >= ALPHA_MIN))
+            order = visible[np.argsort(f[c, visible, 3], kind="stable")]
+            starts, _, packed, g_start, slot = raster_cpu.bin_gaussians(
+                m[c, order], co[c, order], cv[c, order], o[order], r[c, order], f[c, order], width, height
+            )
+            out_c, t_c, end = raster_cpu.rasterize_fwd(starts, packed, width, height, consts)
+            accum.append(out_c)
+            t_final.append(t_c)
+            states.append((order, starts, packed, g_start, slot, t_c, end))
+        ctx.state = (states, width, height, consts, m.shape)
         device, dtype = features.device, features.dtype
-        alpha = torch.from_numpy(1.0 - t_final).to(device=device, dtype=dtype)
-        return torch.from_numpy(out).to(device=device, dtype=dtype), alpha
+        alpha = torch.from_numpy(1.0 - np.stack(t_final)).to(device=device, dtype=dtype)
+        return torch.from_numpy(np.stack(accum)).to(device=device, dtype=dtype), alpha
 
     @staticmethod
     def backward(ctx, v_out, v_alpha):
         from ilrm_nerfstudio import raster_cpu
 
-        starts, packed, g_start, slot, t_final, end, width, height, consts = ctx.state
-        device, dtype = v_out.device, v_out.dtype
+        states, width, height, consts, (C, N, _) = ctx.state
         _numba_threads()
-        v_out_np = np.ascontiguousarray(_np(v_out), dtype=packed.dtype)
-        v_alpha_np = np.ascontiguousarray(_np(v_alpha), dtype=packed.dtype)
-        grads = raster_cpu.rasterize_bwd(starts, packed, t_final, end, v_out_np, v_alpha_np, width, height, consts)
-        sums = torch.from_numpy(raster_cpu.reduce_entries(grads, g_start, slot)).to(device=device, dtype=dtype)
-        return sums[:, 0:2], sums[:, 2:5], sums[:, 5], sums[:, 6:], None, None, None, None
+        fdtype = consts.dtype
+        v_out_np = np.ascontiguousarray(_np(v_out), dtype=fdtype)
+        v_alpha_np = np.ascontiguousarray(_np(v_alpha), dtype=fdtype)
+        sums = np.zeros((C, N, 6 + raster_cpu.N_FEATURES), fdtype)
+        for c, (order, starts, packed, g_start, slot, t_c, end) in enumerate(states):
+            grads = raster_cpu.rasterize_bwd(starts, packed, t_c, end, v_out_np[c], v_alpha_np[c], width, height, consts)
+            sums[c, order] = raster_cpu.reduce_entries(grads, g_start, slot)
+        sums = torch.from_numpy(sums).to(device=v_out.device, dtype=v_out.dtype)
+        return sums[..., 0:2], sums[..., 2:5], sums[..., 5].sum(0), sums[..., 6:], None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,60 +388,22 @@ def _empty_output(
 def _render_torch(
     g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int, bg: Tensor | None, near_plane: float, far_plane: float
 ) -> RenderOutput:
-    C, N, device = c2w.shape[0], len(g), c2w.device
+    C, N = c2w.shape[0], len(g)
     w2c = torch.linalg.inv(c2w)  # [C, 4, 4]
-
-    # Pass 1 (no grad) over all C x N entries: which ones survive culling. Pass 2 below recomputes
-    # the survivors with autograd (same function, same values), so culled entries -- behind the
-    # camera, z ~ 0 -- never enter the backward pass.
-    with torch.no_grad():
-        cam_all = torch.arange(C, device=device).repeat_interleave(N)
-        gid_all = torch.arange(N, device=device).repeat(C)
-        radii_all = _project(
-            g.means[gid_all], g.quats[gid_all], g.scales[gid_all], w2c[cam_all], K[cam_all],
-            width, height, near_plane, far_plane,
-        ).radii  # fmt: skip
-        visible = (radii_all > 0) & (g.opacities[gid_all] >= ALPHA_MIN)  # fainter ones never draw
-        idx = torch.nonzero(visible).squeeze(1)
-        cam, gid = cam_all[idx], gid_all[idx]  # [S]
-        del cam_all, gid_all
-    radii_out = radii_all.reshape(C, N)
-    if len(idx) == 0:
-        return _empty_output(g, c2w, width, height, bg, radii_out)
-
-    proj = _project(g.means[gid], g.quats[gid], g.scales[gid], w2c[cam], K[cam], width, height, near_plane, far_plane)
-    opac = g.opacities[gid]
-    colors = sh_to_rgb(g.sh[gid], g.means[gid] - c2w[cam, :3, 3])  # [S, 3]
-    # The [C, N, 2] screen-space means (gsplat's meta["means2d"]): the rasterizer reads them from
-    # this tensor, so its .grad (after retain_grad) is the gradient that densification uses.
-    means2d_full = torch.zeros(C, N, 2, device=device, dtype=proj.means2d.dtype)
-    means2d_full = means2d_full.reshape(C * N, 2).index_put((idx,), proj.means2d).reshape(C, N, 2)
-
-    # Group the entries by camera, front to back inside each (ties: index order, like gsplat).
-    with torch.no_grad():
-        order = torch.argsort(proj.depths, stable=True)
-        order = order[torch.argsort(cam[order], stable=True)]
-        ends = torch.cumsum(torch.bincount(cam, minlength=C), 0).tolist()
-    features = torch.cat([colors, proj.depths[:, None]], dim=-1)[order]  # [S, 4] = rgb + z
-    means2d = means2d_full.reshape(C * N, 2)[idx[order]]
-    conics, opac = proj.conics[order], opac[order]
-    cov2d, radii = proj.cov2d.detach()[order], radii_all[idx][order]
-    # One camera at a time (each kernel call is parallel over the camera's pixel blocks).
-    accum, alpha = [], []
-    for start, end in zip([0] + ends[:-1], ends):
-        part = slice(start, end)
-        a_c, t_c = _Rasterize.apply(
-            means2d[part], conics[part], opac[part], features[part], cov2d[part], radii[part], width, height
-        )
-        accum.append(a_c)
-        alpha.append(t_c)
-    accum = torch.stack(accum).reshape(C, height, width, 4)
-    alpha = torch.stack(alpha).reshape(C, height, width, 1)
+    means2d, conics, depths, cov2d, radii = _Project.apply(
+        g.means, g.quats, g.scales, w2c, K, width, height, near_plane, far_plane
+    )
+    # colors of all C x N entries (culled ones are never drawn and get no gradient)
+    colors = sh_to_rgb(g.sh[None], g.means[None] - c2w[:, None, :3, 3])  # [C, N, 3]
+    features = torch.cat([colors, depths[..., None]], dim=-1)  # [C, N, 4] = rgb + z
+    accum, alpha = _Rasterize.apply(means2d, conics, g.opacities, features, cov2d, radii, width, height)
+    accum = accum.reshape(C, height, width, 4)
+    alpha = alpha.reshape(C, height, width, 1)
     rgb = accum[..., :3]
     if bg is not None:
         rgb = rgb + (1.0 - alpha) * bg[:, None, None, :]
     depth = accum[..., 3:] / alpha.clamp_min(1e-10)  # expected depth, as gsplat's "RGB+ED"
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d_full, radii=radii_out)
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=radii)
 
 
 def _render_gsplat(

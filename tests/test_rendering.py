@@ -315,10 +315,10 @@ def test_rasterize_backward_gradcheck():
     cov2d = torch.stack([cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]], -1)
     opac = (0.3 + 0.69 * torch.rand(S, generator=gen, dtype=torch.float64)).requires_grad_()
     feats = torch.rand(S, 4, generator=gen, dtype=torch.float64).requires_grad_()
-    radii = torch.full((S,), 64, dtype=torch.int32)  # every Gaussian in every tile, input order = depth order
-    fn = lambda m, c, o, f: _Rasterize.apply(m, c, o, f, cov2d, radii, width, height)  # noqa: E731
+    radii = torch.full((1, S), 64, dtype=torch.int32)  # every Gaussian in every tile; feature 3 (depth) orders them
+    fn = lambda m, c, o, f: _Rasterize.apply(m[None], c[None], o, f[None], cov2d[None], radii, width, height)  # noqa: E731
     out, alpha = fn(means2d, conics, opac, feats)
-    assert float(alpha.detach().min()) > 0.3 and out.shape == (width * height, 4)  # the Gaussians overlap everywhere
+    assert float(alpha.detach().min()) > 0.3 and out.shape == (1, width * height, 4)  # the Gaussians overlap everywhere
     assert torch.autograd.gradcheck(fn, (means2d, conics, opac, feats), eps=1e-6, atol=1e-6)
 
 
