@@ -30,6 +30,7 @@ from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from .cameras import opencv_to_opengl
@@ -111,7 +112,11 @@ def reconstruct_held_scene(model, datamanager, which: str) -> tuple[Gaussians, S
 
 def hold_eval_scene(model, datamanager, which: str, run_dir: Path | None = None) -> None:
     """Store the reconstruction of evaluation scene `which` in the model (for its checkpoint), in
-    the scene's viewer frame; record that frame in `run_dir/held_scene.json`."""
+    the scene's viewer frame; record that frame in `run_dir/held_scene.json`. Rank 0 only in
+    distributed training: the other ranks write no checkpoint (and the model's forward does not
+    read the stored scene, so their copies need not match)."""
+    if not comms.is_main_process():
+        return
     try:
         gaussians, scene, name = reconstruct_held_scene(model, datamanager, which)
     except SceneError as error:
