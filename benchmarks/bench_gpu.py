@@ -1,137 +1,461 @@
-"""Benchmark 5 (needs a CUDA device): inference latency of the base model and gsplat vs our
-PyTorch rasterizer.
+"""Benchmark 5: the GPU check, one script, at most 8 minutes on one H100 / H200.
 
-A. (8, H, F) at 256x256 (131,072 Gaussians): latency of the base model's forward under bf16
-   autocast with each SDPA kernel, with quarter cross-attention, with torch.compile, and in fp32
-   for reference. Paper: 0.028 s on an RTX 4090 (Table 1).
-B. The same Gaussians rendered by gsplat (`backend="gsplat"`) and by our PyTorch rasterizer
-   (`backend="torch"`): agreement (max / mean absolute difference, PSNR of one against the other)
-   and time, for a random Gaussian cloud and for the network's prediction.
+A. gsplat vs our PyTorch rasterizer (on the CPU) on the same Gaussians: max abs difference of the
+   images, the alpha and the gradients of every Gaussian field.
+B. One `ns-train ilrm` step (nerfstudio's Trainer.train_iteration: data, forward, render, loss,
+   backward, AdamW, schedule) of the base model at 256x256, batch 8: bf16 autocast, flash
+   attention and gradient checkpointing on vs off (time, peak memory).
+C. Forward latency of (2,F,F), (4,H,F), (8,H,F) at 256x256 (paper Table 1, RTX 4090: 0.025 /
+   0.027 / 0.028 s).
+D. One training iteration with full / half / quarter cross-attention at (8,H,F) 256x256, batch 16
+   if it fits (paper Table 8: time 1 : 0.75 : 0.62, memory 1 : 0.76 : 0.62).
+E. The (32,H,F) forward at 540x960 (run at 544x960, the next size the token grid divides; paper
+   0.53 s on an H100) and its peak memory.
+F. Two-process DDP training (`ilrm-train`, NCCL) when two CUDA devices are present.
 
-Without CUDA the script prints the tables with every row marked "not measured" and exits 0.
+Every section is guarded: a failure (out of memory, a kernel this GPU lacks) becomes a
+"failed: ..." row and the other sections still run. `--device cpu --quick` runs the same code at
+toy sizes on the CPU (the test suite does, so that the script cannot rot); the CPU has no gsplat,
+so section A then compares our rasterizer with itself and F runs with 2 gloo processes.
+The output is markdown that can be pasted into docs/scalability.md as is.
 
-    python benchmarks/bench_gpu.py --device cuda [--no-compile] [--quick]
+    python benchmarks/bench_gpu.py --device cuda [--output-dir bench_out] [--compile]
+    python benchmarks/bench_gpu.py --device cpu --quick
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
 
 import torch
-from bench_scaling import base_parser, markdown_table, mb, peak_memory, report, scene_inputs, setup, time_call
+from bench_scaling import base_parser, command_line, describe_machine, markdown_table, mb, scene_inputs, setup, synchronize, time_call, time_interleaved
 
 from ilrm_nerfstudio.gaussians import Gaussians
 from ilrm_nerfstudio.network import ILRM, ILRMNetworkConfig
 from ilrm_nerfstudio.rendering import render
 
-LATENCY_COLUMNS = ["variant", "Gaussians", "latency (ms)", "peak memory (MiB)"]
-AGREEMENT_COLUMNS = ["Gaussians", "image", "max abs diff", "mean abs diff", "PSNR torch vs gsplat (dB)",
-                     "alpha max diff", "gsplat (ms)", "torch (ms)"]  # fmt: skip
+REPO = Path(__file__).resolve().parents[1]
+PAPER_LATENCY = {(2, 1): 0.025, (4, 2): 0.027, (8, 2): 0.028}  # (views, viewpoint factor) -> s, RTX 4090
+PAPER_MINIBATCH = {1: (1.0, 1.0), 2: (0.75, 0.76), 4: (0.62, 0.62)}  # groups -> (time, memory) ratios
+GROUP_NAMES = {1: "full", 2: "half", 4: "quarter"}
+FIELDS = ("means", "scales", "quats", "opacities", "sh")
 
 
-def latency_rows(device: torch.device, V: int, R: int, compile_too: bool, repeats: int, small: bool) -> list[list]:
-    images, c2w, K = scene_inputs(1, V, R, R, device)
-    base = dict(width=64, num_heads=1, num_layers=1) if small else {}
-    variants = [
-        ("bf16, SDPA auto", dict(), True),
-        ("bf16, flash attention", dict(attention_backend="flash"), True),
-        ("bf16, memory-efficient attention", dict(attention_backend="efficient"), True),
-        ("bf16, cuDNN attention", dict(attention_backend="cudnn"), True),
-        ("bf16, math attention", dict(attention_backend="math"), True),
-        ("bf16, flash, quarter cross-attention", dict(attention_backend="flash", cross_attention_groups=4), True),
-        ("fp32 (TF32), SDPA auto", dict(), False),
-    ]
-    if compile_too:
-        variants.append(("bf16, flash, torch.compile", dict(attention_backend="flash", compile=True), True))
-    rows = []
-    for name, overrides, bf16 in variants:
-        model = ILRM(ILRMNetworkConfig(**base, **overrides)).to(device).eval()
+class Context:
+    """Sizes (full or --quick), the device, a scratch folder and the generated data set."""
 
-        def forward():
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                return model(images, c2w, K)
+    def __init__(self, args, device: torch.device):
+        self.args, self.device, self.quick = args, device, args.quick
+        self.cuda = device.type == "cuda"
+        self.scratch = Path(tempfile.mkdtemp(prefix="bench_gpu_"))
+        self._data: Path | None = None
+        q = args.quick
+        self.resolution = 32 if q else 256
+        self.net = dict(width=32, num_heads=2, num_layers=1) if q else {}  # {} = the base model
+        self.cloud = 500 if q else 50_000
+        self.repeats = 2 if q else 20
+        self.minibatch = [2] if q else [16, 8, 4]  # batch sizes to try, largest first
+        self.large = (4, 32, 64) if q else (32, 544, 960)  # views, height, width
+        self.train_steps = 1 if q else 3
 
-        try:
-            forward()  # warm-up (and compilation)
-            memory = peak_memory(forward, device)
-            seconds = time_call(forward, device, repeats=repeats, warmup=2)
-            rows.append([name, model.num_gaussians(V, R, R), seconds * 1e3, mb(memory)])
-        except RuntimeError as error:  # e.g. a kernel this GPU / dtype does not support
-            rows.append([name, model.num_gaussians(V, R, R), f"failed: {str(error).splitlines()[0][:80]}", ""])
-        del model
-    return rows
+    def dataset(self) -> Path:
+        """Generated scenes at the benchmark resolution (made once)."""
+        if self._data is None:
+            from ilrm_nerfstudio.synthetic import generate_dataset
+
+            root = self.scratch / "synthetic"
+            n = 4 if self.quick else 10
+            generate_dataset(root, num_scenes=n, seed=0, height=self.resolution, width=self.resolution,
+                             frames_per_scene=8 if self.quick else 24, test_fraction=0.25 if self.quick else 0.2,
+                             workers=1 if self.quick else min(8, os.cpu_count() or 1))  # fmt: skip
+            self._data = root
+        return self._data
+
+    def autocast(self, bf16: bool = True):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and self.cuda)
 
 
-def random_cloud(n: int, device: torch.device, seed: int = 0) -> Gaussians:
-    """n Gaussians in a 2 x 2 x 2 box around the origin, seen by the ring cameras of scene_inputs."""
+def measure_peak(fn: Callable[[], object], device: torch.device) -> tuple[int, int | None]:
+    """(peak bytes above what was allocated before, peak bytes in all) of fn(); on the CPU the
+    first from the profiler (bench_scaling.peak_memory), the second unknown."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return peak - before, peak
+    from bench_scaling import peak_memory
+
+    return peak_memory(fn, device), None
+
+
+def gib(nbytes: int | None) -> str | float:
+    return "" if nbytes is None else nbytes / 2**30
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# -- A. rasterizer agreement --------------------------------------------------------------------
+
+
+def random_cloud(n: int, seed: int = 0) -> Gaussians:
+    """n Gaussians in a 2 x 2 x 2 box around the origin (seen by the ring cameras of scene_inputs)."""
     g = torch.Generator().manual_seed(seed)
-    q = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
     return Gaussians(
-        means=(torch.rand(n, 3, generator=g) * 2 - 1),
+        means=torch.rand(n, 3, generator=g) * 2 - 1,
         scales=torch.exp(torch.empty(n, 3).uniform_(math.log(0.005), math.log(0.05), generator=g)),
-        quats=q,
+        quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1),
         opacities=torch.empty(n).uniform_(0.05, 0.95, generator=g),
         sh=torch.randn(n, 1, 3, generator=g) * 0.5,
-    ).map(lambda t: t.to(device))
+    )
 
 
-def agreement_rows(device: torch.device, V: int, R: int, n_cloud: int, small: bool) -> list[list]:
-    images, c2w, K = scene_inputs(1, max(V, 2), R, R, device)
-    base = dict(width=64, num_heads=1, num_layers=1) if small else {}
-    model = ILRM(ILRMNetworkConfig(**base)).to(device).eval()
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        predicted = model(images, c2w, K).map(lambda t: t[0].float())
+def render_with_grads(gaussians: Gaussians, c2w, K, R: int, weights: tuple, backend: str, device: torch.device):
+    """Images and the gradients of every field of a fixed random linear loss on rgb and alpha;
+    the time of a second call (the first may build gsplat's CUDA kernels)."""
+    for _ in range(2):
+        params = gaussians.map(lambda t: t.detach().to(device).clone().requires_grad_(True))
+        synchronize(device)
+        start = time.perf_counter()
+        out = render(params, c2w.to(device), K.to(device), R, R, torch.ones(3, device=device), backend=backend)
+        loss = (out.rgb * weights[0].to(device)).sum() + (out.alpha * weights[1].to(device)).sum()
+        loss.backward()
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    grads = {name: getattr(params, name).grad.detach().cpu() for name in FIELDS}
+    return out.rgb.detach().cpu(), out.alpha.detach().cpu(), grads, seconds
+
+
+def section_rasterizer(ctx: Context) -> list[list]:
+    R, cameras = ctx.resolution, 2
+    images, c2w, K = scene_inputs(1, cameras, R, R, torch.device("cpu"))
+    model = ILRM(ILRMNetworkConfig(**ctx.net)).to(ctx.device).eval()
+    with torch.no_grad(), ctx.autocast():
+        predicted = model(images.to(ctx.device), c2w.to(ctx.device), K.to(ctx.device)).map(lambda t: t[0].float().cpu())
+    del model
+    g = torch.Generator().manual_seed(1)
+    weights = (torch.rand(cameras, R, R, 3, generator=g), torch.rand(cameras, R, R, 1, generator=g))
+    reference = ("gsplat", ctx.device) if ctx.cuda else ("torch", torch.device("cpu"))
+    label = "gsplat (CUDA) vs torch (CPU)" if ctx.cuda else "torch (CPU) vs torch (CPU): no gsplat here, code path only"
     rows = []
-    for label, gaussians in (("random cloud", random_cloud(n_cloud, device)), ("network prediction (untrained)", predicted)):
-        background = torch.ones(3, device=device)
-        outputs = {}
-        times = {}
-        for backend in ("gsplat", "torch"):
-            with torch.no_grad():
-                outputs[backend] = render(gaussians, c2w[0, :2], K[0, :2], R, R, background, backend=backend)
-                times[backend] = time_call(lambda: render(gaussians, c2w[0, :2], K[0, :2], R, R, background, backend=backend), device, repeats=5)
-        diff = (outputs["gsplat"].rgb - outputs["torch"].rgb).abs()
-        mse = diff.square().mean().clamp_min(1e-12)
+    for name, gaussians in (("random cloud", random_cloud(ctx.cloud)), ("untrained network's prediction", predicted)):
+        rgb_a, alpha_a, grads_a, t_a = render_with_grads(gaussians, c2w[0], K[0], R, weights, reference[0], reference[1])
+        rgb_b, alpha_b, grads_b, t_b = render_with_grads(gaussians, c2w[0], K[0], R, weights, "torch", torch.device("cpu"))
+        grad_diffs = [
+            f"{(grads_a[f] - grads_b[f]).abs().max().item():.2e} ({(grads_a[f] - grads_b[f]).abs().max().item() / max(grads_b[f].abs().max().item(), 1e-30):.1e})"
+            for f in FIELDS
+        ]
         rows.append([
-            f"{label}: {len(gaussians)}", f"2 x {R}x{R}", diff.max().item(), diff.mean().item(), (-10 * torch.log10(mse)).item(),
-            (outputs["gsplat"].alpha - outputs["torch"].alpha).abs().max().item(), times["gsplat"] * 1e3, times["torch"] * 1e3,
+            f"{name}: {len(gaussians)}", f"{cameras} x {R}x{R}", label, (rgb_a - rgb_b).abs().max().item(),
+            (rgb_a - rgb_b).abs().mean().item(), (alpha_a - alpha_b).abs().max().item(), *grad_diffs, t_a * 1e3, t_b * 1e3,
         ])  # fmt: skip
     return rows
 
 
+RASTERIZER_COLUMNS = ["Gaussians", "cameras", "compared", "rgb max abs diff", "rgb mean abs diff", "alpha max abs diff",
+                      *(f"grad {f}: max abs diff (relative)" for f in FIELDS), "reference fwd+bwd (ms)", "torch CPU fwd+bwd (ms)"]  # fmt: skip
+
+
+# -- B. one ns-train step ------------------------------------------------------------------------
+
+
+def trainer_config(ctx: Context, timestamp: str, bf16: bool, attention: str, checkpointing: bool):
+    """The registered method's TrainerConfig (ilrm; ilrm-small at toy sizes with --quick), as
+    ns-train builds it, with this variant's switches."""
+    from ilrm_nerfstudio.ilrm_config import ilrm_method, ilrm_small_method
+
+    config = copy.deepcopy((ilrm_small_method if ctx.quick else ilrm_method).config)
+    dm, model = config.pipeline.datamanager, config.pipeline.model
+    dm.data, dm.image_height, dm.image_width = ctx.dataset(), ctx.resolution, ctx.resolution
+    if ctx.quick:
+        dm.scenes_per_batch, dm.num_workers = 2, 0
+        for key, value in ctx.net.items():
+            setattr(model.network, key, value)
+    model.lpips_weight = 0.0  # the VGG weights need the internet; MSE only
+    model.bf16, model.network.attention_backend, model.network.gradient_checkpointing = bf16, attention, checkpointing
+    model.viewer_scene = "none"
+    config.output_dir, config.experiment_name, config.timestamp = ctx.scratch / "runs", "bench", timestamp
+    config.vis = "tensorboard"
+    config.machine.device_type, config.machine.num_devices = ctx.device.type, 1
+    return config
+
+
+def section_trainer_step(ctx: Context) -> list[list]:
+    variants = [
+        ("bf16 + flash + checkpointing (ilrm's defaults)", True, "flash", True),
+        ("bf16 + flash, no checkpointing", True, "flash", False),
+        ("fp32 + math attention + checkpointing", False, "math", True),
+        ("fp32 + math attention, no checkpointing (all off)", False, "math", False),
+    ]
+    rows = []
+    for i, (name, bf16, attention, checkpointing) in enumerate(variants):
+        try:
+            config = trainer_config(ctx, f"step{i}", bf16, attention, checkpointing)
+            trainer = config.setup(local_rank=0, world_size=1)
+            trainer.setup()
+            batch = config.pipeline.datamanager.scenes_per_batch
+            trainer.train_iteration(0)  # warm-up: loaders, kernels, optimizer state
+            step = [1]
+
+            def one_step():
+                trainer.train_iteration(step[0])
+                step[0] += 1
+
+            above, total = measure_peak(one_step, ctx.device)
+            seconds = time_call(one_step, ctx.device, repeats=ctx.train_steps, warmup=0, budget_s=60)
+            rows.append([name, batch, seconds, mb(above), gib(total)])
+            del trainer
+        except Exception as error:  # noqa: BLE001  one variant failing (e.g. out of memory) leaves the others
+            rows.append([name, "", failure(error), "", ""])
+        free(ctx.device)
+    return rows
+
+
+TRAINER_COLUMNS = ["ns-train ilrm step", "scenes per batch", "time (s)", "peak memory above model + optimizer (MiB)", "peak allocated (GiB)"]
+
+
+# -- C. forward latency ------------------------------------------------------------------------
+
+
+def section_latency(ctx: Context) -> list[list]:
+    R = ctx.resolution
+    settings = [(2, 1, "(2,F,F)"), (4, 2, "(4,H,F)"), (8, 2, "(8,H,F)")]
+    rows = []
+    for V, f, name in settings:
+        variants = [("bf16, flash", dict(attention_backend="flash"))]
+        if ctx.args.compile and V == 8:
+            variants.append(("bf16, flash, torch.compile", dict(attention_backend="flash", compile=True)))
+        for label, overrides in variants:
+            try:
+                model = ILRM(ILRMNetworkConfig(viewpoint_factor=f, **ctx.net, **overrides)).to(ctx.device).eval()
+                images, c2w, K = scene_inputs(1, V, R, R, ctx.device)
+
+                def forward():
+                    with torch.no_grad(), ctx.autocast():
+                        return model(images, c2w, K)
+
+                forward()
+                above, _ = measure_peak(forward, ctx.device)
+                seconds = time_call(forward, ctx.device, repeats=ctx.repeats, warmup=2, budget_s=30)
+                paper = PAPER_LATENCY[(V, f)]
+                rows.append([name, label, model.num_gaussians(V, R, R), seconds, paper, seconds / paper, mb(above)])
+                del model
+            except Exception as error:  # noqa: BLE001
+                rows.append([name, label, "", failure(error), PAPER_LATENCY[(V, f)], "", ""])
+            free(ctx.device)
+    return rows
+
+
+LATENCY_COLUMNS = ["setting", "variant", "Gaussians", "forward (s)", "paper (s, RTX 4090)", "ours / paper", "peak memory (MiB)"]
+
+
+# -- D. mini-batch cross-attention -------------------------------------------------------------
+
+
+def section_minibatch(ctx: Context) -> list[list]:
+    """One iteration = forward (bf16, SDPA auto = flash), render every input view (gsplat on CUDA),
+    MSE, backward, AdamW step; full / half / quarter cross-attention side by side."""
+    V, R = 8, ctx.resolution
+    if ctx.quick:
+        V = 2
+    last_error = None
+    for batch in ctx.minibatch:
+        models, iterations, memory = {}, {}, {}
+        try:
+            images, c2w, K = scene_inputs(batch, V, R, R, ctx.device)
+            target = images.permute(0, 1, 3, 4, 2)  # [B, V, H, W, 3]
+            background = torch.ones(3, device=ctx.device)
+            for groups in (1, 2, 4):
+                torch.manual_seed(0)
+                model = ILRM(ILRMNetworkConfig(viewpoint_factor=2, cross_attention_groups=groups, **ctx.net)).to(ctx.device).train()
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+                def iteration(model=model, optimizer=optimizer):
+                    with ctx.autocast():
+                        gaussians = model(images, c2w, K)
+                    loss = sum(
+                        torch.nn.functional.mse_loss(render(gaussians.map(lambda t: t[b]), c2w[b], K[b], R, R, background).rgb, target[b])
+                        for b in range(batch)
+                    )
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+
+                iteration()  # optimizer state exists before memory is measured
+                memory[groups] = measure_peak(iteration, ctx.device)[0]
+                models[groups], iterations[groups] = model, iteration
+            seconds = time_interleaved(iterations, ctx.device, repeats=2 if ctx.quick else 3, warmup=0, budget_s=90)
+            rows = []
+            for groups in (1, 2, 4):
+                t_ratio, m_ratio = seconds[groups] / seconds[1], memory[groups] / max(memory[1], 1)
+                paper_t, paper_m = PAPER_MINIBATCH[groups]
+                rows.append([f"{GROUP_NAMES[groups]} (G={groups})", batch, seconds[groups], t_ratio, paper_t, mb(memory[groups]) / 1024, m_ratio, paper_m])
+            return rows
+        except torch.OutOfMemoryError as error:  # try the next smaller batch
+            last_error = error
+        finally:
+            del models, iterations
+            free(ctx.device)
+    return [["(all)", ctx.minibatch[-1], failure(last_error), "", "", "", "", ""]]
+
+
+MINIBATCH_COLUMNS = ["cross-attention", "batch", "iteration (s)", "time ratio", "paper time ratio",
+                     "peak memory above model + optimizer (GiB)", "memory ratio", "paper memory ratio"]  # fmt: skip
+
+
+# -- E. the large forward ----------------------------------------------------------------------
+
+
+def section_large(ctx: Context) -> list[list]:
+    V, H, W = ctx.large
+    model = ILRM(ILRMNetworkConfig(viewpoint_factor=2, attention_backend="flash", **ctx.net)).to(ctx.device).eval()
+    images, c2w, K = scene_inputs(1, V, H, W, ctx.device)
+
+    def forward():
+        with torch.no_grad(), ctx.autocast():
+            return model(images, c2w, K)
+
+    forward()
+    above, total = measure_peak(forward, ctx.device)
+    seconds = time_call(forward, ctx.device, repeats=3 if ctx.quick else 5, warmup=1, budget_s=60)
+    return [[f"({V},H,F)", f"{H}x{W}", model.num_gaussians(V, H, W), seconds, "" if ctx.quick else 0.53, mb(above) / 1024, gib(total)]]
+
+
+LARGE_COLUMNS = ["setting", "resolution", "Gaussians", "forward (s)", "paper (s, H100)", "peak memory above model (GiB)", "peak allocated (GiB)"]
+
+
+# -- F. two-process DDP ------------------------------------------------------------------------
+
+
+def ddp_command(ctx: Context, output: Path, steps: int) -> list[str]:
+    """The user's command: ilrm-train (ns-train's CLI) with 2 processes on this device type."""
+    command = [
+        sys.executable, "-m", "ilrm_nerfstudio.train", "ilrm-small" if ctx.quick else "ilrm", "--data", str(ctx.dataset()),
+        "--machine.device-type", ctx.device.type, "--machine.num-devices", "2", "--vis", "tensorboard",
+        "--output-dir", str(output), "--experiment-name", "ddp", "--timestamp", "run", "--max-num-iterations", str(steps),
+        "--pipeline.model.lpips-weight", "0", "--pipeline.model.viewer-scene", "none",
+        "--pipeline.datamanager.image-height", str(ctx.resolution), "--pipeline.datamanager.image-width", str(ctx.resolution),
+    ]  # fmt: skip
+    if ctx.quick:
+        command += ["--pipeline.datamanager.num-workers", "0", "--pipeline.datamanager.scenes-per-batch", "1"]
+        for key, value in ctx.net.items():
+            command += [f"--pipeline.model.network.{key.replace('_', '-')}", str(value)]
+    return command
+
+
+def section_ddp(ctx: Context) -> list[list]:
+    devices = torch.cuda.device_count() if ctx.cuda else 2
+    backend = "NCCL" if ctx.cuda else "gloo"
+    name = f"ilrm-train, 2 processes ({backend})"
+    if ctx.cuda and devices < 2:
+        return [[name, f"skipped: {devices} CUDA device(s) here", "", "", ""]]
+    steps = 2 if ctx.quick else 5
+    output = ctx.scratch / "ddp"
+    command = ddp_command(ctx, output, steps)
+    if ctx.quick and not ctx.cuda and not ctx.args.ddp:
+        # Three Python processes that import nerfstudio take a minute on a small CPU; tests/test_ddp.py
+        # trains 2 gloo processes through ilrm-train already. --ddp runs it here too.
+        return [[name, "skipped in --quick on the CPU (--ddp runs it; tests/test_ddp.py covers it)", "", steps, ""]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if ctx.quick else os.environ.get("OMP_NUM_THREADS", "4")}
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
+    seconds = time.perf_counter() - start
+    checkpoints = sorted(p.name for p in (output / "ddp").glob("*/run/nerfstudio_models/*.ckpt"))
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return [[name, f"failed (exit {result.returncode}): {tail[:160]}".replace("|", "/"), seconds, steps, ""]]
+    return [[name, "ok", seconds, steps, ", ".join(checkpoints) or "none"]]
+
+
+DDP_COLUMNS = ["run", "result", "wall time incl. start-up (s)", "steps", "checkpoints (rank 0)"]
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def failure(error: BaseException | None) -> str:
+    if error is None:
+        return "failed"
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"failed: {type(error).__name__}: {first[:160]}".replace("|", "/")
+
+
+SECTIONS = [
+    ("rasterizer", "A. gsplat vs our PyTorch rasterizer on the same Gaussians", RASTERIZER_COLUMNS, section_rasterizer),
+    ("step", "B. One ns-train ilrm step of the base model, 256x256", TRAINER_COLUMNS, section_trainer_step),
+    ("latency", "C. Forward latency at 256x256, batch 1, bf16", LATENCY_COLUMNS, section_latency),
+    ("minibatch", "D. Training iteration with full / half / quarter cross-attention, (8,H,F) 256x256", MINIBATCH_COLUMNS, section_minibatch),
+    ("large", "E. The (32,H,F) forward at 540x960 (run at 544x960)", LARGE_COLUMNS, section_large),
+    ("ddp", "F. Two-process DDP training", DDP_COLUMNS, section_ddp),
+]
+
+
 def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--views", type=int, default=8)
-    parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
-    parser.add_argument("--cloud", type=int, default=50_000, help="Gaussians in the random cloud")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--skip", nargs="*", default=[], choices=[key for key, *_ in SECTIONS], help="sections to leave out")
+    parser.add_argument("--compile", action="store_true", help="C: also the (8,H,F) forward under torch.compile (adds a minute or two)")
+    parser.add_argument("--ddp", action="store_true", help="F: also run the 2-process training in --quick on the CPU (a minute here)")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="sections that would start after this many seconds are skipped")
     args = parser.parse_args()
-    cuda = args.device == "cuda" and torch.cuda.is_available()
-    device = setup(args) if cuda else torch.device("cpu")
-    V, R, small = args.views, args.resolution, False
-    if args.quick:
-        V, R, args.cloud, args.repeats, small = 2, 64, 2000, 3, True
-
-    if cuda:
-        latency = latency_rows(device, V, R, not args.no_compile, args.repeats, small)
-        agreement = agreement_rows(device, V, R, args.cloud, small)
-        notes = [f"latency: median of {args.repeats} forwards after warm-up, batch 1, no_grad; peak memory above model + inputs"]
-    else:
-        why = "not measured: no CUDA device on this machine" if args.device == "cpu" or not torch.cuda.is_available() else ""
-        latency = [["(all variants)", V * (R // 2) ** 2, why, ""]]
-        agreement = [["(both Gaussian sets)", f"2 x {R}x{R}", why, "", "", "", "", ""]]
-        notes = ["run with --device cuda on a machine with a GPU; nothing here was measured"]
-    report(
-        args,
-        device,
-        "Benchmark 5: GPU inference latency and gsplat agreement",
-        [
-            (f"A. Base model ({V},H,F) at {R}x{R}, forward latency", markdown_table(LATENCY_COLUMNS, latency)),
-            ("B. gsplat vs our PyTorch rasterizer on the same Gaussians", markdown_table(AGREEMENT_COLUMNS, agreement)),
-        ],
-        notes,
-    )
+    device = setup(args)
+    ctx = Context(args, device)
+    start = time.perf_counter()
+    lines = [
+        "### Benchmark 5: the GPU check" + (" (--quick: toy sizes, checks the code path only)" if args.quick else ""),
+        "",
+        f"command: `{command_line()}`",
+        f"machine: {describe_machine(device, args.threads)}",
+        "",
+    ]
+    timings = []
+    for key, title, columns, function in SECTIONS:
+        elapsed = time.perf_counter() - start
+        if key in args.skip:
+            rows = [["skipped (--skip)", *[""] * (len(columns) - 1)]]
+        elif elapsed > args.budget_s:
+            rows = [[f"skipped: {elapsed:.0f} s spent, over --budget-s {args.budget_s:.0f}", *[""] * (len(columns) - 1)]]
+        else:
+            print(f"[bench_gpu] {title} ...", file=sys.stderr, flush=True)
+            section_start = time.perf_counter()
+            try:
+                rows = function(ctx)
+            except Exception as error:  # noqa: BLE001  a failed section is a row; the others still run
+                traceback.print_exc()
+                rows = [[failure(error), *[""] * (len(columns) - 1)]]
+            free(device)
+            timings.append(f"{key} {time.perf_counter() - section_start:.0f} s")
+        lines += [f"#### {title}", "", markdown_table(columns, rows), ""]
+    notes = [
+        f"total {time.perf_counter() - start:.0f} s ({', '.join(timings)})",
+        "A: loss = fixed random weights . (rgb, alpha) of 2 ring cameras; relative = max abs diff / max abs gradient of the torch backend",
+        "B: Trainer.train_iteration of the registered method (data loading included), LPIPS off (its VGG weights need the internet), median of the steps after a warm-up step",
+        "C, E: base model (width 768, 12 update layers, patch 8), no_grad, median after warm-up; D: the same network with rendering of every input view and MSE, AdamW",
+        "peak memory: torch.cuda.max_memory_allocated during the call (above: minus what was allocated before it)",
+    ]
+    if not device.type == "cuda":
+        notes.append("CPU run: no GPU figure here; run with --device cuda on a machine with a GPU")
+    lines += [f"- {note}" for note in notes]
+    text = "\n".join(lines).rstrip() + "\n"
+    print(text)
+    if args.output_dir is not None:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        (args.output_dir / "bench_gpu.md").write_text(text)
 
 
 if __name__ == "__main__":
