@@ -519,3 +519,39 @@ def test_gsplat_backend_matches_torch_backend(sh_degree):
     for name in ("means", "scales", "quats", "opacities", "sh"):
         ga, gb = getattr(a_in, name).grad, getattr(b_in, name).grad
         assert float((ga - gb).abs().max()) <= 1e-2 * (float(gb.abs().max()) + 1e-12), name
+
+
+# ------------------------------------------------------------------------------------------------
+# What densification reads (gsplat's meta: means2d, radii, width, height, n_cameras)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_densification_info_matches_gsplat_meta():
+    g = Gaussians.cat([random_scene(60, 3), single((0.0, 0.0, -8.0))])  # the last is behind both cameras
+    params = with_grad(g)
+    out = render(params, CAMS, KS, W, H)
+    N = len(g)
+    assert out.means2d.shape == (2, N, 2) and out.radii.shape == (2, N) and out.radii.dtype == torch.int32
+    assert torch.all(out.radii[:, -1] == 0) and torch.all(out.means2d[:, -1] == 0)
+    # the means are gsplat's pixel coordinates (pinhole, pixel centers at +0.5)
+    w2c = torch.linalg.inv(CAMS)
+    cam = torch.einsum("cij,nj->cni", w2c[:, :3, :3], g.means) + w2c[:, None, :3, 3]
+    uv = torch.einsum("cij,cnj->cni", KS, cam)[..., :2] / cam[..., 2:]
+    seen = out.radii > 0
+    assert seen.sum() > 60
+    torch.testing.assert_close(out.means2d[seen], uv[seen], atol=1e-4, rtol=1e-5)
+    out.means2d.retain_grad()  # what gsplat's strategies do before backward
+    loss_of(out.rgb, out.alpha, out.depth).backward()
+    grad = out.means2d.grad
+    assert grad.shape == (2, N, 2) and torch.all(grad[~seen] == 0) and (grad[seen].abs().sum(-1) > 0).float().mean() > 0.9
+    info = out.info
+    assert (info["width"], info["height"], info["n_cameras"]) == (W, H, 2) and info["means2d"] is out.means2d
+    try:
+        from gsplat.strategy import DefaultStrategy
+    except Exception:  # gsplat is a dependency, but its import may fail without CUDA pieces
+        return
+    strategy = DefaultStrategy(refine_start_iter=10**6)  # only accumulate the statistics
+    state = strategy.initialize_state()
+    opt = {k: torch.optim.Adam([getattr(params, k)]) for k in ("means", "scales", "quats", "opacities")}
+    strategy.step_post_backward(dict(means=params.means, scales=params.scales, quats=params.quats, opacities=params.opacities), opt, state, step=0, info=info, packed=False)
+    assert torch.all(state["count"] == seen.sum(0)) and torch.all(state["grad2d"][seen.any(0)] > 0)
