@@ -76,6 +76,7 @@ class TrainedNetwork:
     sh_degree: int
     checkpoint: Path
     bf16: bool = True
+    context_views: int = 2  # views per sample the run trained on
 
 
 def find_run_files(path: Path) -> tuple[Path, Path]:
@@ -121,8 +122,9 @@ def load_trained_network(path: Path, device: torch.device | str = "cpu") -> Trai
     network.eval()
     data = config.pipeline.datamanager
     return TrainedNetwork(
-        network.to(device), (int(data.image_height), int(data.image_width)), int(model_config.sh_degree), checkpoint, bool(getattr(model_config, "bf16", True))
-    )
+        network.to(device), (int(data.image_height), int(data.image_width)), int(model_config.sh_degree), checkpoint,
+        bool(getattr(model_config, "bf16", True)), int(getattr(data, "num_context_views", 2)),
+    )  # fmt: skip
 
 
 def network_input_size(frame_hw: tuple[int, int], trained_hw: tuple[int, int], multiple: int) -> tuple[int, int]:
@@ -149,6 +151,20 @@ def predict_gaussians(trained: TrainedNetwork, images: Tensor, c2w: Tensor, K: T
     return normalized_to_world(g, c2w.to(device))
 
 
+def view_groups(c2w: Tensor, anchors: list[int], size: int) -> list[list[int]]:
+    """For every anchor view, the anchor first and its size - 1 nearest other views (camera
+    centers, among views facing within 45 degrees of it; the closest ones otherwise)."""
+    centers = c2w[:, :3, 3].double()
+    forward = F.normalize(c2w[:, :3, 2].double(), dim=-1)
+    groups = []
+    for anchor in anchors:
+        distance = (centers - centers[anchor]).norm(dim=-1)
+        distance[(forward @ forward[anchor]) < math.cos(math.pi / 4)] += 1e9
+        distance[anchor] = float("inf")
+        groups.append([anchor] + distance.argsort()[: size - 1].tolist())
+    return groups
+
+
 def with_sh_degree(g: Gaussians, degree: int) -> Gaussians:
     """Pad (zeros) or truncate the SH coefficients to `degree`."""
     K = (degree + 1) ** 2
@@ -156,6 +172,25 @@ def with_sh_degree(g: Gaussians, degree: int) -> Gaussians:
     if sh.shape[1] < K:
         sh = torch.cat([sh, sh.new_zeros(len(g), K - sh.shape[1], 3)], dim=1)
     return dataclasses.replace(g, sh=sh)
+
+
+@torch.no_grad()
+def held_out_baselines(datamanager) -> dict[str, float]:
+    """Mean held-out PSNR of copying the nearest training frame (camera center) and of the mean
+    training color: the floor a reconstruction must clear."""
+    eval_cameras, eval_items = datamanager.eval_views
+    train_cameras, train_items = datamanager.train_views
+    if not eval_items or len({tuple(item["image"].shape) for item in eval_items + train_items}) > 1:
+        return {}
+    train_centers = train_cameras.camera_to_worlds[:, :3, 3].cpu()
+    mean_color = torch.stack([item["image"].float().mean((0, 1)) for item in train_items]).mean(0) / 255.0
+    nearest, flat = [], []
+    for camera, item in zip(eval_cameras.camera_to_worlds.cpu(), eval_items):
+        truth = item["image"].float().permute(2, 0, 1)[None] / 255.0
+        copy = train_items[int((train_centers - camera[:3, 3]).norm(dim=-1).argmin())]["image"].float().permute(2, 0, 1)[None] / 255.0
+        nearest.append(float(psnr(copy, truth)))
+        flat.append(float(psnr(mean_color[None, :, None, None].expand_as(truth), truth)))
+    return {"nearest training frame": sum(nearest) / len(nearest), "mean color": sum(flat) / len(flat)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,6 +236,9 @@ class ILRMFinetuneModelConfig(GaussianSceneModelConfig):
     side of the run's training resolution, rounded to patch_size x viewpoint_factor."""
     bf16: bool = True
     """bf16 autocast for the network on CUDA."""
+    network_group_size: int = 0
+    """Views per forward pass: each input view is predicted together with its nearest frames, as
+    many views as the network trained on (0: that number; the input-view count: one pass)."""
     paper_epochs: int = 10
     """Network start: the first epochs follow the published finetune (Ours_10)."""
     refine_views: int = 6000
@@ -283,6 +321,9 @@ class ILRMFinetuneModel(GaussianSceneModel):
             raise SceneError(f"unknown init {kind!r}")
         self.set_scene_gaussians(gaussians.map(lambda t: t.to(self.device)), trainable=True)
         if cfg.report_held_out:
+            baselines = held_out_baselines(datamanager)
+            if baselines:
+                log_line("    held-out PSNR of trivial baselines: " + ", ".join(f"{k} {v:.2f} dB" for k, v in baselines.items()))
             self.report("feed-forward" if kind == "network" else f"{kind} start", datamanager)
 
     def _network_start(self, datamanager) -> Gaussians:
@@ -297,11 +338,23 @@ class ILRMFinetuneModel(GaussianSceneModel):
         height, width = cfg.network_resolution or network_input_size(frame_hw, trained.resolution, multiple)
         if height % multiple or width % multiple:
             raise SceneError(f"network_resolution {height}x{width} must be divisible by patch_size x viewpoint_factor = {multiple}")
-        count = len(datamanager.input_indices)
-        log_line(f"start: {count} input views at {width}x{height} through the network of {trained.checkpoint}")
-        images, c2w, K = datamanager.network_views(height, width)
+        anchors = datamanager.input_indices
+        group = cfg.network_group_size or trained.context_views
         start = time.perf_counter()
-        gaussians = predict_gaussians(trained, images, c2w, K)
+        if group >= len(anchors):  # one pass over all input views
+            log_line(f"start: {len(anchors)} input views at {width}x{height} through the network of {trained.checkpoint}")
+            gaussians = predict_gaussians(trained, *datamanager.network_views(height, width))
+        else:  # as the network trained: groups of `group` nearby views, each anchor's own Gaussians kept
+            log_line(
+                f"start: {len(anchors)} input views at {width}x{height}, each with its {group - 1} nearest frame(s) "
+                f"(the network trained on {trained.context_views} views), through the network of {trained.checkpoint}"
+            )
+            parts = []
+            for members in view_groups(datamanager.training_c2w(), anchors, group):
+                predicted = predict_gaussians(trained, *datamanager.network_views(height, width, members))
+                per_view = len(predicted) // len(members)
+                parts.append(predicted.map(lambda t: t[:per_view]))
+            gaussians = Gaussians.cat(parts)
         if gaussians.means.is_cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -354,6 +407,11 @@ class ILRMFinetuneModel(GaussianSceneModel):
         path.parent.mkdir(parents=True, exist_ok=True)
         vutils.save_image(torch.stack(tiles), path, nrow=2, padding=2, pad_value=1.0)
         return path
+
+    def _write_picture(self, datamanager, run_dir: Path) -> None:
+        picture = self.save_held_out_picture(datamanager, run_dir / "held_out.png")
+        if picture is not None:
+            log_line(f"wrote {picture} (held-out frames: ground truth | render)")
 
     # -- the plan and the optimizer ---------------------------------------------------------------
 
@@ -429,6 +487,11 @@ class ILRMFinetuneModel(GaussianSceneModel):
             trainer.config.max_num_iterations = self.auto_epochs(datamanager)
         plan = self.make_plan(trainer.config.max_num_iterations, datamanager)
         self.start_training(plan, training_callback_attributes.optimizers)
+        if plan.epochs == 0:  # the start is the result
+            trainer.config.logging.local_writer.enable = False  # nerfstudio's writer fails on 0 steps
+            if self.config.report_held_out:
+                self._write_picture(datamanager, Path(trainer.base_dir))
+            return callbacks
         frames = len(datamanager.train_views[1])
         if plan.paper_epochs:
             log_line(f"epochs 1-{plan.paper_epochs}: published finetune on {len(datamanager.input_indices)} input views (one Adam step each, MSE)")
@@ -455,9 +518,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
                 f"{len(self.means):,} Gaussians  {elapsed / 60:.1f} min, ETA {remaining / 60:.1f} min"
             )
             if epoch == plan.epochs and self.config.report_held_out:
-                picture = self.save_held_out_picture(datamanager, Path(trainer.base_dir) / "held_out.png")
-                if picture is not None:
-                    log_line(f"wrote {picture} (held-out frames: ground truth | render)")
+                self._write_picture(datamanager, Path(trainer.base_dir))
 
         callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_epoch))
         return callbacks

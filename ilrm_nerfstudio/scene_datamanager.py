@@ -209,19 +209,24 @@ class ILRMSceneDataManager(VanillaDataManager):
     def eval_views(self) -> tuple[Cameras, list[dict]]:
         return self._load_views(self.eval_dataset, list(range(len(self.eval_dataset))))
 
-    def network_views(self, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
-        """The input views at the network's resolution (resized to cover, center cropped, intrinsics
-        adjusted exactly, distortion removed): images [V, 3, H, W], OpenCV c2w [V, 4, 4] in the
-        dataparser's frame, K [V, 3, 3]."""
+    def network_views(self, height: int, width: int, indices: list[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Training frames (default: the input views) at the network's resolution (resized to
+        cover, center cropped, intrinsics adjusted exactly, distortion removed): images
+        [V, 3, H, W], OpenCV c2w [V, 4, 4] in the dataparser's frame, K [V, 3, 3]."""
         scene, position = self._scene(self.train_dataset)
         outputs = self.train_dataparser_outputs
+        indices = self.input_indices if indices is None else indices
         images, Ks = [], []
-        for index in self.input_indices:
+        for index in indices:
             image, K = load_view(scene, position[str(outputs.image_filenames[index])], height, width)
             images.append(image)
             Ks.append(K)
-        c2w = opengl_to_opencv(to_homogeneous(outputs.cameras.camera_to_worlds[self.input_indices].double()))
+        c2w = opengl_to_opencv(to_homogeneous(outputs.cameras.camera_to_worlds[indices].double()))
         return torch.stack(images), c2w, torch.stack(Ks)
+
+    def training_c2w(self) -> Tensor:
+        """OpenCV camera-to-world [N, 4, 4] of every training frame (dataparser frame)."""
+        return opengl_to_opencv(to_homogeneous(self.train_dataset.cameras.camera_to_worlds.double()))
 
     def frame_size(self) -> tuple[int, int]:
         """(height, width) of the first training frame as stored (before the working size)."""
