@@ -427,7 +427,7 @@ def test_full_size_key_structure_maps_exactly():
         assert set(mapped) == set(net.state_dict()) and len(key_pairs(kind, 12)) == len(mapped)
         assert sum(t.numel() for t in mapped.values()) == sum(t.numel() for t in state.values())
         params = sum(t.numel() for t in state.values()) / 1e6
-        assert params == pytest.approx(171.7 if kind == RE10K else 185.8, abs=0.5)  # paper Table 1: 171M / 185M
+        assert params == pytest.approx(171.34 if kind == RE10K else 185.89, abs=0.01)  # paper Table 1: 171M / 185M
 
 
 # ---------------------------------------------------------------------------------------------
