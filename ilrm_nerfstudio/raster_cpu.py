@@ -61,15 +61,17 @@ def _exp_neg(p, C):
 
 
 @nb.njit(parallel=True, cache=True)
-def _ranges(means2d, cov2d, opac, radii, width, height):
-    """Per Gaussian: the block range [bx0, bx1) x [by0, by1) it is listed in, and its count."""
-    S = means2d.shape[0]
+def _ranges(means2d, cov2d, opac, radii, order, width, height):
+    """Per drawn Gaussian order[i]: the block range [bx0, bx1) x [by0, by1) it is listed in, and
+    its count."""
+    S = order.shape[0]
     tile_w = (width + TILE_SIZE - 1) // TILE_SIZE
     tile_h = (height + TILE_SIZE - 1) // TILE_SIZE
     ranges = np.zeros((S, 4), np.int64)
     counts = np.zeros(S, np.int64)
     ts = np.float32(TILE_SIZE)
-    for g in nb.prange(S):
+    for i in nb.prange(S):
+        g = order[i]
         r = radii[g]
         o = opac[g]
         if r <= 0 or o < ALPHA_MIN:
@@ -95,8 +97,8 @@ def _ranges(means2d, cov2d, opac, radii, width, height):
             continue
         bx0, bx1 = x0 // BLOCK, (x1 - 1) // BLOCK + 1
         by0, by1 = y0 // BLOCK, (y1 - 1) // BLOCK + 1
-        ranges[g, 0], ranges[g, 1], ranges[g, 2], ranges[g, 3] = bx0, bx1, by0, by1
-        counts[g] = (bx1 - bx0) * (by1 - by0)
+        ranges[i, 0], ranges[i, 1], ranges[i, 2], ranges[i, 3] = bx0, bx1, by0, by1
+        counts[i] = (bx1 - bx0) * (by1 - by0)
     return ranges, counts
 
 
@@ -124,19 +126,20 @@ def _assign(ranges, g_start, nbx, n_blocks):
 
 
 @nb.njit(parallel=True, cache=True)
-def _pack(means2d, conics, opac, feats, g_start, slot, dtype_like):
-    S = means2d.shape[0]
+def _pack(means2d, conics, opac, feats, order, g_start, slot, dtype_like):
+    S = order.shape[0]
     E = slot.shape[0]
     ids = np.empty(E, np.int32)
     packed = np.empty((E, _P + N_FEATURES), dtype_like.dtype)
-    for g in nb.prange(S):
-        k0, k1 = g_start[g], g_start[g + 1]
+    for i in nb.prange(S):
+        g = order[i]
+        k0, k1 = g_start[i], g_start[i + 1]
         if k1 == k0:
             continue
         thresh = math.log(max(255.0 * opac[g], 1.0)) + 1e-3  # no pair with a larger power reaches 1/255
         for k in range(k0, k1):
             j = slot[k]
-            ids[j] = g
+            ids[j] = i
             packed[j, 0] = means2d[g, 0]
             packed[j, 1] = means2d[g, 1]
             packed[j, 2] = conics[g, 0]
@@ -149,15 +152,16 @@ def _pack(means2d, conics, opac, feats, g_start, slot, dtype_like):
     return ids, packed
 
 
-def bin_gaussians(means2d, conics, cov2d, opac, radii, feats, width, height):
-    """-> starts [n_blocks + 1], ids [E] int32, packed [E, 11], g_start [S + 1], slot [E]."""
+def bin_gaussians(means2d, conics, cov2d, opac, radii, feats, order, width, height):
+    """Bins Gaussians order[0], order[1], ... (front to back) of one camera ([N, ...] inputs).
+    -> starts [n_blocks + 1], ids [E] int32 (into order), packed [E, 11], g_start [S + 1], slot [E]."""
     nbx = (width + BLOCK - 1) // BLOCK
     n_blocks = nbx * ((height + BLOCK - 1) // BLOCK)
-    ranges, counts = _ranges(means2d, cov2d, opac, radii, width, height)
+    ranges, counts = _ranges(means2d, cov2d, opac, radii, order, width, height)
     g_start = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=g_start[1:])
     starts, slot = _assign(ranges, g_start, nbx, n_blocks)
-    ids, packed = _pack(means2d, conics, opac, feats, g_start, slot, means2d[:0, 0])
+    ids, packed = _pack(means2d, conics, opac, feats, order, g_start, slot, means2d[:0, 0])
     return starts, ids, packed, g_start, slot
 
 
