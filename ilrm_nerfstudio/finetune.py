@@ -15,9 +15,10 @@ ONE TRAINING ITERATION = ONE EPOCH, so `--max-num-iterations E` counts epochs:
    splatting's recipe on every training frame, `views_per_step` frames per Adam step: loss
    0.8 L1 + 0.2 (1 - SSIM), 3DGS learning rates (means decaying exponentially to 1/100),
    densification and pruning by gsplat's `DefaultStrategy`.
-   With `--max-num-iterations` left at -1 (auto), the number of refinement epochs comes from
-   `refine_views` (frames rendered in all), which takes about 10 minutes on 2 CPU cores at the
-   default working size.
+   With `--max-num-iterations` left at -1 (auto), the refinement gets a time budget
+   (`refine_minutes`, default 8): the number of epochs comes from a timed probe render, at most
+   `refine_views` frames in all, and an epoch that would overrun the budget renders a random
+   subset of the frames. An explicit `--max-num-iterations E` runs exactly E full epochs.
 
 The checkpoint holds only the Gaussians (Splatfacto's layout), so ns-viewer, ns-render, ns-export
 and ns-eval work from it without the network. Held-out PSNR is printed at the start, after the
@@ -241,8 +242,10 @@ class ILRMFinetuneModelConfig(GaussianSceneModelConfig):
     many views as the network trained on (0: that number; the input-view count: one pass)."""
     paper_epochs: int = 10
     """Network start: the first epochs follow the published finetune (Ours_10)."""
-    refine_views: int = 6000
-    """Auto budget (--max-num-iterations -1): refinement epochs = refine_views / training frames."""
+    refine_minutes: float = 8.0
+    """Auto budget (--max-num-iterations -1): minutes for the refinement epochs."""
+    refine_views: int = 30_000
+    """Auto budget: at most this many frames rendered in the refinement (3DGS's 30k steps)."""
     ssim_weight: float = 0.2
     """Refinement loss = (1 - ssim_weight) L1 + ssim_weight (1 - SSIM) + lpips_weight LPIPS."""
     lpips_weight: float = 0.0
@@ -283,6 +286,9 @@ class ILRMFinetuneModel(GaussianSceneModel):
         self.scene_extent = 1.0
         self.last_info: dict | None = None  # the last training render's gsplat-style meta
         self.last_metrics: dict[str, float] = {}
+        self.time_budget: float | None = None  # seconds for the refinement (auto budget only)
+        self.seconds_per_view = 0.0
+        self.refine_started: float | None = None
         self.history: list[dict] = []  # per epoch: seconds, loss, Gaussians, held-out PSNR (when measured)
 
     # -- the start --------------------------------------------------------------------------------
@@ -423,9 +429,44 @@ class ILRMFinetuneModel(GaussianSceneModel):
         return EpochPlan(epochs, paper, steps)
 
     def auto_epochs(self, datamanager) -> int:
-        frames = len(datamanager.train_views[1])
+        """Published epochs (network start) + refinement epochs that fit `refine_minutes`, from
+        the time of one probe step (rendering and backward of views_per_step frames; x1.5 for
+        the growth by densification)."""
+        cameras, items = datamanager.train_views
+        frames, per_step = len(items), max(1, datamanager.config.views_per_step)
+        batch = datamanager.epoch_batches(0, "all", per_step)[0]
+        self.train()
+        seconds = []
+        for _ in range(2):
+            start = time.perf_counter()
+            outputs = self(batch[0])
+            sum(self.get_loss_dict(outputs, batch[1]).values()).backward()
+            seconds.append(time.perf_counter() - start)
+        for param in self.gauss_params.values():
+            param.grad = None
+        self.seconds_per_view = 1.5 * min(seconds) / len(batch[1]["image"])
+        views = min(self.config.refine_views, self.config.refine_minutes * 60.0 / self.seconds_per_view)
+        refine = max(1, round(views / frames))
+        log_line(f"auto budget: {refine} refinement epochs ({refine * frames:,} frames at ~{self.seconds_per_view:.2f} s each, {self.config.refine_minutes:g} min)")
+        self.time_budget = self.config.refine_minutes * 60.0
         paper = self.config.paper_epochs if self.started_from == "network" else 0
-        return paper + max(1, round(self.config.refine_views / frames))
+        return paper + refine
+
+    def frames_this_epoch(self, epoch: int, frames: int) -> int:
+        """Under the auto budget: how many frames the refinement epoch `epoch` can afford."""
+        if self.time_budget is None or self.plan.is_paper(epoch):
+            return frames
+        if self.refine_started is None:
+            self.refine_started = time.perf_counter()
+        left = self.time_budget - (time.perf_counter() - self.refine_started)
+        epochs_left = self.plan.epochs - epoch
+        affordable = int(left / (epochs_left * self.seconds_per_view))
+        return max(1, min(frames, affordable))
+
+    def measure_epoch(self, views: int, seconds: float) -> None:
+        """Keep the seconds-per-frame estimate of the auto budget up to date."""
+        if self.time_budget is not None and views > 0:
+            self.seconds_per_view = 0.5 * self.seconds_per_view + 0.5 * seconds / views
 
     def start_training(self, plan: EpochPlan, optimizers) -> None:
         """Keep the plan and nerfstudio's optimizers; set up densification for the refinement."""
@@ -634,6 +675,11 @@ class ILRMFinetunePipeline(VanillaPipeline):
             batches = self.datamanager.epoch_batches(step, "input", 0)
         else:
             batches = self.datamanager.epoch_batches(step, "all", self.datamanager.config.views_per_step)
+            frames = sum(len(batch["image"]) for _, batch in batches)
+            affordable = model.frames_this_epoch(step, frames)
+            while len(batches) > 1 and sum(len(batch["image"]) for _, batch in batches) > affordable:
+                batches.pop()  # the order is shuffled: a random subset
+        start = time.perf_counter()
         optimizers = model.optimizers
         for index, (cameras, batch) in enumerate(batches[:-1]):
             _, losses, _ = self._batch_loss(step, index, cameras, batch)
@@ -644,6 +690,7 @@ class ILRMFinetunePipeline(VanillaPipeline):
         last = len(batches) - 1
         outputs, losses, metrics = self._batch_loss(step, last, *batches[last])
         self._last_batch = (step, last)
+        model.measure_epoch(sum(len(batch["image"]) for _, batch in batches), time.perf_counter() - start)
         return outputs, losses, metrics
 
     def get_training_callbacks(self, training_callback_attributes):

@@ -206,16 +206,52 @@ def test_input_view_selection(scene_dir):
     images, c2w, K = all_views.network_views(32, 32)
     assert images.shape == (n, 3, 32, 32) and c2w.shape == (n, 4, 4) and K.shape == (n, 3, 3)
     cameras, items = all_views.input_views
-    assert len(cameras) == n and items[0]["image"].shape == (32, 32, 3)
+    assert len(cameras) == n and items[0]["image"].shape == (32, 32, 3) and items[0]["image"].dtype == torch.uint8
     # The network's views are the training images (no crop needed at the same size).
-    torch.testing.assert_close(images[0].permute(1, 2, 0), items[0]["image"], atol=1 / 255, rtol=0)
-    # A step: every input view (one epoch), or k random ones.
+    torch.testing.assert_close(images[0].permute(1, 2, 0), items[0]["image"].float() / 255, atol=1 / 255, rtol=0)
+    # A published step: every input view at once.
     step_cameras, batch = all_views.next_train(0)
     assert len(step_cameras) == n and batch["image"].shape == (n, 32, 32, 3)
-    some = scene_datamanager(scene_dir, view_selection="all", views_per_step=2)
-    step_cameras, batch = some.next_train(5)
-    assert len(step_cameras) == 2 and batch["image"].shape == (2, 32, 32, 3)
-    torch.testing.assert_close(step_cameras.camera_to_worlds, some.input_views[0].camera_to_worlds[batch["indices"]])
+
+
+def test_refinement_epochs_cover_every_frame_in_batches(scene_dir):
+    dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
+    for per_step, expected in ((1, 9), (2, 5), (0, 1)):
+        batches = dm.epoch_batches(3, "all", per_step)
+        assert len(batches) == expected
+        seen = torch.cat([batch["indices"] for _, batch in batches]).tolist()
+        assert sorted(seen) == list(range(9))  # every training frame once
+        for cameras, batch in batches:
+            torch.testing.assert_close(cameras.camera_to_worlds, dm.train_views[0].camera_to_worlds[batch["indices"]])
+    orders = [torch.cat([b["indices"] for _, b in dm.epoch_batches(e, "all", 1)]).tolist() for e in (0, 1)]
+    assert orders[0] != orders[1]  # shuffled per epoch
+    inputs = dm.epoch_batches(0, "input", 0)
+    assert len(inputs) == 1 and inputs[0][1]["indices"].tolist() == dm.input_indices
+
+
+def test_working_size_keeps_aspect_and_scales_intrinsics_exactly(tmp_path):
+    """Frames are resized on load (no images_N folder): a 64x48 capture at image_size 32 becomes
+    32x24 with intrinsics halved, and a point projects to the same relative place."""
+    from ilrm_nerfstudio.finetune import network_input_size
+
+    root = tmp_path / "data"
+    generate_dataset(root, num_scenes=1, seed=3, height=48, width=64, frames_per_scene=8, test_fraction=0.0, workers=1)
+    scene = next((root / "train").iterdir())
+    full = scene_datamanager(scene, view_selection="all", image_size=0)
+    small = scene_datamanager(scene, view_selection="all", image_size=32)
+    (cf, items_full), (cs, items_small) = full.train_views, small.train_views
+    assert items_full[0]["image"].shape == (48, 64, 3) and items_small[0]["image"].shape == (24, 32, 3)
+    torch.testing.assert_close(cs.fx, cf.fx / 2)
+    torch.testing.assert_close(cs.cx, cf.cx / 2)
+    torch.testing.assert_close(cs.cy, cf.cy / 2)
+    # The content agrees: the downsized frame equals the full frame box-averaged.
+    box = torch.nn.functional.avg_pool2d(items_full[0]["image"].permute(2, 0, 1)[None].float(), 2)[0].permute(1, 2, 0)
+    assert float((box - items_small[0]["image"].float()).abs().mean()) < 4.0
+    # On the CPU the default is 512 px (nothing to do here), on CUDA the full size.
+    assert full.image_size == 0 and scene_datamanager(scene, view_selection="all").image_size == 512
+    # The network's input keeps the frame's aspect ratio (portrait too), at the training size.
+    assert network_input_size((1920, 1080), (64, 64), 8) == (64, 32)
+    assert network_input_size((384, 512), (256, 256), 16) == (192, 256)
 
 
 def finetune_model(datamanager, **options):
@@ -231,7 +267,7 @@ def test_feed_forward_start_lands_in_the_dataparser_frame(scene_dir, fake_run):
     from ilrm_nerfstudio.finetune import load_trained_network
 
     dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
-    model = finetune_model(dm, ilrm_run=fake_run)
+    model = finetune_model(dm, ilrm_run=fake_run, network_group_size=3)  # one pass over the 3 views
     model.initialize_gaussians(dm)
     assert len(model.means) == 3 * 16 * 16 and model.means.requires_grad
     trained = load_trained_network(fake_run)
@@ -245,28 +281,51 @@ def test_feed_forward_start_lands_in_the_dataparser_frame(scene_dir, fake_run):
     torch.testing.assert_close(ours, expected, atol=2e-3, rtol=0)
 
 
-def test_nerfstudio_trainer_runs_the_published_recipe(scene_dir, tmp_path):
-    """`ns-train ilrm-finetune` (its Trainer, in process) and `optimize_scene` (what the benchmark
-    runs) produce the same Gaussians from the same start."""
-    from ilrm_nerfstudio.finetune import optimize_scene
+def finetune_trainer(scene_dir, tmp_path, epochs: int, **model_options):
     from ilrm_nerfstudio.ilrm_config import finetune_trainer_config
 
-    config = finetune_trainer_config(epochs=3)
+    config = finetune_trainer_config(epochs=epochs)
     config.pipeline.datamanager.data = scene_dir
-    config.pipeline.datamanager.dataparser.eval_mode = "interval"
     config.pipeline.datamanager.dataparser.eval_interval = 4
-    config.pipeline.model.init = "random"
-    config.pipeline.model.random_init_count = 400
     config.pipeline.model.report_held_out = False
+    for name, value in model_options.items():
+        setattr(config.pipeline.model, name, value)
     config.machine.device_type = "cpu"
     config.output_dir = tmp_path
     config.logging.local_writer.enable = False
     config.set_timestamp()
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
+    return trainer
+
+
+def test_network_start_in_groups_of_nearby_views(scene_dir, fake_run):
+    """A 2-view network sees each input view with its nearest frame, as it trained; each input
+    view keeps its own Gaussians, exactly those of predicting that pair alone."""
+    from ilrm_nerfstudio.finetune import load_trained_network, predict_gaussians, view_groups
+
+    dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
+    c2w = dm.training_c2w()
+    groups = view_groups(c2w, dm.input_indices, 2)
+    assert [g[0] for g in groups] == dm.input_indices and all(len(set(g)) == 2 for g in groups)
+    distances = (c2w[:, :3, 3] - c2w[groups[0][0], :3, 3]).norm(dim=-1)
+    distances[groups[0][0]] = float("inf")
+    assert int(distances.argmin()) == groups[0][1]  # the nearest frame (all face the same way here)
+    model = finetune_model(dm, ilrm_run=fake_run)
+    model.initialize_gaussians(dm)
+    assert len(model.means) == 3 * 16 * 16
+    pair = predict_gaussians(load_trained_network(fake_run), *dm.network_views(32, 32, groups[1]))
+    torch.testing.assert_close(model.means[16 * 16 : 2 * 16 * 16].detach(), pair.means[: 16 * 16], atol=1e-4, rtol=1e-4)
+
+
+def test_nerfstudio_trainer_runs_the_published_recipe(scene_dir, tmp_path, fake_run):
+    """After a network start, the first epochs of `ns-train ilrm-finetune` (its Trainer, in
+    process) are the published finetune: one Adam step (eps 1e-15, lr 6e-4 means, 1e-3 others) per
+    epoch on the MSE of all input views."""
+    trainer = finetune_trainer(scene_dir, tmp_path, epochs=3, ilrm_run=fake_run)
     pipeline = trainer.pipeline
     start = {k: v.detach().clone() for k, v in pipeline.model.gauss_params.items()}
-    assert {g["lr"] for o in trainer.optimizers.optimizers.values() for g in o.param_groups} == {6e-4, 1e-3}
+    assert pipeline.model.plan.paper_epochs == 3 and pipeline.model.plan.epochs == 3
     assert all(o.defaults["eps"] == 1e-15 for o in trainer.optimizers.optimizers.values())
     trainer.train()
     checkpoint = sorted((trainer.checkpoint_dir).glob("*.ckpt"))[-1]
@@ -274,45 +333,56 @@ def test_nerfstudio_trainer_runs_the_published_recipe(scene_dir, tmp_path):
     assert state["step"] == 2 and set(state["pipeline"]) >= {f"_model.gauss_params.{k}" for k in start}
     assert not any("network" in k for k in state["pipeline"])  # only the Gaussians
 
+    # The same three steps written out plainly.
     reference = finetune_model(pipeline.datamanager)
     for name, value in start.items():
         reference.gauss_params[name] = torch.nn.Parameter(value.clone())
+    optimizers = {n: torch.optim.Adam([p], lr=6e-4 if n == "means" else 1e-3, eps=1e-15) for n, p in reference.gauss_params.items()}
     cameras, items = pipeline.datamanager.input_views
     c2w, K = reference.opencv_cameras(cameras)
-    optimize_scene(reference, c2w, K, torch.stack([i["image"] for i in items]), epochs=3)
+    target = torch.stack([i["image"] for i in items]).float() / 255
+    reference.train()
+    for _ in range(3):
+        for optimizer in optimizers.values():
+            optimizer.zero_grad()
+        out = reference.render_views(reference.scene_gaussians(), c2w, K, 32, 32)
+        torch.nn.functional.mse_loss(out["rgb"], target).backward()
+        for optimizer in optimizers.values():
+            optimizer.step()
     for name in start:
         torch.testing.assert_close(pipeline.model.gauss_params[name].detach(), reference.gauss_params[name].detach(), atol=1e-5, rtol=1e-4)
         if name != "features_rest":
             assert not torch.equal(start[name], reference.gauss_params[name].detach())
 
 
-def test_densification_keeps_the_optimizer_consistent(scene_dir):
-    from nerfstudio.engine.optimizers import Optimizers
+def test_refinement_densifies_and_keeps_the_optimizer_consistent(scene_dir, tmp_path):
+    """A points start: every epoch is a refinement epoch (one Adam step per frame), gsplat's
+    strategy grows and prunes, and nerfstudio's optimizers follow the new parameters."""
+    trainer = finetune_trainer(scene_dir, tmp_path, epochs=3, init="random", random_init_count=300, densify_every=3, densify_grad=1e-6, densify_start=0.0, densify_stop=0.9)
+    model = trainer.pipeline.model
+    assert model.plan.paper_epochs == 0 and model.plan.steps_per_epoch == 9
+    before = len(model.means)
+    trainer.train()
+    assert len(model.means) != before
+    for name, param in model.gauss_params.items():
+        optimizer = trainer.optimizers.optimizers[name]
+        assert optimizer.param_groups[0]["params"][0] is param and trainer.optimizers.parameters[name][0] is param
+        assert optimizer.state[param]["exp_avg"].shape == param.shape
+    # The means' learning rate decayed (3DGS schedule), times the scene extent.
+    lr = trainer.optimizers.optimizers["means"].param_groups[0]["lr"]
+    assert 1.6e-4 * model.scene_extent * 0.01 <= lr < 1.6e-4 * model.scene_extent
 
-    from ilrm_nerfstudio.ilrm_config import finetune_trainer_config
 
-    dm = scene_datamanager(scene_dir, view_selection="all")
-    model = finetune_model(dm, init="random", random_init_count=300, densify=True, densify_every=1, densify_fraction=0.1, prune_opacity=0.099)
-    model.initialize_gaussians(dm)
-    optimizers = Optimizers(finetune_trainer_config().optimizers, model.get_param_groups())
-    cameras, items = dm.input_views
-    model.train()
-    for step in range(2):
-        optimizers.zero_grad_all()
-        out = model.get_outputs(cameras)
-        loss = sum(model.get_loss_dict(out, {"image": torch.stack([i["image"] for i in items])}).values())
-        loss.backward()
-        optimizers.optimizer_step_all()
-        before = len(model.means)
-        model.densify_step(step, total=10, optimizers=optimizers)
-        after = len(model.means)
-        assert after != before
-        for name, param in model.gauss_params.items():
-            optimizer = optimizers.optimizers[name]
-            assert optimizer.param_groups[0]["params"][0] is param and optimizers.parameters[name][0] is param
-            assert optimizer.state[param]["exp_avg"].shape == param.shape
-    # Every Gaussian below the pruning opacity (0.1 at the start, lower after steps) was removed.
-    assert bool((torch.sigmoid(model.opacities) >= 0.099 - 0.01).all())
+def test_auto_budget_fits_the_time(scene_dir, tmp_path, monkeypatch):
+    """-1 epochs: the refinement epochs come from a timed probe and the time budget; an epoch that
+    would overrun the budget renders fewer frames."""
+    trainer = finetune_trainer(scene_dir, tmp_path, epochs=-1, init="random", random_init_count=200, refine_minutes=0.05)
+    model = trainer.pipeline.model
+    epochs = trainer.config.max_num_iterations
+    assert epochs >= 1 and model.time_budget == pytest.approx(3.0)
+    assert epochs * 9 * model.seconds_per_view <= 3.0 * 1.5 + 9 * model.seconds_per_view
+    model.refine_started = __import__("time").perf_counter() - 2.99  # almost out of time
+    assert model.frames_this_epoch(0, 9) == 1
 
 
 def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
@@ -360,6 +430,7 @@ def test_bad_finetune_setups_are_clear_errors(scene_dir, tmp_path):
 
     config = ILRMFinetunePipelineConfig()
     config.datamanager.data = scene_dir
+    config.model.init = "network"
     with pytest.raises(SystemExit, match="--pipeline.model.ilrm-run is needed"):
         config.setup(device="cpu", test_mode="val")
     config.model.ilrm_run = tmp_path / "missing_run"
@@ -375,8 +446,10 @@ def test_optional_loss_terms(scene_dir):
     model = finetune_model(dm, init="random", random_init_count=200, ssim_weight=0.2)
     model.initialize_gaussians(dm)
     cameras, items = dm.input_views
-    losses = model.get_loss_dict(model.get_outputs(cameras), {"image": torch.stack([i["image"] for i in items])})
-    assert set(losses) == {"mse_loss", "ssim_loss"} and 0 < float(losses["ssim_loss"]) <= 0.4
+    batch = {"image": torch.stack([i["image"] for i in items])}
+    losses = model.get_loss_dict(model.get_outputs(cameras), batch)
+    assert set(losses) == {"l1_loss", "ssim_loss"} and 0 < float(losses["ssim_loss"]) <= 0.4
+    assert set(model.get_loss_dict(model.get_outputs(cameras), batch, published=True)) == {"mse_loss"}
 
 
 def test_inference_mode_needs_no_data(tmp_path):
