@@ -205,6 +205,7 @@ def section_trainer_step(ctx: Context) -> list[list]:
     ]
     rows = []
     for i, (name, bf16, attention, checkpointing) in enumerate(variants):
+        trainer = None
         try:
             config = trainer_config(ctx, f"step{i}", bf16, attention, checkpointing)
             trainer = config.setup(local_rank=0, world_size=1)
@@ -220,10 +221,11 @@ def section_trainer_step(ctx: Context) -> list[list]:
             above, total = measure_peak(one_step, ctx.device)
             seconds = time_call(one_step, ctx.device, repeats=ctx.train_steps, warmup=0, budget_s=60)
             rows.append([name, batch, seconds, mb(above), gib(total)])
-            del trainer
         except Exception as error:  # noqa: BLE001  one variant failing (e.g. out of memory) leaves the others
             rows.append([name, "", failure(error), "", ""])
-        free(ctx.device)
+        finally:
+            trainer = one_step = None  # release the model, optimizer and loaders before the next variant
+            free(ctx.device)
     return rows
 
 
@@ -242,6 +244,7 @@ def section_latency(ctx: Context) -> list[list]:
         if ctx.args.compile and V == 8:
             variants.append(("bf16, flash, torch.compile", dict(attention_backend="flash", compile=True)))
         for label, overrides in variants:
+            model = None
             try:
                 model = ILRM(ILRMNetworkConfig(viewpoint_factor=f, **ctx.net, **overrides)).to(ctx.device).eval()
                 images, c2w, K = scene_inputs(1, V, R, R, ctx.device)
@@ -255,10 +258,11 @@ def section_latency(ctx: Context) -> list[list]:
                 seconds = time_call(forward, ctx.device, repeats=ctx.repeats, warmup=2, budget_s=30)
                 paper = PAPER_LATENCY[(V, f)]
                 rows.append([name, label, model.num_gaussians(V, R, R), seconds, paper, seconds / paper, mb(above)])
-                del model
             except Exception as error:  # noqa: BLE001
                 rows.append([name, label, "", failure(error), PAPER_LATENCY[(V, f)], "", ""])
-            free(ctx.device)
+            finally:
+                model = forward = None
+                free(ctx.device)
     return rows
 
 
@@ -274,7 +278,7 @@ def section_minibatch(ctx: Context) -> list[list]:
     V, R = 8, ctx.resolution
     if ctx.quick:
         V = 2
-    last_error = None
+    last_error = "failed"
     for batch in ctx.minibatch:
         models, iterations, memory = {}, {}, {}
         try:
@@ -308,11 +312,11 @@ def section_minibatch(ctx: Context) -> list[list]:
                 rows.append([f"{GROUP_NAMES[groups]} (G={groups})", batch, seconds[groups], t_ratio, paper_t, mb(memory[groups]) / 1024, m_ratio, paper_m])
             return rows
         except torch.OutOfMemoryError as error:  # try the next smaller batch
-            last_error = error
+            last_error = f"{failure(error)} (batch {batch})"  # a string: the traceback would hold the activations
         finally:
-            del models, iterations
+            models = iterations = model = optimizer = None
             free(ctx.device)
-    return [["(all)", ctx.minibatch[-1], failure(last_error), "", "", "", "", ""]]
+    return [["(all)", ctx.minibatch[-1], last_error, "", "", "", "", ""]]
 
 
 MINIBATCH_COLUMNS = ["cross-attention", "batch", "iteration (s)", "time ratio", "paper time ratio",
