@@ -12,7 +12,8 @@ It runs nerfstudio's own processing (`ns-process-data images` / `video`, i.e.
 - No vocabulary tree (nerfstudio's default downloads one): sequential matching for a video and for
   more than `--exhaustive-up-to` photos (they are taken in file-name order), exhaustive matching
   for smaller sets (any order).
-- SIFT on images scaled to at most `--max-image-size` pixels (COLMAP's
+- At most `--max-num-features` SIFT features per image (the CPU matcher's time grows with the
+  square), extracted from images scaled to at most `--max-image-size` pixels (COLMAP's
   `SiftExtraction.max_image_size`; the keypoints stay in full-size pixel coordinates and the dataset
   keeps the full-size images plus `--num-downscales` halved copies, of which the `nerfstudio-data`
   dataparser picks one of at most 1600 pixels by itself).
@@ -69,6 +70,8 @@ class ProcessConfig:
     max_image_size: int = 1600
     """Longest side, in pixels, COLMAP extracts SIFT features at (larger photos are scaled down for
     that only; 0: COLMAP's own default, 3200)."""
+    max_num_features: int = 4096
+    """SIFT features per image (COLMAP's default is 8192; CPU matching time grows with its square)."""
     num_downscales: int = 3
     """Halved copies of the images in the dataset (images_2, images_4, ...)."""
     num_frames_target: int = 120
@@ -207,8 +210,10 @@ def colmap_steps(config: ProcessConfig, colmap_dir: Path, stats: dict) -> Iterat
     def run(cmd: str, verbose: bool = False) -> Optional[str]:
         words = cmd.split()
         step = words[1] if len(words) > 1 and not words[1].startswith("-") else "colmap"
-        if step == "feature_extractor" and config.max_image_size > 0:
-            cmd += f" --SiftExtraction.max_image_size {config.max_image_size}"
+        if step == "feature_extractor":
+            cmd += f" --SiftExtraction.max_num_features {config.max_num_features}"
+            if config.max_image_size > 0:
+                cmd += f" --SiftExtraction.max_image_size {config.max_image_size}"
         start = time.time()
         if config.verbose:
             out = subprocess.run(cmd, shell=True, env=colmap_env(), stdout=None, stderr=subprocess.PIPE, text=True)
@@ -220,7 +225,7 @@ def colmap_steps(config: ProcessConfig, colmap_dir: Path, stats: dict) -> Iterat
         stats["colmap_seconds"] = stats.get("colmap_seconds", 0.0) + time.time() - start
         log = colmap_dir / f"{step}.log"
         if words[1:] != ["-h"]:  # the version query
-            log.write_text(f"$ {cmd}\n{text}")
+            log.write_text(f"$ {cmd}\n{text}\n# exit status {out.returncode} after {time.time() - start:.1f} s\n")
         if out.returncode != 0:
             lines = [line.strip() for line in text.splitlines() if line.strip()]
             errors = [line for line in lines if "error" in line.lower() or "check failed" in line.lower()]
@@ -245,6 +250,9 @@ def check_paths(config: ProcessConfig) -> Literal["images", "video"]:
     data, output = config.data.resolve(), config.output_dir.resolve()
     if not data.exists():
         raise ProcessError(f"{config.data}: not found (give a folder of photos or a video file)")
+    for path, given in ((data, config.data), (output, config.output_dir)):
+        if re.search(r"[\s'\"$`&;|()<>*?]", str(path)):  # nerfstudio runs COLMAP and ffmpeg through an unquoted shell line
+            raise ProcessError(f"{given}: the path {path} has spaces or shell characters, which nerfstudio's processing does not quote; rename or move it")
     if data.is_file():
         if data.suffix.lower() not in VIDEO_SUFFIXES:
             raise ProcessError(f"{config.data}: not a folder of photos nor a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
