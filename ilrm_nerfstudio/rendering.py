@@ -1,10 +1,11 @@
-"""Render 3D Gaussians to images: gsplat on CUDA, a matching pure-PyTorch rasterizer elsewhere.
+"""Render 3D Gaussians to images: gsplat on CUDA, a matching CPU rasterizer (numba) elsewhere.
 
 One entry point, `render()`, in the spirit of `gsplat.rasterization()`. Two backends:
 
 * ``"gsplat"``: calls gsplat 1.4's CUDA rasterizer (classic mode, unpacked, RGB+ED).
-* ``"torch"``: our own differentiable rasterizer in plain PyTorch. It runs anywhere (this is what
-  CPU training and the tests use) and reproduces gsplat 1.4.0's conventions, read from its
+* ``"torch"``: our own differentiable CPU rasterizer (numba kernels in ``raster_cpu.py``, torch
+  autograd around them). It runs anywhere (CUDA tensors are copied to the CPU and back; this is
+  what CPU training and the tests use) and reproduces gsplat 1.4.0's conventions, read from its
   kernels (``fully_fused_projection_fwd.cu``, ``utils.cuh``, ``isect_tiles.cu``,
   ``rasterize_to_pixels_fwd.cu``, ``spherical_harmonics.cuh``):
 
@@ -21,20 +22,20 @@ One entry point, `render()`, in the spirit of `gsplat.rasterization()`. Two back
     transmittance would be <= 1e-4 (that Gaussian is not drawn);
   - color = max(0, 0.5 + SH(normalize(mean - camera center))), gsplat's SH constants and signs.
 
-Design of the torch rasterizer (see docs/rasterizer.md). Instead of a dense pixels x Gaussians
-product it lists the sparse (pixel, Gaussian) pairs that can contribute: each projected Gaussian
-covers, row by row, only the pixels of its ellipse where alpha >= 1/255 is possible, clipped to its
-gsplat tile range. The pairs are sorted by (pixel, depth); the transmittance in front of every pair
-is a segmented cumulative sum of log(1 - alpha) (float64), pixel values are scatter-adds of
-alpha * T * feature. Compositing is a custom autograd Function: its forward runs without autograd
-and keeps only the pairs that are drawn, its hand-written backward runs over those alone. The
-projection and the SH colors before it are ordinary autograd.
+Design of the CPU backend (see docs/rasterizer.md and raster_cpu.py): gsplat's own structure.
+`_Project` is gsplat's fully_fused_projection with its hand-written backward (to means, quats,
+scales and the camera), parallel over Gaussians. The SH colors are torch autograd. `_Rasterize`
+bins the Gaussians of each camera, front to back, into 8 x 8 pixel blocks (inside gsplat's 16 px
+tile ranges and the alpha >= 1/255 ellipse); each block's 64 pixels are SIMD lanes walking its
+list with early termination, and the backward re-walks back to front from where each pixel
+stopped (T / (1 - alpha), as gsplat). Per-pixel state only: no per-pair memory.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,12 +164,28 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
 
 def _numba_threads() -> int:
     """Kernel threads: torch's CPU thread count, capped by numba's (the number of cores)."""
-    import numba
-
+    try:
+        import numba
+    except ImportError as error:  # a dependency of the package; say what is missing
+        raise ImportError(f"the CPU renderer (backend='torch') needs numba: pip install numba ({error})") from error
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
     return n
+
+
+# One kernel launch at a time: numba's fallback threading layer (workqueue, where neither TBB nor
+# OpenMP is available) must not be entered from two threads at once (the viewer renders from its
+# own thread).
+_KERNEL_LOCK = threading.Lock()
+
+
+def _locked(fn):
+    def wrapper(*args):
+        with _KERNEL_LOCK:
+            return fn(*args)
+
+    return wrapper
 
 
 def _np(t: Tensor):
@@ -185,6 +202,7 @@ class _Project(torch.autograd.Function):
     """
 
     @staticmethod
+    @_locked
     def forward(ctx, means, quats, scales, w2c, K, width, height, near_plane, far_plane):
         from ilrm_nerfstudio import raster_cpu
 
@@ -197,6 +215,7 @@ class _Project(torch.autograd.Function):
         return means2d, conics, depths, cov2d, radii
 
     @staticmethod
+    @_locked
     def backward(ctx, v_means2d, v_conics, v_depths, _v_cov2d, _v_radii):
         from ilrm_nerfstudio import raster_cpu
 
@@ -236,6 +255,7 @@ class _Rasterize(torch.autograd.Function):
     """
 
     @staticmethod
+    @_locked
     def forward(ctx, means2d, conics, opacities, features, cov2d, radii, width, height):
         from ilrm_nerfstudio import raster_cpu
 
@@ -262,6 +282,7 @@ class _Rasterize(torch.autograd.Function):
         return torch.from_numpy(np.stack(accum)).to(device=device, dtype=dtype), alpha
 
     @staticmethod
+    @_locked
     def backward(ctx, v_out, v_alpha):
         from ilrm_nerfstudio import raster_cpu
 
@@ -355,8 +376,21 @@ def render(
         sh [N, K, 3]); the SH degree comes from K.
     c2w: [C, 4, 4] OpenCV camera-to-world; K: [C, 3, 3] pixel intrinsics (pixel centers at +0.5).
     background: [3] (or [C, 3]) color composited as rgb + (1 - alpha) * background; None = black.
-    backend: "gsplat" (CUDA only), "torch" (anywhere) or "auto" (gsplat for CUDA tensors).
+    backend: "gsplat" (CUDA only), "torch" (the CPU rasterizer; anywhere) or "auto" (gsplat for
+        CUDA tensors).
     Everything is computed in fp32 with autocast disabled; outputs are fp32.
+
+    Returns a `RenderOutput`: rgb [C, H, W, 3], alpha [C, H, W, 1], depth [C, H, W, 1] and, for
+    densification (torch backend; None from the gsplat backend), what gsplat's
+    `rasterization(packed=False)` puts in its meta:
+      means2d [C, N, 2] float32: projected pixel coordinates of every (camera, Gaussian), 0 where
+        culled. A non-leaf tensor of the graph: call `out.means2d.retain_grad()` before
+        `backward()`, then `out.means2d.grad` is the screen-space gradient (pixel units) that
+        gsplat's DefaultStrategy accumulates (it rescales by width / 2 * n_cameras itself).
+      radii [C, N] int32: gsplat's 3-sigma pixel radius, 0 where culled (visible = radii > 0).
+      info: a dict {"means2d", "radii", "gaussian_ids": None, "width", "height", "n_cameras"},
+        what `DefaultStrategy.step_pre_backward / step_post_backward(..., info, packed=False)`
+        read.
     """
     _validate(gaussians, c2w, K, width, height, background, near_plane, far_plane, backend)
     device = gaussians.means.device
