@@ -78,6 +78,7 @@ class TrainedNetwork:
     checkpoint: Path
     bf16: bool = True
     context_views: int = 2  # views per sample the run trained on
+    published: bool = False  # the authors' weights: their pose normalization
 
 
 def find_run_files(path: Path) -> tuple[Path, Path]:
@@ -100,6 +101,27 @@ def find_run_files(path: Path) -> tuple[Path, Path]:
             raise SceneError(f"{config.parent / 'nerfstudio_models'}: no checkpoint (step-*.ckpt) in this run")
         checkpoint = checkpoints[-1]
     return config, checkpoint
+
+
+def is_run_path(path: Path) -> bool:
+    """An ns-train run (folder, config.yml or nerfstudio_models/*.ckpt) rather than a published file."""
+    path = Path(path)
+    return path.is_dir() or path.suffix in (".yml", ".yaml") or (path.parent.parent / "config.yml").is_file()
+
+
+def load_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwork:
+    """`--pipeline.model.ilrm-run`: an ilrm / ilrm-small run, or a published iLRM checkpoint
+    (`re10k_2view.ckpt`, `ilrm_undistort_dl3dv*.pt`) with that model's protocol."""
+    path = Path(path)
+    if not path.exists():
+        raise SceneError(f"{path}: ilrm run not found (give its folder, config.yml or a .ckpt, or a published iLRM checkpoint)")
+    if is_run_path(path):
+        return load_trained_network(path, device)
+    from .published import load_published_network
+
+    network = load_published_network(path, device)
+    protocol = network.published_protocol
+    return TrainedNetwork(network, tuple(protocol.image_size), protocol.sh_degree, path, True, protocol.num_views, published=True)
 
 
 def load_trained_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwork:
@@ -144,12 +166,17 @@ def predict_gaussians(trained: TrainedNetwork, images: Tensor, c2w: Tensor, K: T
     """Input views (images [V, 3, H, W] at the network's resolution, OpenCV c2w [V, 4, 4] and K
     [V, 3, 3] in the scene's frame) -> Gaussians in the scene's frame (one forward pass)."""
     device = next(trained.network.parameters()).device
-    normalized, _, _ = normalize_poses(c2w.double())
+    if trained.published:
+        from .published import published_normalize_poses
+
+        normalized, _, scale = published_normalize_poses(c2w.double())
+    else:
+        normalized, _, scale = normalize_poses(c2w.double())
     use_bf16 = trained.bf16 and device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
         g = trained.network(images[None].to(device), normalized[None].float().to(device), K[None].float().to(device))
     g = g.map(lambda t: t[0].float())
-    return normalized_to_world(g, c2w.to(device))
+    return normalized_to_world(g, c2w.to(device), scale)
 
 
 def view_groups(c2w: Tensor, anchors: list[int], size: int) -> list[list[int]]:
@@ -227,7 +254,9 @@ class ILRMFinetuneModelConfig(GaussianSceneModelConfig):
     _target: Type = field(default_factory=lambda: ILRMFinetuneModel)
     ilrm_run: Optional[Path] = None
     """The trained network: an `ns-train ilrm` / `ilrm-small` run folder, its config.yml or a
-    checkpoint (.ckpt). Only read at the start; the result does not depend on it afterwards."""
+    checkpoint (.ckpt), or a published iLRM checkpoint (`re10k_2view.ckpt`,
+    `ilrm_undistort_dl3dv*.pt`; then that model's input size, views and pose normalization). Only
+    read at the start; the result does not depend on it afterwards."""
     init: Literal["auto", "network", "points", "random"] = "auto"
     """Starting Gaussians: "network" (the prediction of --pipeline.model.ilrm-run), "points" (the
     scene's SfM points, else points triangulated from the training frames), "random" (the
@@ -336,12 +365,19 @@ class ILRMFinetuneModel(GaussianSceneModel):
         cfg = self.config
         if cfg.ilrm_run is None:
             raise SceneError("--pipeline.model.ilrm-run is needed (an ns-train ilrm / ilrm-small run), or --pipeline.model.init points / random")
-        trained = load_trained_network(cfg.ilrm_run, self.device)
+        trained = load_network(cfg.ilrm_run, self.device)
         trained.bf16 = cfg.bf16
         multiple = trained.network.config.patch_size * trained.network.config.viewpoint_factor
         _, items = datamanager.train_views
         frame_hw = tuple(items[0]["image"].shape[:2])
-        height, width = cfg.network_resolution or network_input_size(frame_hw, trained.resolution, multiple)
+        if trained.published:  # the authors' protocol: their input size and number of views
+            height, width = cfg.network_resolution or trained.resolution
+            datamanager.default_input_views = max(trained.context_views, datamanager.default_input_views)
+            if torch.device(self.device).type == "cpu" and trained.network.num_gaussians(datamanager.default_input_views, height, width) > 300_000:
+                log_line("    a full-size published model is slow on a CPU: fewer views or a lower size help, e.g. "
+                         "--pipeline.datamanager.num-input-views 8 --pipeline.model.network-resolution 272 480")  # fmt: skip
+        else:
+            height, width = cfg.network_resolution or network_input_size(frame_hw, trained.resolution, multiple)
         if height % multiple or width % multiple:
             raise SceneError(f"network_resolution {height}x{width} must be divisible by patch_size x viewpoint_factor = {multiple}")
         anchors = datamanager.input_indices

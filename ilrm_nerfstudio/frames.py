@@ -105,10 +105,11 @@ def transform_gaussians(g: Gaussians, R: Tensor, t: Tensor, scale: float) -> Gau
     )
 
 
-def normalized_to_world(g: Gaussians, context_c2w: Tensor) -> Gaussians:
+def normalized_to_world(g: Gaussians, context_c2w: Tensor, scale: float | None = None) -> Gaussians:
     """Gaussians predicted from context cameras normalized by `normalize_poses(context_c2w)`
-    (context_c2w: the cameras in the target frame, OpenCV [V, 4, 4]) -> Gaussians in that frame."""
+    (context_c2w: the cameras in the target frame, OpenCV [V, 4, 4]) -> Gaussians in that frame.
+    `scale`: the normalization's translation scale when another rule chose it (published models)."""
     context_c2w = context_c2w.double()
     mean = average_camera(context_c2w)
-    _, _, s = normalize_poses(context_c2w)
+    s = normalize_poses(context_c2w)[2] if scale is None else scale
     return transform_gaussians(g, mean[:3, :3], mean[:3, 3], 1.0 / s)

@@ -63,8 +63,8 @@ class ILRMSceneDataManagerConfig(VanillaDataManagerConfig):
     """Input views (the network's, and the published finetune epochs') among the training frames:
     every one, every `view_stride`-th, or `num_input_views` chosen by k-means over camera position
     and viewing direction."""
-    num_input_views: int = 8
-    """Number of input views for view_selection="kmeans"."""
+    num_input_views: Optional[int] = None
+    """Number of input views for view_selection="kmeans" (None: 8, or the published model's)."""
     view_stride: int = 2
     """k for view_selection="every-kth" (frames 0, k, 2k, ... of the training split)."""
     views_per_step: int = 1
@@ -89,7 +89,8 @@ class ILRMSceneDataManager(VanillaDataManager):
     config: ILRMSceneDataManagerConfig
 
     def __init__(self, config: ILRMSceneDataManagerConfig, device="cpu", test_mode: Literal["test", "val", "inference"] = "val", world_size: int = 1, local_rank: int = 0, **kwargs):
-        if config.num_input_views < 1 or config.view_stride < 1 or config.views_per_step < 0:
+        self.default_input_views = 8  # a published network's protocol may ask for more
+        if (config.num_input_views is not None and config.num_input_views < 1) or config.view_stride < 1 or config.views_per_step < 0:
             raise SceneError("num_input_views and view_stride must be >= 1, views_per_step >= 0")
         if config.image_size is not None and config.image_size < 0:
             raise SceneError(f"image_size must be >= 0 (0: full size), got {config.image_size}")
@@ -155,7 +156,8 @@ class ILRMSceneDataManager(VanillaDataManager):
         if cfg.view_selection == "every-kth":
             return list(range(0, n, cfg.view_stride))
         c2w = opengl_to_opencv(to_homogeneous(self.train_dataset.cameras.camera_to_worlds.double()))
-        return kmeans_views(c2w, cfg.num_input_views, list(range(n)))
+        count = cfg.num_input_views if cfg.num_input_views is not None else self.default_input_views
+        return kmeans_views(c2w, min(count, n), list(range(n)))
 
     # -- images --------------------------------------------------------------------------------
 

@@ -466,3 +466,28 @@ def test_inference_mode_needs_no_data(tmp_path):
              "_model.gauss_params.features_rest": torch.zeros(5, 0, 3), "_model.gauss_params.opacities": torch.zeros(5, 1)}  # fmt: skip
     pipeline.load_pipeline(state | {"_model.device_indicator_param": torch.empty(0)}, step=0)
     assert len(pipeline.model.means) == 5
+
+
+def test_a_published_checkpoint_starts_the_per_scene_stage(scene_dir, tmp_path):
+    """--pipeline.model.ilrm-run takes the authors' files too: their protocol (views in pairs for
+    the 2-view RE10K model, their pose normalization), Gaussians in the dataparser's frame."""
+    from ilrm_nerfstudio.finetune import load_network, predict_gaussians
+    from ilrm_nerfstudio.published import published_normalize_poses
+    from tests.test_published import RE10K, SMALL, random_state, their_shapes, write_re10k
+
+    path = write_re10k(tmp_path / "re10k_2view.ckpt", random_state(their_shapes(RE10K, **SMALL), seed=3))
+    trained = load_network(path)
+    assert trained.published and trained.context_views == 2 and trained.resolution == (256, 256)
+    dm = scene_datamanager(scene_dir, view_selection="kmeans")
+    model = finetune_model(dm, ilrm_run=path, network_resolution=(32, 32))
+    model.initialize_gaussians(dm)
+    assert len(dm.input_indices) == 8 == len(model.means) // (32 * 32)  # 8 anchors, each its own pixels
+    # The first anchor's Gaussians: its pair through the published normalization, mapped back.
+    from ilrm_nerfstudio.finetune import view_groups
+
+    pair = view_groups(dm.training_c2w(), dm.input_indices, 2)[0]
+    images, c2w, K = dm.network_views(32, 32, pair)
+    _, _, scale = published_normalize_poses(c2w)
+    assert scale != pytest.approx(normalize_poses(c2w)[2])  # not our rule: theirs
+    mapped = predict_gaussians(trained, images, c2w, K)
+    torch.testing.assert_close(model.means[: 32 * 32].detach(), mapped.means[: 32 * 32], atol=1e-4, rtol=1e-4)
