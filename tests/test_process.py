@@ -231,3 +231,19 @@ def test_photos_inside_the_output_folder_are_refused(capture_names, workdir):
     line = one_line_error(ilrm_process(photos, photos.parent))
     assert str(photos) in line and "inside" in line, line
     assert len(list(photos.iterdir())) == 3  # the photos are untouched
+
+
+def test_the_largest_of_several_colmap_models_becomes_sparse_0(tmp_path):
+    """COLMAP writes one model per connected group of photos; nerfstudio converts sparse/0 only."""
+    from nerfstudio.data.utils.colmap_parsing_utils import Image, read_images_binary, write_images_binary
+
+    from ilrm_nerfstudio.process import largest_model_first
+
+    for model, count in (("0", 3), ("1", 9), ("2", 5)):
+        (tmp_path / model).mkdir()
+        images = {i: Image(id=i, qvec=np.array([1.0, 0, 0, 0]), tvec=np.zeros(3), camera_id=1, name=f"{model}_{i}.jpg", xys=np.zeros((0, 2)), point3D_ids=np.zeros(0, dtype=int)) for i in range(1, count + 1)}
+        write_images_binary(images, tmp_path / model / "images.bin")
+    assert largest_model_first(tmp_path) == 3
+    sizes = {model: len(read_images_binary(tmp_path / model / "images.bin")) for model in ("0", "1", "2")}
+    assert sizes == {"0": 9, "1": 3, "2": 5}
+    assert not (tmp_path / "_swap").exists()
