@@ -466,21 +466,22 @@ class ILRMFinetuneModel(GaussianSceneModel):
 
     def auto_epochs(self, datamanager) -> int:
         """Published epochs (network start) + refinement epochs that fit `refine_minutes`, from
-        the time of one probe step (rendering and backward of views_per_step frames; x1.5 for
-        the growth by densification)."""
+        the time of a probe step (rendering and backward of views_per_step frames). The estimate
+        may be optimistic (densification adds Gaussians): `frames_this_epoch` trims epochs that
+        would overrun."""
         cameras, items = datamanager.train_views
         frames, per_step = len(items), max(1, datamanager.config.views_per_step)
         batch = datamanager.epoch_batches(0, "all", per_step)[0]
         self.train()
         seconds = []
-        for _ in range(2):
+        for _ in range(3):  # the first call may compile the kernels
             start = time.perf_counter()
             outputs = self(batch[0])
             sum(self.get_loss_dict(outputs, batch[1]).values()).backward()
             seconds.append(time.perf_counter() - start)
         for param in self.gauss_params.values():
             param.grad = None
-        self.seconds_per_view = 1.5 * min(seconds) / len(batch[1]["image"])
+        self.seconds_per_view = min(seconds[1:]) / len(batch[1]["image"])
         views = min(self.config.refine_views, self.config.refine_minutes * 60.0 / self.seconds_per_view)
         refine = max(1, round(views / frames))
         log_line(f"auto budget: {refine} refinement epochs ({refine * frames:,} frames at ~{self.seconds_per_view:.2f} s each, {self.config.refine_minutes:g} min)")
@@ -510,13 +511,15 @@ class ILRMFinetuneModel(GaussianSceneModel):
 
         cfg = self.config
         self.plan, self.optimizers = plan, optimizers
+        # The published epochs use the optimizers' configured rates (--optimizers.NAME.optimizer.lr).
+        self.paper_lr = {name: float(o.defaults["lr"]) for name, o in optimizers.optimizers.items()}
         total = plan.refine_steps
         self.strategy = DefaultStrategy(
             prune_opa=0.005,
             grow_grad2d=cfg.densify_grad,
             refine_start_iter=int(cfg.densify_start * total),
             refine_stop_iter=int(cfg.densify_stop * total) if cfg.densify else 0,
-            refine_every=cfg.densify_every,
+            refine_every=max(10, min(cfg.densify_every, total // 15)),  # short runs densify too
             reset_every=1 << 30,  # no opacity reset: too few steps on a CPU budget to recover
         )
         self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_extent)
@@ -524,7 +527,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
     def set_learning_rates(self, epoch: int, batch: int) -> None:
         plan = self.plan
         if plan.is_paper(epoch):
-            rates = {name: MEANS_LR if name == "means" else OTHER_LR for name in GAUSSIAN_FIELDS}
+            rates = self.paper_lr
         else:
             progress = min(1.0, plan.refine_step(epoch, batch) / max(1, plan.refine_steps))
             rates = dict(REFINE_LR)

@@ -1,5 +1,5 @@
 """The per-scene stage in process (fast): frames, network loading, view selection, the finetune
-recipe (the nerfstudio trainer computes what `optimize_scene` computes), densification, the
+recipe (the nerfstudio trainer runs the published finetune exactly), refinement and densification, the
 scene an ilrm checkpoint holds. The real CLIs are run in tests/test_tools.py."""
 
 from __future__ import annotations
