@@ -73,8 +73,8 @@ class RenderOutput:
     rgb: Tensor  # [C, H, W, 3], background composited
     alpha: Tensor  # [C, H, W, 1], 1 - final transmittance
     depth: Tensor  # [C, H, W, 1], expected camera z (accumulated z / alpha), 0 where alpha is 0
-    means2d: Tensor | None = None  # [C, N, 2] (torch backend; None from the gsplat backend)
-    radii: Tensor | None = None  # [C, N] int32 (torch backend; None from the gsplat backend)
+    means2d: Tensor | None = None  # [C, N, 2] (gsplat's meta on CUDA)
+    radii: Tensor | None = None  # [C, N] int32 (gsplat's meta on CUDA)
 
     @property
     def info(self) -> dict:
@@ -458,7 +458,7 @@ def _render_gsplat(
             "backend='gsplat' needs the gsplat package (pip install gsplat>=1.4.0) with a working "
             f"CUDA build; importing it failed: {error!r}. Use backend='torch' instead."
         ) from error
-    colors, alphas, _ = rasterization(
+    colors, alphas, meta = rasterization(
         means=g.means,
         quats=g.quats,
         scales=g.scales,
@@ -478,4 +478,5 @@ def _render_gsplat(
         render_mode="RGB+ED",
         rasterize_mode="classic",
     )
-    return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=colors[..., 3:4])
+    # gsplat's own screen-space means and radii: what its DefaultStrategy densifies with.
+    return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=colors[..., 3:4], means2d=meta.get("means2d"), radii=meta.get("radii"))
