@@ -47,7 +47,7 @@ from .cameras import normalize_poses, opengl_to_opencv, to_homogeneous
 from .frames import normalized_to_world
 from .gaussians import Gaussians
 from .ilrm_model import GAUSSIAN_FIELDS, GaussianSceneModel, GaussianSceneModelConfig
-from .metrics import PerceptualWeightsError, image_metrics, load_perceptual, psnr, ssim
+from .metrics import PerceptualWeightsError, image_metrics, load_perceptual, psnr, training_ssim
 from .network import ILRM
 from .scene_datamanager import ILRMSceneDataManagerConfig
 from .scene_init import points_to_gaussians, random_gaussians, triangulate_points
@@ -541,7 +541,8 @@ class ILRMFinetuneModel(GaussianSceneModel):
         state together)."""
         if self.plan is None or self.plan.is_paper(epoch) or not self.config.densify or self.last_info is None:
             return
-        step = self.plan.refine_step(epoch, batch)
+        # 1-based: gsplat resets every opacity at steps divisible by reset_every, step 0 included.
+        step = self.plan.refine_step(epoch, batch) + 1
         if len(self.means) >= self.config.max_gaussians:
             self.strategy.refine_stop_iter = min(self.strategy.refine_stop_iter, step)
         self.strategy.step_post_backward(self.gauss_params, self.optimizers.optimizers, self.strategy_state, step, self.last_info, packed=False)
@@ -649,7 +650,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
         else:
             losses = {"l1_loss": (1.0 - cfg.ssim_weight) * (pred - gt).abs().mean()}
             if cfg.ssim_weight > 0:
-                losses["ssim_loss"] = cfg.ssim_weight * (1.0 - ssim(pred, gt).mean())
+                losses["ssim_loss"] = cfg.ssim_weight * (1.0 - training_ssim(pred, gt).mean())
             if cfg.lpips_weight > 0:
                 losses["lpips_loss"] = cfg.lpips_weight * self.perceptual()(pred, gt).mean()
         if self.training:

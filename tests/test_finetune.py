@@ -373,6 +373,19 @@ def test_refinement_densifies_and_keeps_the_optimizer_consistent(scene_dir, tmp_
     assert 1.6e-4 * model.scene_extent * 0.01 <= lr < 1.6e-4 * model.scene_extent
 
 
+def test_the_first_refinement_step_keeps_the_opacities(scene_dir, tmp_path):
+    """gsplat's strategy resets every opacity at steps divisible by reset_every, step 0 included:
+    the refinement must not start by making the scene transparent."""
+    trainer = finetune_trainer(scene_dir, tmp_path, epochs=2, init="random", random_init_count=300)
+    model, dm = trainer.pipeline.model, trainer.pipeline.datamanager
+    model.train()
+    cameras, batch = dm.epoch_batches(0, "all", 1)[0]
+    sum(model.get_loss_dict(model(cameras), batch).values()).backward()
+    before = model.opacities.detach().clone()
+    model.after_optimizer_step(0, 0)
+    torch.testing.assert_close(model.opacities.detach(), before)
+
+
 def test_auto_budget_fits_the_time(scene_dir, tmp_path, monkeypatch):
     """-1 epochs: the refinement epochs come from a timed probe and the time budget; an epoch that
     would overrun the budget renders fewer frames."""

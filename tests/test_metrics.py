@@ -356,3 +356,20 @@ def test_perceptual_matches_lpips_native_loading(cached_env):
         expected = native(a, b, normalize=True).flatten()
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(cached_env.loss_fn(a, b), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_training_ssim_is_pytorch_msssim_and_differentiable():
+    """The refinement loss's SSIM (banded-matrix window sums) equals pytorch_msssim's (3DGS's
+    training SSIM), on natural-looking and on random images, and has gradients."""
+    from pytorch_msssim import ssim as reference
+
+    from ilrm_nerfstudio.metrics import training_ssim
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 40, 52, generator=generator)
+    b = (a + 0.1 * torch.randn(2, 3, 40, 52, generator=generator)).clamp(0, 1)
+    for x, y in ((a, b), (a, torch.rand(2, 3, 40, 52, generator=generator))):
+        torch.testing.assert_close(training_ssim(x, y), reference(x, y, data_range=1.0, size_average=False), atol=2e-5, rtol=0)
+    x = a.clone().requires_grad_(True)
+    training_ssim(x, b).sum().backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
