@@ -8,7 +8,8 @@ builds them), on the capture's every-8th-frame held-out split, at the default wo
 - default: the default command (no network: a start at the SfM / triangulated points, then the
   auto budget of `--minutes` of refinement), with the held-out PSNR after every epoch,
 - random start: the same budget from random Gaussians,
-- network + default (with `--ilrm-run`): feed-forward, Ours_10, then the same refinement budget.
+- network + default (with `--ilrm-run` and `--network-refinement`): feed-forward, Ours_10, then
+  the same refinement budget.
 
     python benchmarks/bench_real_capture.py --data ../shared/captures/snowmiku \
         [--ilrm-run demo_output/runs/demo/ilrm-small/steps500] [--minutes 8]
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/captures/snowmiku"))
     parser.add_argument("--ilrm-run", type=Path, default=None, help="an ilrm / ilrm-small run (or a published file) for the network rows")
     parser.add_argument("--minutes", type=float, default=8.0, help="refinement budget of the default and random rows")
+    parser.add_argument("--network-refinement", action="store_true", help="also the network start with the default budget")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/real_capture.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -100,7 +102,7 @@ def main() -> None:
             rows.append(run("Ours_10", args.data, workdir, 10, ilrm_run=args.ilrm_run))
         rows.append(run("default (points start)", args.data, workdir, -1, curve=True, refine_minutes=args.minutes))
         rows.append(run("random start, same budget", args.data, workdir, -1, init="random", refine_minutes=args.minutes))
-        if args.ilrm_run is not None:
+        if args.ilrm_run is not None and args.network_refinement:
             rows.append(run("network start, same budget", args.data, workdir, -1, ilrm_run=args.ilrm_run, refine_minutes=args.minutes))
     command = "python benchmarks/bench_real_capture.py " + " ".join(sys.argv[1:])
     threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))

@@ -107,14 +107,18 @@ def average_camera(c2w: Tensor) -> Tensor:
     return mean
 
 
-def normalize_poses(context_c2w: Tensor, other_c2w: Tensor | None = None) -> tuple[Tensor, Tensor | None, float]:
+def normalize_poses(
+    context_c2w: Tensor, other_c2w: Tensor | None = None, largest: str = "distance"
+) -> tuple[Tensor, Tensor | None, float]:
     """Express cameras relative to the average context camera and scale so that the farthest
-    context camera sits at distance 1 (the peers' convention). Returns the new context poses,
-    the new other poses and the scale that was applied to translations."""
+    context camera sits at distance 1 (the peers' convention; `largest="coordinate"`: so that the
+    largest absolute coordinate is 1, as the published iLRM code does). Returns the new context
+    poses, the new other poses and the scale that was applied to translations."""
     to_origin = torch.linalg.inv(average_camera(context_c2w))
     context = to_origin @ context_c2w
-    largest = context[:, :3, 3].norm(dim=-1).max()
-    scale = 1.0 / float(largest) if float(largest) > 1e-8 else 1.0
+    positions = context[:, :3, 3]
+    extent = float(positions.abs().max() if largest == "coordinate" else positions.norm(dim=-1).max())
+    scale = 1.0 / extent if extent > 1e-8 else 1.0
     context[:, :3, 3] *= scale
     other = None
     if other_c2w is not None:

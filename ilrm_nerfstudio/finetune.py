@@ -315,6 +315,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
         self.scene_extent = 1.0
         self.last_info: dict | None = None  # the last training render's gsplat-style meta
         self.last_metrics: dict[str, float] = {}
+        self.epoch_sums: dict[str, float] = {}
         self.time_budget: float | None = None  # seconds for the refinement (auto budget only)
         self.seconds_per_view = 0.0
         self.refine_started: float | None = None
@@ -481,6 +482,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
             seconds.append(time.perf_counter() - start)
         for param in self.gauss_params.values():
             param.grad = None
+        self.epoch_sums = {}  # the probe is not part of the first epoch
         self.seconds_per_view = min(seconds[1:]) / len(batch[1]["image"])
         views = min(self.config.refine_views, self.config.refine_minutes * 60.0 / self.seconds_per_view)
         refine = max(1, round(views / frames))
@@ -589,13 +591,16 @@ class ILRMFinetuneModel(GaussianSceneModel):
             clock["epochs"] += 1
             done = clock["epochs"]
             remaining = (plan.epochs - epoch) * elapsed / max(1, done)
-            entry = {"epoch": epoch, "seconds": elapsed, "gaussians": len(self.means), **self.last_metrics}
+            count = max(1, self.epoch_sums.pop("count", 1))
+            means = {name: value / count for name, value in self.epoch_sums.items()}
+            self.epoch_sums = {}
+            entry = {"epoch": epoch, "seconds": elapsed, "gaussians": len(self.means), **means}
             if self.config.report_held_out and (epoch == plan.paper_epochs or epoch == plan.epochs):
                 entry["held_out_psnr"] = self.report(f"after {epoch} epochs", datamanager)
             self.history.append(entry)
             loss = entry.get("loss", float("nan"))
             log_line(
-                f"epoch {epoch}/{plan.epochs}  loss {loss:.4f}  train PSNR {entry.get('psnr', float('nan')):.2f} dB  "
+                f"epoch {epoch}/{plan.epochs}  loss {loss:.4f}  training-frame PSNR {entry.get('psnr', float('nan')):.2f} dB  "
                 f"{len(self.means):,} Gaussians  {elapsed / 60:.1f} min, ETA {remaining / 60:.1f} min"
             )
             if epoch == plan.epochs and self.config.report_held_out:
@@ -658,6 +663,9 @@ class ILRMFinetuneModel(GaussianSceneModel):
                 "loss": float(sum(v.detach() for v in losses.values())),
                 "psnr": float(metrics_dict["psnr"]) if metrics_dict else float(psnr(pred.detach(), gt).mean()),
             }
+            for name, value in self.last_metrics.items():  # the epoch's means, for the progress line
+                self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
+            self.epoch_sums["count"] = self.epoch_sums.get("count", 0) + 1
         return losses
 
     @torch.no_grad()

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .cameras import average_camera
+from .cameras import normalize_poses
 from .network import ILRM, ILRMNetworkConfig
 from .scenes import SceneError
 
@@ -179,16 +179,7 @@ def published_normalize_poses(context_c2w: Tensor, other_c2w: Tensor | None = No
     position, mean forward, mean down orthogonalized), translations scaled by 1 / the largest
     absolute coordinate of the input camera positions. c2w [N, 4, 4] OpenCV -> (context, other,
     scale)."""
-    to_origin = torch.linalg.inv(average_camera(context_c2w))
-    context = to_origin @ context_c2w
-    largest = float(context[:, :3, 3].abs().max())
-    scale = 1.0 / largest if largest > 1e-8 else 1.0
-    context[:, :3, 3] *= scale
-    other = None
-    if other_c2w is not None:
-        other = to_origin @ other_c2w
-        other[:, :3, 3] *= scale
-    return context, other, scale
+    return normalize_poses(context_c2w, other_c2w, largest="coordinate")
 
 
 # ---------------------------------------------------------------------------------------------
