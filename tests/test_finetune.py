@@ -504,3 +504,19 @@ def test_a_published_checkpoint_starts_the_per_scene_stage(scene_dir, tmp_path):
     assert scale != pytest.approx(normalize_poses(c2w)[2])  # not our rule: theirs
     mapped = predict_gaussians(trained, images, c2w, K)
     torch.testing.assert_close(model.means[: 32 * 32].detach(), mapped.means[: 32 * 32], atol=1e-4, rtol=1e-4)
+
+
+def test_help_lists_only_options_the_method_uses():
+    """`ns-train ilrm-finetune --help`: none of the Splatfacto or ray-sampling options that the
+    per-scene stage inherited but ignores."""
+    import subprocess
+    import sys
+
+    ns_train = Path(sys.executable).parent / "ns-train"
+    result = subprocess.run([ns_train, "ilrm-finetune", "--help"], capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    for ignored in ("use-bilateral-grid", "cull-alpha-thresh", "resolution-schedule", "num-random", "densify-grad-thresh",
+                    "ssim-lambda", "train-num-rays-per-batch", "pixel-sampler", "enable-collider", "eval-num-rays-per-chunk"):  # fmt: skip
+        assert ignored not in result.stdout, ignored
+    for ours in ("pipeline.model.refine-minutes", "pipeline.model.init", "pipeline.datamanager.image-size", "pipeline.model.paper-epochs"):
+        assert ours in result.stdout, ours
