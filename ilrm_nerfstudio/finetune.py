@@ -498,7 +498,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
         if self.refine_started is None:
             self.refine_started = time.perf_counter()
         left = self.time_budget - (time.perf_counter() - self.refine_started)
-        epochs_left = self.plan.epochs - epoch
+        epochs_left = max(1, self.plan.epochs - epoch)  # a resumed run may go past the plan
         affordable = int(left / (epochs_left * self.seconds_per_view))
         return max(1, min(frames, affordable))
 
