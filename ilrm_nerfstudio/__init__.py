@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
-from .published import is_published_checkpoint, load_published_network, published_protocol
-
 __all__ = ["load_published_network", "is_published_checkpoint", "published_protocol"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that torch-free modules (the data generator) stay importable without torch.
+    if name in __all__:
+        from . import published
+
+        return getattr(published, name)
+    raise AttributeError(f"module 'ilrm_nerfstudio' has no attribute {name!r}")
