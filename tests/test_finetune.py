@@ -300,8 +300,8 @@ def finetune_trainer(scene_dir, tmp_path, epochs: int, **model_options):
 
 
 def test_network_start_in_groups_of_nearby_views(scene_dir, fake_run):
-    """A 2-view network sees each input view with its nearest frame, as it trained; each input
-    view keeps its own Gaussians, exactly those of predicting that pair alone."""
+    """network_group_size 2: each input view goes in with its nearest frame and keeps its own
+    Gaussians, exactly those of predicting that pair alone."""
     from ilrm_nerfstudio.finetune import load_trained_network, predict_gaussians, view_groups
 
     dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
@@ -311,7 +311,7 @@ def test_network_start_in_groups_of_nearby_views(scene_dir, fake_run):
     distances = (c2w[:, :3, 3] - c2w[groups[0][0], :3, 3]).norm(dim=-1)
     distances[groups[0][0]] = float("inf")
     assert int(distances.argmin()) == groups[0][1]  # the nearest frame (all face the same way here)
-    model = finetune_model(dm, ilrm_run=fake_run)
+    model = finetune_model(dm, ilrm_run=fake_run, network_group_size=2)
     model.initialize_gaussians(dm)
     assert len(model.means) == 3 * 16 * 16
     pair = predict_gaussians(load_trained_network(fake_run), *dm.network_views(32, 32, groups[1]))
