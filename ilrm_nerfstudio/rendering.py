@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -182,8 +183,16 @@ _KERNEL_LOCK = threading.Lock()
 
 def _locked(fn):
     def wrapper(*args):
-        with _KERNEL_LOCK:
-            return fn(*args)
+        # nerfstudio's viewer interrupts a render by raising from a trace function (sys.settrace);
+        # raised inside numba's dispatcher it becomes a SystemError that kills the render thread.
+        # No tracing inside the kernel call: a pending interrupt is raised right after it instead.
+        trace = sys.gettrace()
+        sys.settrace(None)
+        try:
+            with _KERNEL_LOCK:
+                return fn(*args)
+        finally:
+            sys.settrace(trace)
 
     return wrapper
 
