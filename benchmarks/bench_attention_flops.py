@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from bench_scaling import base_parser, count_flops, markdown_table, report, scene_inputs
 from torch.utils.flop_counter import FlopCounterMode
 
-from ilrm_nerfstudio.baseline_network import FullAttentionLRM
-from ilrm_nerfstudio.network import ILRM, ILRMNetworkConfig
+from ilrm_nerfstudio.core.baseline_network import FullAttentionLRM
+from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
 
 
 def attention_flops(calls: list[tuple[tuple[int, int, int], tuple[int, int, int]]], heads: int, head_dim: int) -> int:

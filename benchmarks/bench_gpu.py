@@ -40,9 +40,9 @@ from typing import Callable
 import torch
 from bench_scaling import base_parser, command_line, describe_machine, markdown_table, mb, scene_inputs, setup, synchronize, time_call, time_interleaved
 
-from ilrm_nerfstudio.gaussians import Gaussians
-from ilrm_nerfstudio.network import ILRM, ILRMNetworkConfig
-from ilrm_nerfstudio.rendering import render
+from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
+from ilrm_nerfstudio.render.rendering import render
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_LATENCY = {(2, 1): 0.025, (4, 2): 0.027, (8, 2): 0.028}  # (views, viewpoint factor) -> s, RTX 4090
@@ -71,7 +71,7 @@ class Context:
     def dataset(self) -> Path:
         """Generated scenes at the benchmark resolution (made once)."""
         if self._data is None:
-            from ilrm_nerfstudio.synthetic import generate_dataset
+            from ilrm_nerfstudio.data.synthetic import generate_dataset
 
             root = self.scratch / "synthetic"
             n = 4 if self.quick else 10
@@ -178,7 +178,7 @@ RASTERIZER_COLUMNS = ["Gaussians", "cameras", "compared", "rgb max abs diff", "r
 def trainer_config(ctx: Context, timestamp: str, bf16: bool, attention: str, checkpointing: bool):
     """The registered method's TrainerConfig (ilrm; ilrm-small at toy sizes with --quick), as
     ns-train builds it, with this variant's switches."""
-    from ilrm_nerfstudio.ilrm_config import ilrm_method, ilrm_small_method
+    from ilrm_nerfstudio.nerfstudio.method_configs import ilrm_method, ilrm_small_method
 
     config = copy.deepcopy((ilrm_small_method if ctx.quick else ilrm_method).config)
     dm, model = config.pipeline.datamanager, config.pipeline.model
@@ -350,7 +350,7 @@ LARGE_COLUMNS = ["setting", "resolution", "Gaussians", "forward (s)", "paper (s,
 def ddp_command(ctx: Context, output: Path, steps: int) -> list[str]:
     """The user's command: ilrm-train (ns-train's CLI) with 2 processes on this device type."""
     command = [
-        sys.executable, "-m", "ilrm_nerfstudio.train", "ilrm-small" if ctx.quick else "ilrm", "--data", str(ctx.dataset()),
+        sys.executable, "-m", "ilrm_nerfstudio.tools.train", "ilrm-small" if ctx.quick else "ilrm", "--data", str(ctx.dataset()),
         "--machine.device-type", ctx.device.type, "--machine.num-devices", "2", "--vis", "tensorboard",
         "--output-dir", str(output), "--experiment-name", "ddp", "--timestamp", "run", "--max-num-iterations", str(steps),
         "--pipeline.model.lpips-weight", "0", "--pipeline.model.viewer-scene", "none",

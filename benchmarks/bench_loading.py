@@ -26,7 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ilrm_nerfstudio.ilrm_datamanager import ILRMDataManagerConfig  # noqa: E402
+from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig  # noqa: E402
 
 
 _BASE: dict = {}

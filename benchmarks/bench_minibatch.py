@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from bench_scaling import autocast, base_parser, count_flops, markdown_table, mb, peak_memory, report, scene_inputs, setup, time_interleaved
 
-from ilrm_nerfstudio.network import ILRM, ILRMNetworkConfig
+from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
 
 PAPER = {1: ("1.51 s", "62.5 GB"), 2: ("1.13 s (0.75)", "47.4 GB (0.76)"), 4: ("0.94 s (0.62)", "39.0 GB (0.62)")}
 NAMES = {1: "full", 2: "half", 4: "quarter"}

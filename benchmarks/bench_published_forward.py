@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ilrm_nerfstudio.network import ILRM  # noqa: E402
-from ilrm_nerfstudio.published import DL3DV, RE10K, published_network_config  # noqa: E402
+from ilrm_nerfstudio.core.network import ILRM  # noqa: E402
+from ilrm_nerfstudio.core.published import DL3DV, RE10K, published_network_config  # noqa: E402
 from tests.test_published import their_shapes  # noqa: E402  (the published key structure)
 
 CASES = [  # (layout, views, H, W)

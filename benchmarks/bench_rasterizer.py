@@ -52,7 +52,7 @@ OLD_MAX_PIXELS = 256 * 256 * 4  # larger cases skip the old implementation unles
 def make_scene(n: int, width: int, height: int | None = None, views: int = 1, sh_degree: int = 0, seed: int = 0):
     import torch
 
-    from ilrm_nerfstudio.gaussians import Gaussians
+    from ilrm_nerfstudio.core.gaussians import Gaussians
 
     height = height or width
     gen = torch.Generator().manual_seed(seed)
@@ -99,7 +99,7 @@ def count_pairs(rendering, gaussians, c2w, K, width, height) -> tuple[int, int]:
     """(lane pairs, drawn pairs) of the new kernels for this scene."""
     import torch
 
-    from ilrm_nerfstudio import raster_cpu
+    from ilrm_nerfstudio.render import raster_cpu as raster_cpu
 
     totals = [0, 0]
     fwd = raster_cpu.rasterize_fwd
@@ -123,7 +123,7 @@ def count_pairs(rendering, gaussians, c2w, K, width, height) -> tuple[int, int]:
 def run_case(case, reps: int, baseline: str | None, budget_s: float = float("inf")) -> dict:
     import torch
 
-    import ilrm_nerfstudio.rendering as new
+    import ilrm_nerfstudio.render.rendering as new
 
     width, height, n, views, sh_degree = case
     old = load_old(baseline) if baseline else None

@@ -1,7 +1,7 @@
 """Benchmark 2: forward time and peak memory against the number of views and the resolution.
 
 iLRM (V, H, F) and (V, F, F) against the full-attention, pixel-aligned baseline in the style of
-GS-LRM (`ilrm_nerfstudio.baseline_network.FullAttentionLRM`): same width, same number of blocks,
+GS-LRM (`ilrm_nerfstudio.core.baseline_network.FullAttentionLRM`): same width, same number of blocks,
 same tokenizer and head, measured side by side in one run (ratios are what to read on a shared
 machine). Inference forward (no_grad), batch 1.
 
@@ -35,9 +35,9 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler's start/s
 
 import torch  # noqa: E402
 
-from ilrm_nerfstudio.baseline_network import FullAttentionLRM
-from ilrm_nerfstudio.cameras import intrinsics_matrix
-from ilrm_nerfstudio.network import ILRM, ILRMNetworkConfig
+from ilrm_nerfstudio.core.baseline_network import FullAttentionLRM
+from ilrm_nerfstudio.core.cameras import intrinsics_matrix
+from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
 
 # ---------------------------------------------------------------------------------------------
 # Shared helpers

@@ -22,8 +22,8 @@ from collections import defaultdict
 import torch
 from bench_scaling import autocast, base_parser, count_flops, markdown_table, report, scene_inputs, setup, synchronize
 
-from ilrm_nerfstudio.baseline_network import FullAttentionLRM
-from ilrm_nerfstudio.network import ILRM, ILRMNetworkConfig
+from ilrm_nerfstudio.core.baseline_network import FullAttentionLRM
+from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
 
 
 def matmul_seconds(a: torch.Tensor, b: torch.Tensor, device: torch.device, repeats: int = 3) -> float:

@@ -8,7 +8,7 @@ __all__ = ["load_published_network", "is_published_checkpoint", "published_proto
 def __getattr__(name: str):
     # Lazy, so that torch-free modules (the data generator) stay importable without torch.
     if name in __all__:
-        from . import published
+        from ilrm_nerfstudio.core import published
 
         return getattr(published, name)
     raise AttributeError(f"module 'ilrm_nerfstudio' has no attribute {name!r}")

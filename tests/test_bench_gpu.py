@@ -84,7 +84,7 @@ def test_ddp_section_command_is_accepted_by_the_ns_train_cli(device, method, tmp
     ctx = SimpleNamespace(quick=device == "cpu", cuda=device == "cuda", device=torch.device(device), resolution=32 if device == "cpu" else 256,
                           net=dict(width=32, num_heads=2, num_layers=1) if device == "cpu" else {}, dataset=lambda: tmp_path / "data")  # fmt: skip
     command = bench_gpu.ddp_command(ctx, tmp_path / "out", steps=2)
-    assert command[:4] == [sys.executable, "-m", "ilrm_nerfstudio.train", method]
+    assert command[:4] == [sys.executable, "-m", "ilrm_nerfstudio.tools.train", method]
     config = tyro.cli(AnnotatedBaseConfigUnion, args=command[3:])
     assert config.method_name == method and config.machine.num_devices == 2 and config.machine.device_type == device
     assert config.max_num_iterations == 2 and config.pipeline.model.lpips_weight == 0

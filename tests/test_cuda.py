@@ -7,10 +7,10 @@ when they last ran. The CPU tests cover the same code in fp32.
 import pytest
 import torch
 
-from ilrm_nerfstudio.network import ILRM
-from ilrm_nerfstudio.rendering import render
+from ilrm_nerfstudio.core.network import ILRM
+from ilrm_nerfstudio.render.rendering import render
 
-from .test_network import random_inputs, tiny_config
+from tests.test_network import random_inputs, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is available here")
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ilrm_nerfstudio.cameras import average_camera, normalize_poses, resize_and_crop_intrinsics
-from ilrm_nerfstudio.ilrm_datamanager import sample_views
-from ilrm_nerfstudio.scenes import SceneError, load_nerfstudio_scene, load_view
+from ilrm_nerfstudio.core.cameras import average_camera, normalize_poses, resize_and_crop_intrinsics
+from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import sample_views
+from ilrm_nerfstudio.data.scene import load_nerfstudio_scene, load_view
+from ilrm_nerfstudio.core.errors import ILRMError
 from tests.test_network import random_c2w
 
 
@@ -76,7 +77,7 @@ def test_opengl_poses_become_opencv(tmp_path):
 )
 def test_bad_poses_are_named(tmp_path, problem, kwargs, message):
     write_scene(tmp_path / "s", **kwargs)
-    with pytest.raises(SceneError, match=message) as error:
+    with pytest.raises(ILRMError, match=message) as error:
         load_nerfstudio_scene(tmp_path / "s")
     assert "transforms.json" in str(error.value) and "frame 0" in str(error.value)
 
@@ -84,12 +85,12 @@ def test_bad_poses_are_named(tmp_path, problem, kwargs, message):
 def test_missing_and_corrupt_images_are_named(tmp_path):
     root = write_scene(tmp_path / "s", corrupt=3)
     scene = load_nerfstudio_scene(root)
-    with pytest.raises(SceneError, match=r"frame_00003.png: cannot read image"):
+    with pytest.raises(ILRMError, match=r"frame_00003.png: cannot read image"):
         load_view(scene, 3, 16, 16)
     (root / "images" / "frame_00004.png").unlink()
-    with pytest.raises(SceneError, match=r"frame 4: image file .*frame_00004.png not found"):
+    with pytest.raises(ILRMError, match=r"frame 4: image file .*frame_00004.png not found"):
         load_nerfstudio_scene(root)
-    with pytest.raises(SceneError, match="not found"):
+    with pytest.raises(ILRMError, match="not found"):
         load_nerfstudio_scene(tmp_path / "nowhere")
 
 
@@ -102,7 +103,7 @@ def test_sample_views_targets_between_contexts_and_disjoint():
         assert all(context[0] < t < context[-1] for t in targets)
         assert 4 <= context[-1] - context[0] <= 10
     assert sample_views(24, 3, 2, 4, 10, None) == sample_views(24, 3, 2, 4, 10, None)
-    with pytest.raises(SceneError, match="5 frames, but 3 context \\+ 3 target views are needed"):
+    with pytest.raises(ILRMError, match="5 frames, but 3 context \\+ 3 target views are needed"):
         sample_views(5, 3, 3, 2, 4, generator)
 
 

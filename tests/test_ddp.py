@@ -1,5 +1,5 @@
 """Distributed training on the CPU, for real: 2 gloo processes spawned by nerfstudio's `launch`
-(through `ilrm_nerfstudio.train`, which lifts its CUDA asserts off CUDA), each running
+(through `ilrm_nerfstudio.tools.train`, which lifts its CUDA asserts off CUDA), each running
 nerfstudio's own `train_loop` (seed + rank, `config.setup(local_rank, world_size)`,
 `Trainer.setup`, `Trainer.train`) on a tiny ilrm-small config; then the user's command,
 `ilrm-train` with 2 processes, resuming that run with `--load-dir`."""
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ilrm_nerfstudio.synthetic import generate_dataset
+from ilrm_nerfstudio.data.synthetic import generate_dataset
 
-from .test_training import TINY
+from tests.test_training import TINY
 
 WORLD = 2
 STEPS = 2  # steps 0 and 1; the only checkpoint is written after the last step (step 1)
@@ -37,7 +37,7 @@ def instrumented_train_loop(local_rank: int, world_size: int, config, global_ran
     from nerfstudio.engine.trainer import Trainer
     from nerfstudio.scripts import train as ns_train
 
-    from ilrm_nerfstudio.ilrm_pipeline import ILRMPipeline
+    from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import ILRMPipeline
 
     record: dict = {"losses": [], "saved": [], "eval_all": [], "evaluated": []}
     original_save = torch.save
@@ -98,7 +98,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def tiny_config(data: Path, output: Path, timestamp: str, steps: int, load_dir: Path | None = None):
-    from ilrm_nerfstudio.ilrm_config import ilrm_small_method
+    from ilrm_nerfstudio.nerfstudio.method_configs import ilrm_small_method
 
     config = copy.deepcopy(ilrm_small_method.config)
     dm, net = config.pipeline.datamanager, config.pipeline.model.network
@@ -118,7 +118,7 @@ def tiny_config(data: Path, output: Path, timestamp: str, steps: int, load_dir: 
 def run_distributed(config) -> list[dict]:
     from nerfstudio.scripts.train import train_loop  # noqa: F401  (what the launcher runs per rank)
 
-    from ilrm_nerfstudio.train import launch
+    from ilrm_nerfstudio.tools.train import launch
 
     launch(main_func=instrumented_train_loop, num_devices_per_machine=WORLD, device_type="cpu", config=config)
     return [torch.load(Path(config.output_dir) / f"{config.timestamp}-rank{r}.pt", weights_only=False) for r in range(WORLD)]
@@ -191,7 +191,7 @@ def test_ilrm_train_cli_resumes_the_run_with_two_cpu_processes(ddp_runs, dataset
     """The user command: ilrm-train (= ns-train's CLI) with --machine.num-devices 2 on the CPU,
     resuming the run above with --load-dir: both ranks load the checkpoint, rank 0 writes one."""
     command = [
-        sys.executable, "-m", "ilrm_nerfstudio.train", "ilrm-small", "--data", str(dataset),
+        sys.executable, "-m", "ilrm_nerfstudio.tools.train", "ilrm-small", "--data", str(dataset),
         "--machine.device-type", "cpu", "--machine.num-devices", "2", "--vis", "tensorboard",
         "--output-dir", str(tmp_path), "--experiment-name", "cli", "--timestamp", "run",
         "--max-num-iterations", "1", "--load-dir", str(ddp_runs["fresh_dir"]),

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from ilrm_nerfstudio.evaluate import main as ilrm_eval
-from ilrm_nerfstudio.sources import chunk_entries
+from ilrm_nerfstudio.tools.eval import main as ilrm_eval
+from ilrm_nerfstudio.data.sources import chunk_entries
 from tests.test_sources import write_chunk_dataset
 from tests.test_training import checkpoint_of, ns_train
 

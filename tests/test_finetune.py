@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from ilrm_nerfstudio.cameras import intrinsics_matrix, normalize_poses
-from ilrm_nerfstudio.frames import normalized_to_world, quat_multiply, rotmat_to_quat, transform_gaussians
-from ilrm_nerfstudio.gaussians import Gaussians
-from ilrm_nerfstudio.rendering import quat_to_rotmat, render
-from ilrm_nerfstudio.synthetic import generate_dataset
+from ilrm_nerfstudio.core.cameras import intrinsics_matrix, normalize_poses
+from ilrm_nerfstudio.core.frames import normalized_to_world, quat_multiply, rotmat_to_quat, transform_gaussians
+from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.render.rendering import quat_to_rotmat, render
+from ilrm_nerfstudio.data.synthetic import generate_dataset
 
 torch.set_num_threads(1)
 
@@ -105,7 +105,7 @@ def test_normalized_to_world_undoes_the_pose_normalization():
 
 
 def tiny_trainer_config(tmp_path: Path):
-    from ilrm_nerfstudio.ilrm_config import ilrm_small_method
+    from ilrm_nerfstudio.nerfstudio.method_configs import ilrm_small_method
 
     config = dataclasses.replace(ilrm_small_method.config)
     config.pipeline = dataclasses.replace(config.pipeline)
@@ -120,7 +120,7 @@ def tiny_trainer_config(tmp_path: Path):
 def fake_run(tmp_path_factory) -> Path:
     """A run folder as ns-train writes it (config.yml, nerfstudio_models/step-*.ckpt) holding a
     freshly initialized tiny network."""
-    from ilrm_nerfstudio.network import ILRM
+    from ilrm_nerfstudio.core.network import ILRM
 
     run = tmp_path_factory.mktemp("run")
     config = tiny_trainer_config(run)
@@ -142,7 +142,7 @@ def scene_dir(tmp_path_factory) -> Path:
 
 
 def test_load_trained_network_from_run_folder_config_or_checkpoint(fake_run):
-    from ilrm_nerfstudio.finetune import load_trained_network
+    from ilrm_nerfstudio.nerfstudio.finetune import load_trained_network
 
     saved = torch.load(fake_run / "nerfstudio_models" / "step-000000007.ckpt", weights_only=True)["pipeline"]
     for path in (fake_run, fake_run / "config.yml", fake_run / "nerfstudio_models" / "step-000000007.ckpt"):
@@ -154,20 +154,20 @@ def test_load_trained_network_from_run_folder_config_or_checkpoint(fake_run):
 
 
 def test_missing_run_is_a_clear_error(tmp_path):
-    from ilrm_nerfstudio.finetune import load_trained_network
-    from ilrm_nerfstudio.scenes import SceneError
+    from ilrm_nerfstudio.nerfstudio.finetune import load_trained_network
+    from ilrm_nerfstudio.core.errors import ILRMError
 
-    with pytest.raises(SceneError, match="ilrm run not found"):
+    with pytest.raises(ILRMError, match="ilrm run not found"):
         load_trained_network(tmp_path / "nowhere")
     (tmp_path / "config.yml").write_text("{}")
-    with pytest.raises(SceneError, match="no checkpoint"):
+    with pytest.raises(ILRMError, match="no checkpoint"):
         load_trained_network(tmp_path)
 
 
 def test_prediction_does_not_depend_on_the_world_frame(fake_run):
     """The network sees normalized cameras; predicting in two world frames that differ by a
     similarity gives Gaussians that differ by the same similarity."""
-    from ilrm_nerfstudio.finetune import load_trained_network, predict_gaussians
+    from ilrm_nerfstudio.nerfstudio.finetune import load_trained_network, predict_gaussians
 
     trained = load_trained_network(fake_run)
     generator = torch.Generator().manual_seed(4)
@@ -189,7 +189,7 @@ def test_prediction_does_not_depend_on_the_world_frame(fake_run):
 def scene_datamanager(scene: Path, **options):
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
-    from ilrm_nerfstudio.scene_datamanager import ILRMSceneDataManagerConfig
+    from ilrm_nerfstudio.nerfstudio.finetune_datamanager import ILRMSceneDataManagerConfig
 
     dataparser = NerfstudioDataParserConfig(eval_mode="interval", eval_interval=4)
     return ILRMSceneDataManagerConfig(data=scene, dataparser=dataparser, **options).setup(device="cpu", test_mode="val")
@@ -232,7 +232,7 @@ def test_refinement_epochs_cover_every_frame_in_batches(scene_dir):
 def test_working_size_keeps_aspect_and_scales_intrinsics_exactly(tmp_path):
     """Frames are resized on load (no images_N folder): a 64x48 capture at image_size 32 becomes
     32x24 with intrinsics halved, and a point projects to the same relative place."""
-    from ilrm_nerfstudio.finetune import network_input_size
+    from ilrm_nerfstudio.nerfstudio.finetune import network_input_size
 
     root = tmp_path / "data"
     generate_dataset(root, num_scenes=1, seed=3, height=48, width=64, frames_per_scene=8, test_fraction=0.0, workers=1)
@@ -255,7 +255,7 @@ def test_working_size_keeps_aspect_and_scales_intrinsics_exactly(tmp_path):
 
 
 def finetune_model(datamanager, **options):
-    from ilrm_nerfstudio.finetune import ILRMFinetuneModelConfig
+    from ilrm_nerfstudio.nerfstudio.finetune import ILRMFinetuneModelConfig
 
     config = ILRMFinetuneModelConfig(report_held_out=False, **options)
     return config.setup(scene_box=datamanager.train_dataset.scene_box, num_train_data=len(datamanager.train_dataset))
@@ -264,7 +264,7 @@ def finetune_model(datamanager, **options):
 def test_feed_forward_start_lands_in_the_dataparser_frame(scene_dir, fake_run):
     """The predicted Gaussians render, from the dataparser's cameras of the input views, what the
     network's own render from its normalized cameras shows."""
-    from ilrm_nerfstudio.finetune import load_trained_network
+    from ilrm_nerfstudio.nerfstudio.finetune import load_trained_network
 
     dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
     model = finetune_model(dm, ilrm_run=fake_run, network_group_size=3)  # one pass over the 3 views
@@ -282,7 +282,7 @@ def test_feed_forward_start_lands_in_the_dataparser_frame(scene_dir, fake_run):
 
 
 def finetune_trainer(scene_dir, tmp_path, epochs: int, **model_options):
-    from ilrm_nerfstudio.ilrm_config import finetune_trainer_config
+    from ilrm_nerfstudio.nerfstudio.method_configs import finetune_trainer_config
 
     config = finetune_trainer_config(epochs=epochs)
     config.pipeline.datamanager.data = scene_dir
@@ -302,7 +302,7 @@ def finetune_trainer(scene_dir, tmp_path, epochs: int, **model_options):
 def test_network_start_in_groups_of_nearby_views(scene_dir, fake_run):
     """network_group_size 2: each input view goes in with its nearest frame and keeps its own
     Gaussians, exactly those of predicting that pair alone."""
-    from ilrm_nerfstudio.finetune import load_trained_network, predict_gaussians, view_groups
+    from ilrm_nerfstudio.nerfstudio.finetune import load_trained_network, predict_gaussians, view_groups
 
     dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
     c2w = dm.training_c2w()
@@ -404,8 +404,8 @@ def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
     targets (normalized cameras); the viewer's dataset has the same cameras."""
     import json
 
-    from ilrm_nerfstudio.held_scene import attach_viewer_views, episode_scene, hold_eval_scene, to_viewer_frame
-    from ilrm_nerfstudio.ilrm_model import ILRMModel
+    from ilrm_nerfstudio.nerfstudio.viewer_scene import attach_viewer_views, episode_scene, hold_eval_scene, to_viewer_frame
+    from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModel
 
     root = tmp_path / "data"
     generate_dataset(root, num_scenes=3, seed=2, height=32, width=32, frames_per_scene=12, test_fraction=0.34, workers=1)
@@ -439,7 +439,7 @@ def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
 
 
 def test_bad_finetune_setups_are_clear_errors(scene_dir, tmp_path):
-    from ilrm_nerfstudio.finetune import ILRMFinetunePipelineConfig
+    from ilrm_nerfstudio.nerfstudio.finetune import ILRMFinetunePipelineConfig
 
     config = ILRMFinetunePipelineConfig()
     config.datamanager.data = scene_dir
@@ -468,7 +468,7 @@ def test_optional_loss_terms(scene_dir):
 def test_inference_mode_needs_no_data(tmp_path):
     """ns-export and ns-render camera-path load a per-scene run from its checkpoint alone, even
     when the scene's folder is gone."""
-    from ilrm_nerfstudio.finetune import ILRMFinetunePipelineConfig
+    from ilrm_nerfstudio.nerfstudio.finetune import ILRMFinetunePipelineConfig
 
     config = ILRMFinetunePipelineConfig()
     config.datamanager.data = tmp_path / "moved_away"
@@ -484,8 +484,8 @@ def test_inference_mode_needs_no_data(tmp_path):
 def test_a_published_checkpoint_starts_the_per_scene_stage(scene_dir, tmp_path):
     """--pipeline.model.ilrm-run takes the authors' files too: their protocol (views in pairs for
     the 2-view RE10K model, their pose normalization), Gaussians in the dataparser's frame."""
-    from ilrm_nerfstudio.finetune import load_network, predict_gaussians
-    from ilrm_nerfstudio.published import published_normalize_poses
+    from ilrm_nerfstudio.nerfstudio.finetune import load_network, predict_gaussians
+    from ilrm_nerfstudio.core.published import published_normalize_poses
     from tests.test_published import RE10K, SMALL, random_state, their_shapes, write_re10k
 
     path = write_re10k(tmp_path / "re10k_2view.ckpt", random_state(their_shapes(RE10K, **SMALL), seed=3))
@@ -496,7 +496,7 @@ def test_a_published_checkpoint_starts_the_per_scene_stage(scene_dir, tmp_path):
     model.initialize_gaussians(dm)
     assert len(dm.input_indices) == 8 == len(model.means) // (32 * 32)  # 8 anchors, each its own pixels
     # The first anchor's Gaussians: its pair through the published normalization, mapped back.
-    from ilrm_nerfstudio.finetune import view_groups
+    from ilrm_nerfstudio.nerfstudio.finetune import view_groups
 
     pair = view_groups(dm.training_c2w(), dm.input_indices, 2)[0]
     images, c2w, K = dm.network_views(32, 32, pair)

@@ -1,4 +1,4 @@
-"""Tests for ilrm_nerfstudio.metrics: PSNR, SSIM (vs skimage) and the LPIPS-VGG perceptual loss.
+"""Tests for ilrm_nerfstudio.metrics.image: PSNR, SSIM (vs skimage) and the LPIPS-VGG perceptual loss.
 
 The LPIPS tests never touch the network: the torch hub directory is redirected to a temporary
 folder and ``torch.hub.download_url_to_file`` is replaced by a function that raises. The "weights
@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from ilrm_nerfstudio import metrics as M
+from ilrm_nerfstudio.metrics import image as M
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 
@@ -363,7 +363,7 @@ def test_training_ssim_is_pytorch_msssim_and_differentiable():
     training SSIM), on natural-looking and on random images, and has gradients."""
     from pytorch_msssim import ssim as reference
 
-    from ilrm_nerfstudio.metrics import training_ssim
+    from ilrm_nerfstudio.metrics.image import training_ssim
 
     generator = torch.Generator().manual_seed(0)
     a = torch.rand(2, 3, 40, 52, generator=generator)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ilrm_nerfstudio.cameras import opengl_to_opencv, pixel_rays, plucker, intrinsics_matrix
-from ilrm_nerfstudio.network import ILRM, Attention, ILRMNetworkConfig, patchify, unpatchify
+from ilrm_nerfstudio.core.cameras import opengl_to_opencv, pixel_rays, plucker, intrinsics_matrix
+from ilrm_nerfstudio.core.network import ILRM, Attention, ILRMNetworkConfig, patchify, unpatchify
 
 
 def random_c2w(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -146,7 +146,7 @@ def test_gaussians_lie_on_their_viewpoint_rays_and_are_valid():
     images, c2w, K = random_inputs(B=1, V=2, H=32, W=32)
     with torch.no_grad():
         g = net(images, c2w, K)
-    from ilrm_nerfstudio.cameras import scale_intrinsics
+    from ilrm_nerfstudio.core.cameras import scale_intrinsics
 
     origins, directions = pixel_rays(c2w[0], scale_intrinsics(K[0], 0.5), 16, 16)
     offsets = g.means[0].reshape(2, 16, 16, 3) - origins
@@ -212,7 +212,7 @@ def test_bad_inputs_have_clear_errors():
 def test_color_skip_starts_gaussians_at_their_pixel_colors():
     """With color_skip and a silent head, each Gaussian has the color of its viewpoint-grid pixel
     (the image area-averaged onto the grid); without it, every Gaussian is gray."""
-    from ilrm_nerfstudio.network import SH_C0
+    from ilrm_nerfstudio.core.network import SH_C0
 
     images, c2w, K = random_inputs(B=1, V=2, H=32, W=32)
     expected = F.avg_pool2d(images[0], 2).permute(0, 2, 3, 1).reshape(-1, 3)  # [V * 16 * 16, 3]

@@ -238,7 +238,7 @@ def test_the_largest_of_several_colmap_models_becomes_sparse_0(tmp_path):
     """COLMAP writes one model per connected group of photos; nerfstudio converts sparse/0 only."""
     from nerfstudio.data.utils.colmap_parsing_utils import Image, read_images_binary, write_images_binary
 
-    from ilrm_nerfstudio.process import largest_model_first
+    from ilrm_nerfstudio.tools.process import largest_model_first
 
     for model, count in (("0", 3), ("1", 9), ("2", 5)):
         (tmp_path / model).mkdir()

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ilrm_nerfstudio import load_published_network
-from ilrm_nerfstudio.network import ILRM, Attention, ILRMNetworkConfig, decode_gaussians
-from ilrm_nerfstudio.published import (
+from ilrm_nerfstudio.core.network import ILRM, Attention, ILRMNetworkConfig, decode_gaussians
+from ilrm_nerfstudio.core.published import (
     DL3DV,
     RE10K,
     is_published_checkpoint,
@@ -32,7 +32,7 @@ from ilrm_nerfstudio.published import (
     published_normalize_poses,
     published_protocol,
 )
-from ilrm_nerfstudio.scenes import SceneError
+from ilrm_nerfstudio.core.errors import ILRMError
 
 # ---------------------------------------------------------------------------------------------
 # Files in the published layouts
@@ -397,7 +397,7 @@ def test_head_channel_order_and_activations(kind, layout, files):
     g = torch.Generator().manual_seed(3)
     raw = torch.randn(B, V, h, w, max(end for _, end in layout.values()), generator=g) * 2
     _, c2w, K = random_inputs(B, V, h, w, seed=4)
-    from ilrm_nerfstudio.cameras import pixel_centers
+    from ilrm_nerfstudio.core.cameras import pixel_centers
 
     grid = pixel_centers(h, w).expand(B, V, h, w, 2)
     out = decode_gaussians(config, raw, c2w, K, grid, torch.zeros(B, V, h, w, 3))
@@ -443,7 +443,7 @@ def test_protocols(files):
     assert (dl3dv.name, dl3dv.image_size, dl3dv.num_views, dl3dv.far, dl3dv.patch_multiple) == ("dl3dv", (544, 960), 32, 1e6, 2 * SMALL["p"])
     assert published_protocol(files["dl3dv16"]).num_views == 16
     assert is_published_checkpoint(files[RE10K][0]) and is_published_checkpoint(files["dl3dv16"])
-    with pytest.raises(SceneError, match="not loaded from a published"):
+    with pytest.raises(ILRMError, match="not loaded from a published"):
         published_protocol(ILRM(ILRMNetworkConfig(width=32, num_heads=2, num_layers=1, patch_size=4)))
 
 
@@ -482,7 +482,7 @@ def test_error_cases_name_the_file(tmp_path, files):
         tmp_path: "not a file",
     }
     for path, message in cases.items():
-        with pytest.raises(SceneError, match=message) as error:
+        with pytest.raises(ILRMError, match=message) as error:
             load_published_network(path)
         assert str(path) in str(error.value) and "\n" not in str(error.value)
         assert not is_published_checkpoint(path)
@@ -498,7 +498,7 @@ def test_files_needing_full_unpickling_are_refused_unless_trusted(tmp_path, file
     obj["hyper_parameters"] = NotATensor()
     torch.save(obj, path)
     monkeypatch.delenv("ILRM_TRUST_CHECKPOINTS", raising=False)
-    with pytest.raises(SceneError, match="ILRM_TRUST_CHECKPOINTS=1"):
+    with pytest.raises(ILRMError, match="ILRM_TRUST_CHECKPOINTS=1"):
         load_published_network(path)
     assert load_published_network(path, trusted=True).config.viewpoint_factor == 1
     monkeypatch.setenv("ILRM_TRUST_CHECKPOINTS", "1")
@@ -513,7 +513,7 @@ def test_files_needing_full_unpickling_are_refused_unless_trusted(tmp_path, file
 def build_model(**overrides):
     from nerfstudio.data.scene_box import SceneBox
 
-    from ilrm_nerfstudio.ilrm_model import ILRMModelConfig
+    from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
 
     config = ILRMModelConfig(lpips_weight=0.0, viewer_scene="none", **overrides)
     return config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1, metadata={}, device="cpu")
@@ -543,7 +543,7 @@ def test_model_init_from_a_published_file(files, capsys):
 
 @pytest.fixture(scope="module")
 def chunk_data(tmp_path_factory):
-    from ilrm_nerfstudio.sources import chunk_entries
+    from ilrm_nerfstudio.data.sources import chunk_entries
     from tests.test_sources import write_chunk_dataset
 
     root = write_chunk_dataset(tmp_path_factory.mktemp("re10k") / "re10k", num_train=2, num_test=2, num_frames=10)
@@ -554,7 +554,7 @@ def chunk_data(tmp_path_factory):
 
 
 def test_ilrm_eval_published_re10k_with_an_index(files, chunk_data, tmp_path, capsys):
-    from ilrm_nerfstudio.evaluate import main as ilrm_eval
+    from ilrm_nerfstudio.tools.eval import main as ilrm_eval
 
     root, index, keys = chunk_data
     output = tmp_path / "results.json"
@@ -568,7 +568,7 @@ def test_ilrm_eval_published_re10k_with_an_index(files, chunk_data, tmp_path, ca
 
 
 def test_ilrm_eval_published_dl3dv_wide_protocol(files, chunk_data, tmp_path, capsys):
-    from ilrm_nerfstudio.evaluate import main as ilrm_eval
+    from ilrm_nerfstudio.tools.eval import main as ilrm_eval
 
     root, _, _ = chunk_data
     output = tmp_path / "wide.json"

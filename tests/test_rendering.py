@@ -15,8 +15,8 @@ import math
 import pytest
 import torch
 
-from ilrm_nerfstudio.gaussians import Gaussians
-from ilrm_nerfstudio.rendering import RenderOutput, _Rasterize, render, sh_to_rgb
+from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.render.rendering import RenderOutput, _Rasterize, render, sh_to_rgb
 
 @pytest.fixture(autouse=True)
 def one_thread():

@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from ilrm_nerfstudio.cameras import pixel_centers, rays_through
-from ilrm_nerfstudio.ilrm_datamanager import ContextTargetDataset, ILRMDataManagerConfig
-from ilrm_nerfstudio.samplers import (
+from ilrm_nerfstudio.core.cameras import pixel_centers, rays_through
+from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ContextTargetDataset, ILRMDataManagerConfig
+from ilrm_nerfstudio.data.samplers import (
     StepBatchSampler,
     StepRef,
     farthest_point_sampling,
@@ -26,7 +26,7 @@ from ilrm_nerfstudio.samplers import (
     shard_indices,
     wide_coverage_views,
 )
-from ilrm_nerfstudio.scenes import SceneError
+from ilrm_nerfstudio.core.errors import ILRMError
 from tests.test_sources import ground_truth, write_chunk_dataset
 
 
@@ -36,7 +36,7 @@ def test_gap_range_warms_up_linearly():
     assert gap_range(100, 20, 40, warmup_steps=100, initial_min_gap=4, initial_max_gap=8) == (20, 40)
     assert gap_range(10**6, 20, 40, warmup_steps=100, initial_min_gap=4, initial_max_gap=8) == (20, 40)
     assert gap_range(0, 20, 40) == (20, 40)  # no warm-up
-    with pytest.raises(SceneError, match="larger than max_frame_gap"):
+    with pytest.raises(ILRMError, match="larger than max_frame_gap"):
         gap_range(0, 10, 5)
 
 
@@ -132,15 +132,15 @@ def test_index_loading_skips_nulls_and_names_bad_entries(tmp_path):
     path.write_text(json.dumps({"a": {"context": [0, 9], "target": [3, 5, 7]}, "b": None, "c": {"context": [1, 4], "target": [2]}}))
     assert load_index(path) == {"a": ([0, 9], [3, 5, 7]), "c": ([1, 4], [2])}
     path.write_text(json.dumps({"a": {"context": [0, 9]}}))
-    with pytest.raises(SceneError, match="entry 'a' needs integer lists"):
+    with pytest.raises(ILRMError, match="entry 'a' needs integer lists"):
         load_index(path)
-    with pytest.raises(SceneError, match="evaluation index not found"):
+    with pytest.raises(ILRMError, match="evaluation index not found"):
         load_index(tmp_path / "nope.json")
 
 
 def test_index_sampler_for_training_and_evaluation(tmp_path):
     root = write_chunk_dataset(tmp_path / "c", num_train=3, num_test=3, num_frames=10)
-    from ilrm_nerfstudio.sources import chunk_entries
+    from ilrm_nerfstudio.data.sources import chunk_entries
 
     train_keys = [e.name for e in chunk_entries(root, "train")]
     test_keys = [e.name for e in chunk_entries(root, "test")]
@@ -171,7 +171,7 @@ def test_wide_protocol_targets_every_8th_frame_and_kmeans_contexts():
     far[20:, :3, 3] += 50.0
     picks = kmeans_views(far, 2, list(range(40)))
     assert picks[0] < 20 <= picks[1]
-    with pytest.raises(SceneError, match="leaves 7 frames for 8 context views"):
+    with pytest.raises(ILRMError, match="leaves 7 frames for 8 context views"):
         wide_coverage_views(c2w[:9], 8, 8)
 
 
@@ -217,7 +217,7 @@ def test_flip_reflects_cameras_consistently_with_the_mirrored_images():
 def test_flip_augmentation_in_the_dataset(tmp_path):
     root = write_chunk_dataset(tmp_path / "c", num_train=1, num_test=1, num_frames=8)
     common = dict(data=root, image_height=16, image_width=16, num_target_views=2, min_frame_gap=4, max_frame_gap=4, cache_frames=0)
-    from ilrm_nerfstudio.sources import chunk_entries
+    from ilrm_nerfstudio.data.sources import chunk_entries
 
     entries = chunk_entries(root, "train")
     plain = ContextTargetDataset(entries, ILRMDataManagerConfig(**common), deterministic=False)
@@ -253,9 +253,9 @@ def test_two_ranks_get_disjoint_shards_that_cover_the_set(tmp_path):
 
 def test_bad_sampler_configuration_is_explained(tmp_path):
     root = write_chunk_dataset(tmp_path / "c", num_train=1, num_test=1, num_frames=8)
-    with pytest.raises(SceneError, match="view_sampler='index' needs"):
+    with pytest.raises(ILRMError, match="view_sampler='index' needs"):
         ILRMDataManagerConfig(data=root, view_sampler="index").setup(device="cpu")
-    with pytest.raises(SceneError, match="min_context_views <= max_context_views"):
+    with pytest.raises(ILRMError, match="min_context_views <= max_context_views"):
         ILRMDataManagerConfig(data=root, view_sampler="multiview", min_context_views=4, max_context_views=2).setup(device="cpu")
 
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ilrm_nerfstudio.baseline_network import FullAttentionLRM
-from ilrm_nerfstudio.cameras import pixel_rays
-from ilrm_nerfstudio.network import ILRM, ILRMNetworkConfig, TokenGroups, UpdateLayer
+from ilrm_nerfstudio.core.baseline_network import FullAttentionLRM
+from ilrm_nerfstudio.core.cameras import pixel_rays
+from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig, TokenGroups, UpdateLayer
 
-from .test_network import random_inputs, tiny_config
+from tests.test_network import random_inputs, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,7 +235,7 @@ def test_rays_and_gaussians_stay_fp32_under_bf16_autocast(model):
         g = net(images, c2w, K)
     assert all(t.dtype == torch.float32 for t in (g.means, g.scales, g.quats, g.opacities, g.sh))
     f = net.config.viewpoint_factor
-    from ilrm_nerfstudio.cameras import scale_intrinsics
+    from ilrm_nerfstudio.core.cameras import scale_intrinsics
 
     origins, directions = pixel_rays(c2w[0], scale_intrinsics(K[0], 1 / f), 16 // f, 16 // f)
     offsets = g.means[0].reshape(origins.shape) - origins

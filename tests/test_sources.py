@@ -17,9 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ilrm_nerfstudio.ilrm_datamanager import ContextTargetDataset, ILRMDataManagerConfig
-from ilrm_nerfstudio.scenes import SceneError, load_nerfstudio_scene, load_opencv_scene, load_view
-from ilrm_nerfstudio.sources import (
+from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ContextTargetDataset, ILRMDataManagerConfig
+from ilrm_nerfstudio.data.scene import load_nerfstudio_scene, load_opencv_scene, load_view
+from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.data.sources import (
     ChunkCache,
     LoadOptions,
     build_chunk_index,
@@ -308,7 +309,7 @@ def test_chunk_source_reads_index_and_decodes_lazily(tmp_path):
 
 def test_chunk_index_missing_is_explained_and_can_be_built(tmp_path):
     stage = write_chunks(tmp_path / "acid" / "test", chunk_scene_specs(3, 6), write_index=False)
-    with pytest.raises(SceneError, match="index.json: not found.*python -m ilrm_nerfstudio.sources index"):
+    with pytest.raises(ILRMError, match="index.json: not found.*python -m ilrm_nerfstudio.data.sources index"):
         chunk_entries(tmp_path / "acid", "test")
     build_chunk_index(stage)
     assert len(chunk_entries(tmp_path / "acid", "test")) == 3
@@ -373,7 +374,7 @@ def test_scene_folders_skip_bad_scenes_in_training_and_name_them_in_evaluation(t
     meta["frames"][5]["transform_matrix"][0][0] = float("nan")
     (root / "test" / "s3" / "transforms.json").write_text(json.dumps(meta))
     config = ILRMDataManagerConfig(data=root, image_height=16, image_width=16, num_target_views=2, min_frame_gap=3, max_frame_gap=5, num_workers=0)
-    with pytest.raises(SceneError, match=r"scene s3: .*frame 5.*finite"):
+    with pytest.raises(ILRMError, match=r"scene s3: .*frame 5.*finite"):
         config.setup(device="cpu", test_mode="val")
     (root / "test" / "s3" / "transforms.json").write_text(json.dumps({**meta, "frames": meta["frames"][:5]}))
     dm = config.setup(device="cpu", test_mode="val")
@@ -501,7 +502,7 @@ def test_bad_chunk_samples_are_skipped_in_training_and_named_in_evaluation(tmp_p
     joined = "\n".join(lines)
     assert f"scene {specs[1]['key']} frame 4" in joined or f"scene {specs[2]['key']} frame 6" in joined or specs[3]["key"] in joined
     for i, problem in ((1, "frame 4.*cannot decode"), (2, "frame 6.*not finite"), (3, "3 frames, but 2 context \\+ 8 target")):
-        with pytest.raises(SceneError, match=f"scene {specs[i]['key']}.*{problem}"):
+        with pytest.raises(ILRMError, match=f"scene {specs[i]['key']}.*{problem}"):
             dm.eval_dataset[i]
 
 
@@ -510,7 +511,7 @@ def test_mismatched_image_size_is_named(tmp_path):
     scene_dir = write_transforms(tmp_path / "s", c2w, K, (24, 32), frame_images(4, 24, 32))
     Image.fromarray(frame_images(1, 32, 24)[0]).save(scene_dir / "images" / "frame_00002.png")  # rotated
     scene = load_nerfstudio_scene(scene_dir)
-    with pytest.raises(SceneError, match=r"scene s frame 1 .*24x32 but its camera is for 32x24"):
+    with pytest.raises(ILRMError, match=r"scene s frame 1 .*24x32 but its camera is for 32x24"):
         load_view(scene, 1, 16, 16)
 
 

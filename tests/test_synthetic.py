@@ -1,4 +1,4 @@
-"""Tests of the procedural data set (ilrm_nerfstudio.synthetic): layout, determinism, exact
+"""Tests of the procedural data set (ilrm_nerfstudio.data.synthetic): layout, determinism, exact
 poses (checked from the written files), nerfstudio loading, content and error handling."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilrm_nerfstudio import synthetic as syn
+from ilrm_nerfstudio.data import synthetic as syn
 
 NUM_SCENES, FRAMES, SIZE = 8, 8, 32
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -299,14 +299,14 @@ def test_nerfstudio_dataparser_loads_exact_poses(dataset):
     (dict(num_scenes=2.5), "num_scenes"),
 ])
 def test_bad_arguments_are_rejected(tmp_path, kwargs, message):
-    with pytest.raises(syn.DatasetError, match=message):
+    with pytest.raises(syn.ILRMError, match=message):
         _generate(tmp_path / "bad", **kwargs)
     assert not (tmp_path / "bad").exists()
 
 
 def test_foreign_nonempty_directory_is_refused_and_kept(tmp_path):
     (tmp_path / "mine.txt").write_text("precious")
-    with pytest.raises(syn.DatasetError, match="not empty"):
+    with pytest.raises(syn.ILRMError, match="not empty"):
         _generate(tmp_path, num_scenes=2)
     assert (tmp_path / "mine.txt").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
@@ -319,7 +319,7 @@ def test_existing_dataset_is_reused_or_needs_overwrite(tmp_path):
     stamp = (tmp_path / "d" / "manifest.json").stat().st_mtime_ns
     assert _generate(tmp_path / "d", workers=1, **small)["skipped"]  # workers do not matter
     assert (tmp_path / "d" / "manifest.json").stat().st_mtime_ns == stamp
-    with pytest.raises(syn.DatasetError, match="other arguments"):
+    with pytest.raises(syn.ILRMError, match="other arguments"):
         _generate(tmp_path / "d", **{**small, "num_scenes": 3})
     replaced = _generate(tmp_path / "d", overwrite=True, **{**small, "num_scenes": 3})
     assert not replaced["skipped"] and len(replaced["train"]) + len(replaced["test"]) == 3
@@ -340,7 +340,7 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
 
 
 def test_python_m_entry_point_generates_and_reruns(tmp_path):
-    command = [sys.executable, "-m", "ilrm_nerfstudio.synthetic", "--output", str(tmp_path / "cli"),
+    command = [sys.executable, "-m", "ilrm_nerfstudio.data.synthetic", "--output", str(tmp_path / "cli"),
                "--num-scenes", "3", "--frames-per-scene", "2", "--height", "16", "--width", "16"]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
@@ -350,7 +350,7 @@ def test_python_m_entry_point_generates_and_reruns(tmp_path):
 
 
 def test_module_does_not_import_torch_or_nerfstudio():
-    code = ("import sys, ilrm_nerfstudio.synthetic; "
+    code = ("import sys, ilrm_nerfstudio.data.synthetic; "
             "print(any(m.split('.')[0] in ('torch', 'nerfstudio') for m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             timeout=60)

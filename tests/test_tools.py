@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from ilrm_nerfstudio.synthetic import generate_dataset
+from ilrm_nerfstudio.data.synthetic import generate_dataset
 from tests.test_training import TINY
 
 BIN = Path(sys.executable).parent
@@ -204,7 +204,7 @@ def checkpoint_model(run: Path):
     and quicker than eval_setup, which imports every nerfstudio method)."""
     from nerfstudio.data.scene_box import SceneBox
 
-    from ilrm_nerfstudio.ilrm_model import GaussianSceneModelConfig
+    from ilrm_nerfstudio.nerfstudio.ilrm_model import GaussianSceneModelConfig
 
     (checkpoint,) = (run / "nerfstudio_models").glob("*.ckpt")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
@@ -220,8 +220,8 @@ def ply_round_trip(run: Path, ply: Path, path_json: Path, sh_degree: int) -> Non
     from nerfstudio.cameras.camera_paths import get_path_from_json
     from plyfile import PlyData
 
-    from ilrm_nerfstudio.export import load_ply, ply_properties
-    from ilrm_nerfstudio.rendering import render
+    from ilrm_nerfstudio.data.ply import load_ply, ply_properties
+    from ilrm_nerfstudio.render.rendering import render
 
     vertex = PlyData.read(str(ply))["vertex"]
     assert [p.name for p in vertex.properties] == ply_properties(sh_degree)  # INRIA names and order

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ilrm_nerfstudio.synthetic import generate_dataset
+from ilrm_nerfstudio.data.synthetic import generate_dataset
 
 BIN = Path(sys.executable).parent
 TINY = [
@@ -124,7 +124,7 @@ def test_missing_data_folder_is_named(tmp_path):
 
 def test_methods_default_to_the_cpu_without_a_gpu():
     """nerfstudio's default device, cuda, fails on a machine without a GPU; ours follow torch."""
-    from ilrm_nerfstudio.ilrm_config import ilrm_finetune_method, ilrm_method, ilrm_small_method
+    from ilrm_nerfstudio.nerfstudio.method_configs import ilrm_finetune_method, ilrm_method, ilrm_small_method
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     for method in (ilrm_method, ilrm_small_method, ilrm_finetune_method):
@@ -135,7 +135,7 @@ def test_model_tries_the_vgg_weights_once_when_offline(monkeypatch):
     """Without the VGG weights (offline) evaluation omits LPIPS; it must not retry every batch."""
     from types import SimpleNamespace
 
-    import ilrm_nerfstudio.ilrm_model as ilrm_model
+    import ilrm_nerfstudio.nerfstudio.ilrm_model as ilrm_model
 
     calls = []
     monkeypatch.setattr(ilrm_model, "load_perceptual", lambda required: calls.append(required))

@@ -15,7 +15,7 @@ internally and OpenGL c2w (y up, z back) in `transforms.json`, as nerfstudio exp
 returned by `render_view` are z-depth (distance along the optical axis), `inf` where a ray hits
 the sky. Pure numpy + pillow: importing this module does not import torch or nerfstudio.
 
-Command line: ``python -m ilrm_nerfstudio.synthetic --output DIR`` (also ``ilrm-generate-data``).
+Command line: ``python -m ilrm_nerfstudio.data.synthetic --output DIR`` (also ``ilrm-generate-data``).
 """
 
 from __future__ import annotations
@@ -35,15 +35,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-GENERATOR_NAME = "ilrm_nerfstudio.synthetic"
+from ilrm_nerfstudio.core.errors import ILRMError
+
+GENERATOR_NAME = "ilrm_nerfstudio.synthetic"  # recorded in manifests: unchanged by the move to data/
 GENERATOR_VERSION = 1
 # OpenCV <-> OpenGL camera axes: flip y and z (its own inverse). Exact in floating point.
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 _EPS = 1e-6  # minimum ray parameter for a hit (avoids self-intersection of shadow rays)
 
-
-class DatasetError(ValueError):
-    """Invalid arguments or an output directory that cannot be used; message is user-facing."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -854,11 +853,11 @@ def _validate(num_scenes, seed, height, width, frames_per_scene, test_fraction, 
                              ("width", width, 8), ("frames_per_scene", frames_per_scene, 2),
                              ("workers", workers, 1)]:
         if not is_int(value) or value < low:
-            raise DatasetError(f"{name} must be an integer >= {low}, got {value!r}")
+            raise ILRMError(f"{name} must be an integer >= {low}, got {value!r}")
     if height > 4096 or width > 4096:
-        raise DatasetError(f"height and width must be <= 4096, got {height} x {width}")
+        raise ILRMError(f"height and width must be <= 4096, got {height} x {width}")
     if not isinstance(test_fraction, (int, float)) or not 0.0 <= test_fraction < 1.0:
-        raise DatasetError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+        raise ILRMError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
 
 
 def _read_manifest(output: Path) -> dict | None:
@@ -886,7 +885,7 @@ def generate_dataset(output: Path, num_scenes: int = 300, seed: int = 0, height:
     complete data set made with the same arguments nothing is written (`skipped` is True). An
     existing non-empty directory that is not such a data set is an error; a data set made with
     other arguments is replaced only with `overwrite=True` (only train/, test/ and
-    manifest.json are removed). Raises `DatasetError` with a readable message on bad input.
+    manifest.json are removed). Raises `ILRMError` with a readable message on bad input.
 
     Returns a summary dict: output, skipped, train, test (scene names), num_frames, seconds.
     """
@@ -901,11 +900,11 @@ def generate_dataset(output: Path, num_scenes: int = 300, seed: int = 0, height:
                    test=[names[i] for i in test_idx], num_frames=num_scenes * frames_per_scene)
 
     if output.exists() and not output.is_dir():
-        raise DatasetError(f"output {output} exists and is not a directory")
+        raise ILRMError(f"output {output} exists and is not a directory")
     if output.is_dir() and any(output.iterdir()):
         manifest = _read_manifest(output)
         if manifest is None:
-            raise DatasetError(
+            raise ILRMError(
                 f"output directory {output} is not empty and holds no data set made by this "
                 "generator (no valid manifest.json); choose a new or empty directory. "
                 "Nothing was deleted.")
@@ -914,7 +913,7 @@ def generate_dataset(output: Path, num_scenes: int = 300, seed: int = 0, height:
             return summary
         if manifest.get("args") != args:
             if not overwrite:
-                raise DatasetError(
+                raise ILRMError(
                     f"{output} holds a data set generated with other arguments "
                     f"({manifest.get('args')}); use another output directory or pass "
                     "overwrite=True / --overwrite to replace it.")
@@ -997,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
                                    frames_per_scene=ns.frames_per_scene,
                                    test_fraction=ns.test_fraction, workers=ns.workers,
                                    overwrite=ns.overwrite, progress=not ns.quiet)
-    except DatasetError as error:
+    except ILRMError as error:
         print(f"ilrm-generate-data: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .cameras import pixel_centers, rays_through, scale_intrinsics
-from .gaussians import Gaussians
+from ilrm_nerfstudio.core.cameras import pixel_centers, rays_through, scale_intrinsics
+from ilrm_nerfstudio.core.gaussians import Gaussians
 
 SH_C0 = 0.28209479177387814  # zeroth spherical-harmonics basis constant
 

@@ -33,10 +33,11 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from .cameras import opencv_to_opengl
-from .frames import normalized_to_world, transform_gaussians
-from .gaussians import Gaussians
-from .scenes import Scene, SceneError
+from ilrm_nerfstudio.core.cameras import opencv_to_opengl
+from ilrm_nerfstudio.core.frames import normalized_to_world, transform_gaussians
+from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.data.scene import Scene
+from ilrm_nerfstudio.core.errors import ILRMError
 
 Tensor = torch.Tensor
 
@@ -49,18 +50,18 @@ def find_episode(datamanager, which: str) -> int:
     """Index of the evaluation episode named by `which`: an index ("0", "3") or a scene name."""
     episodes = datamanager.eval_dataset.episodes
     if not episodes:
-        raise SceneError("no evaluation scenes to hold (the data manager has none in this mode)")
+        raise ILRMError("no evaluation scenes to hold (the data manager has none in this mode)")
     which = str(which).strip()
     if which.lstrip("-").isdigit():
         index = int(which)
         if not -len(episodes) <= index < len(episodes):
-            raise SceneError(f"viewer_scene {index}: there are {len(episodes)} evaluation scenes (0..{len(episodes) - 1})")
+            raise ILRMError(f"viewer_scene {index}: there are {len(episodes)} evaluation scenes (0..{len(episodes) - 1})")
         return index % len(episodes)
     for i, episode in enumerate(episodes):
         if episode.name == which:
             return i
     names = ", ".join(e.name for e in episodes[:5])
-    raise SceneError(f"viewer_scene {which!r} is not an evaluation scene (e.g. {names})")
+    raise ILRMError(f"viewer_scene {which!r} is not an evaluation scene (e.g. {names})")
 
 
 def episode_scene(datamanager, index: int) -> Scene:
@@ -119,7 +120,7 @@ def hold_eval_scene(model, datamanager, which: str, run_dir: Path | None = None)
         return
     try:
         gaussians, scene, name = reconstruct_held_scene(model, datamanager, which)
-    except SceneError as error:
+    except ILRMError as error:
         log_line(f"ilrm: the checkpoint holds no scene for the single-scene tools: {error}", style="yellow")
         return
     transform, scale = viewer_transform(scene)
@@ -189,7 +190,7 @@ def attach_viewer_views(pipeline) -> None:
     datamanager = pipeline.datamanager
     try:
         scene = episode_scene(datamanager, find_episode(datamanager, which))
-    except SceneError as error:
+    except ILRMError as error:
         log_line(f"ilrm: no held scene views for the viewer: {error}", style="yellow")
         return
     datamanager.train_dataset = SceneViewsDataset(scene)

@@ -16,12 +16,12 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from .finetune import MEANS_LR, OTHER_LR, ILRMFinetunePipelineConfig
-from .ilrm_datamanager import ILRMDataManagerConfig
-from .ilrm_model import GAUSSIAN_FIELDS, ILRMModelConfig
-from .ilrm_pipeline import ILRMPipelineConfig
-from .network import ILRMNetworkConfig
-from .optim import AdamWMatricesConfig, WarmupCosineSchedulerConfig
+from ilrm_nerfstudio.nerfstudio.finetune import MEANS_LR, OTHER_LR, ILRMFinetunePipelineConfig
+from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
+from ilrm_nerfstudio.nerfstudio.ilrm_model import GAUSSIAN_FIELDS, ILRMModelConfig
+from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import ILRMPipelineConfig
+from ilrm_nerfstudio.core.network import ILRMNetworkConfig
+from ilrm_nerfstudio.nerfstudio.optim import AdamWMatricesConfig, WarmupCosineSchedulerConfig
 
 
 def default_machine() -> MachineConfig:

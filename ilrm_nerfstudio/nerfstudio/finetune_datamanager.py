@@ -39,10 +39,11 @@ from nerfstudio.data.utils.dataloaders import RandIndicesEvalDataloader
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from .cameras import opengl_to_opencv, to_homogeneous
-from .samplers import kmeans_views
-from .scenes import Scene, SceneError, load_view, load_working_view
-from .sources import scene_from_dataparser_outputs
+from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
+from ilrm_nerfstudio.data.samplers import kmeans_views
+from ilrm_nerfstudio.data.scene import Scene, load_view, load_working_view
+from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.data.sources import scene_from_dataparser_outputs
 
 CPU_IMAGE_SIZE = 512  # default longest image side on the CPU
 
@@ -91,13 +92,13 @@ class ILRMSceneDataManager(VanillaDataManager):
     def __init__(self, config: ILRMSceneDataManagerConfig, device="cpu", test_mode: Literal["test", "val", "inference"] = "val", world_size: int = 1, local_rank: int = 0, **kwargs):
         self.default_input_views = 8  # a published network's protocol may ask for more
         if (config.num_input_views is not None and config.num_input_views < 1) or config.view_stride < 1 or config.views_per_step < 0:
-            raise SceneError("num_input_views and view_stride must be >= 1, views_per_step >= 0")
+            raise ILRMError("num_input_views and view_stride must be >= 1, views_per_step >= 0")
         if config.image_size is not None and config.image_size < 0:
-            raise SceneError(f"image_size must be >= 0 (0: full size), got {config.image_size}")
+            raise ILRMError(f"image_size must be >= 0 (0: full size), got {config.image_size}")
         data = config.data if config.data is not None else config.dataparser.data
         if not Path(data).exists():
             if test_mode != "inference":
-                raise SceneError(f"{data}: data folder not found")
+                raise ILRMError(f"{data}: data folder not found")
             # ns-export / ns-render camera-path need only the checkpoint: work without the data.
             self._init_without_data(config, device, test_mode, world_size, local_rank)
             return
@@ -150,7 +151,7 @@ class ILRMSceneDataManager(VanillaDataManager):
         n = len(self.train_dataset)
         cfg = self.config
         if n == 0:
-            raise SceneError(f"{self.config.data}: the dataparser's training split is empty")
+            raise ILRMError(f"{self.config.data}: the dataparser's training split is empty")
         if cfg.view_selection == "all":
             return list(range(n))
         if cfg.view_selection == "every-kth":
@@ -195,7 +196,7 @@ class ILRMSceneDataManager(VanillaDataManager):
         """Every training frame at the working size."""
         n = len(self.train_dataset)
         if n == 0:
-            raise SceneError(f"{self.config.data}: the dataparser's training split is empty")
+            raise ILRMError(f"{self.config.data}: the dataparser's training split is empty")
         cameras, items = self._load_views(self.train_dataset, list(range(n)))
         height, width = items[0]["image"].shape[:2]
         CONSOLE.print(f"loaded {n} training frames at {width}x{height}", soft_wrap=True, markup=False, highlight=False)
@@ -289,7 +290,7 @@ class ILRMSceneDataManager(VanillaDataManager):
     def next_eval_image(self, step: int) -> tuple[Cameras, dict]:
         cameras, items = self.eval_views
         if not items:
-            raise SceneError("the dataparser's evaluation split is empty")
+            raise ILRMError("the dataparser's evaluation split is empty")
         i = self.eval_count % len(items)
         self.eval_count += 1
         return cameras[i : i + 1], items[i]

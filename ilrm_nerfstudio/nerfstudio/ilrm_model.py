@@ -29,13 +29,13 @@ from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.models.splatfacto import SplatfactoModel
 from torch import Tensor, nn
 
-from .baselines import mean_color_baseline, nearest_view_baseline
-from .cameras import opengl_to_opencv, to_homogeneous
-from .gaussians import Gaussians
-from .metrics import load_perceptual, psnr, ssim
-from .network import ILRM, SH_C0, ILRMNetworkConfig
-from .rendering import render
-from .scenes import SceneError
+from ilrm_nerfstudio.metrics.baselines import mean_color_baseline, nearest_view_baseline
+from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
+from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.metrics.image import load_perceptual, psnr, ssim
+from ilrm_nerfstudio.core.network import ILRM, SH_C0, ILRMNetworkConfig
+from ilrm_nerfstudio.render.rendering import render
+from ilrm_nerfstudio.core.errors import ILRMError
 
 GAUSSIAN_FIELDS = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 
@@ -246,7 +246,7 @@ class ILRMModel(GaussianSceneModel):
         if self.config.init_from is not None:
             try:
                 self.network = self._published_network(Path(self.config.init_from))
-            except SceneError as error:  # ns-train: one line, no traceback
+            except ILRMError as error:  # ns-train: one line, no traceback
                 raise SystemExit(f"ilrm: {error}") from None
         else:
             network_config = dataclasses.replace(self.config.network, sh_degree=self.config.sh_degree)
@@ -256,11 +256,11 @@ class ILRMModel(GaussianSceneModel):
 
     def _published_network(self, path: Path) -> ILRM:
         """The published network at `path`, trainable, with this config's run-time fields."""
-        from .published import load_published_network
+        from ilrm_nerfstudio.core.published import load_published_network
 
         published = load_published_network(path)
         if published.config.sh_degree != self.config.sh_degree:
-            raise SceneError(
+            raise ILRMError(
                 f"{path}: the published model has sh_degree {published.config.sh_degree}, this model "
                 f"{self.config.sh_degree}; set --pipeline.model.sh-degree {published.config.sh_degree}"
             )
@@ -321,7 +321,7 @@ class ILRMModel(GaussianSceneModel):
             # Checkpoints are written after this callback, at steps_per_save and after the last step.
             last = trainer._start_step + trainer.config.max_num_iterations - 1
             if step_check(step, trainer.config.steps_per_save) or step == last:
-                from .held_scene import hold_eval_scene
+                from ilrm_nerfstudio.nerfstudio.viewer_scene import hold_eval_scene
 
                 hold_eval_scene(self, pipeline.datamanager, self.config.viewer_scene, trainer.base_dir)
 

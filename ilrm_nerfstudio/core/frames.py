@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cameras import average_camera, normalize_poses
-from .gaussians import Gaussians
-from .rendering import sh_basis
+from ilrm_nerfstudio.core.cameras import average_camera, normalize_poses
+from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.render.rendering import sh_basis
 
 
 def rotmat_to_quat(R: Tensor) -> Tensor:

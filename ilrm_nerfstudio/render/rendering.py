@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ilrm_nerfstudio.gaussians import Gaussians
+from ilrm_nerfstudio.core.gaussians import Gaussians
 
 # gsplat 1.4.0 constants (rasterize_to_pixels_fwd.cu / fully_fused_projection_fwd.cu).
 ALPHA_MAX = 0.999  # alpha = min(0.999, opacity * exp(-power))
@@ -213,7 +213,7 @@ class _Project(torch.autograd.Function):
     @staticmethod
     @_locked
     def forward(ctx, means, quats, scales, w2c, K, width, height, near_plane, far_plane):
-        from ilrm_nerfstudio import raster_cpu
+        from ilrm_nerfstudio.render import raster_cpu as raster_cpu
 
         _numba_threads()
         arrays = [_np(t) for t in (means, quats, scales, w2c.double(), K.double())]
@@ -226,7 +226,7 @@ class _Project(torch.autograd.Function):
     @staticmethod
     @_locked
     def backward(ctx, v_means2d, v_conics, v_depths, _v_cov2d, _v_radii):
-        from ilrm_nerfstudio import raster_cpu
+        from ilrm_nerfstudio.render import raster_cpu as raster_cpu
 
         arrays, radii, conics, width, height = ctx.state
         means, quats, scales, w2c, K = arrays
@@ -266,7 +266,7 @@ class _Rasterize(torch.autograd.Function):
     @staticmethod
     @_locked
     def forward(ctx, means2d, conics, opacities, features, cov2d, radii, width, height):
-        from ilrm_nerfstudio import raster_cpu
+        from ilrm_nerfstudio.render import raster_cpu as raster_cpu
 
         if features.shape[-1] != raster_cpu.N_FEATURES:
             raise ValueError(f"the CPU kernels composite {raster_cpu.N_FEATURES} features, got {features.shape[-1]}")
@@ -293,7 +293,7 @@ class _Rasterize(torch.autograd.Function):
     @staticmethod
     @_locked
     def backward(ctx, v_out, v_alpha):
-        from ilrm_nerfstudio import raster_cpu
+        from ilrm_nerfstudio.render import raster_cpu as raster_cpu
 
         states, width, height, consts, (C, N, _) = ctx.state
         _numba_threads()

@@ -17,9 +17,9 @@ import dataclasses
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .cameras import pixel_centers
-from .gaussians import Gaussians
-from .network import Block, ILRMNetworkConfig, Tokenizer, decode_gaussians, init_weights, no_autocast, pixel_features, unpatchify
+from ilrm_nerfstudio.core.cameras import pixel_centers
+from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.core.network import Block, ILRMNetworkConfig, Tokenizer, decode_gaussians, init_weights, no_autocast, pixel_features, unpatchify
 
 
 class FullAttentionLRM(nn.Module):

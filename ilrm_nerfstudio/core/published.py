@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .cameras import normalize_poses
-from .network import ILRM, ILRMNetworkConfig
-from .scenes import SceneError
+from ilrm_nerfstudio.core.cameras import normalize_poses
+from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
+from ilrm_nerfstudio.core.errors import ILRMError
 
 RE10K, DL3DV = "re10k", "dl3dv"
 RE10K_PREFIX = "encoder.scaler."  # where the Lightning module keeps the network
@@ -166,7 +166,7 @@ def published_protocol(path_or_network) -> PublishedProtocol:
     if isinstance(path_or_network, ILRM):
         protocol = getattr(path_or_network, "published_protocol", None)
         if protocol is None:
-            raise SceneError("this network was not loaded from a published iLRM checkpoint (use load_published_network)")
+            raise ILRMError("this network was not loaded from a published iLRM checkpoint (use load_published_network)")
         return protocol
     path = Path(path_or_network)
     kind, state = read_published(path)
@@ -195,25 +195,25 @@ def _trust_pickles(trusted: bool | None) -> bool:
 
 def _torch_load(path: Path, trusted: bool | None) -> object:
     if not path.exists():
-        raise SceneError(f"{path}: file not found (expected {EXPECTED})")
+        raise ILRMError(f"{path}: file not found (expected {EXPECTED})")
     if not path.is_file():
-        raise SceneError(f"{path}: not a file (expected {EXPECTED})")
+        raise ILRMError(f"{path}: not a file (expected {EXPECTED})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         unsafe = isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower()
         if not unsafe:  # truncated, corrupt, not a torch file
-            raise SceneError(f"{path}: not a readable PyTorch file, truncated or corrupt? ({first}); expected {EXPECTED}") from None
+            raise ILRMError(f"{path}: not a readable PyTorch file, truncated or corrupt? ({first}); expected {EXPECTED}") from None
         if not _trust_pickles(trusted):
-            raise SceneError(
+            raise ILRMError(
                 f"{path}: holds Python objects beyond tensors and plain containers, which are only unpickled from "
                 f"trusted files; if you trust it, set ILRM_TRUST_CHECKPOINTS=1 ({first})"
             ) from None
     try:  # trusted: full unpickling
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise SceneError(f"{path}: not a readable PyTorch file ({type(error).__name__}: {error}); expected {EXPECTED}") from None
+        raise ILRMError(f"{path}: not a readable PyTorch file ({type(error).__name__}: {error}); expected {EXPECTED}") from None
 
 
 def detect_format(obj: object, path: Path) -> tuple[str, dict[str, Tensor]]:
@@ -227,17 +227,17 @@ def detect_format(obj: object, path: Path) -> tuple[str, dict[str, Tensor]]:
         if isinstance(model, dict) and "viewpoint_token_decoder.1.weight" in model:
             return DL3DV, dict(model)
         if "pipeline" in obj and "step" in obj:
-            raise SceneError(
+            raise ILRMError(
                 f"{path}: an ns-train checkpoint (step {obj.get('step')}), not a published iLRM file; pass a run "
                 f"with --pipeline.model.ilrm-run / ilrm-eval --load-config, or {EXPECTED}"
             )
         keys = ", ".join(map(str, list(obj)[:6]))
-        raise SceneError(f"{path}: not {EXPECTED}; its top-level keys are: {keys or 'none'}")
-    raise SceneError(f"{path}: not {EXPECTED}; it holds a {type(obj).__name__}")
+        raise ILRMError(f"{path}: not {EXPECTED}; its top-level keys are: {keys or 'none'}")
+    raise ILRMError(f"{path}: not {EXPECTED}; it holds a {type(obj).__name__}")
 
 
 def read_published(path: str | Path, trusted: bool | None = None) -> tuple[str, dict[str, Tensor]]:
-    """Load a published file: (kind, state dict with their key names). SceneError otherwise."""
+    """Load a published file: (kind, state dict with their key names). ILRMError otherwise."""
     path = Path(path)
     return detect_format(_torch_load(path, trusted), path)
 
@@ -251,14 +251,14 @@ def is_published_checkpoint(path: str | Path) -> bool:
         with torch.device("meta"):
             network = ILRM(config)
         map_state_dict(kind, state, network, path)
-    except (SceneError, ValueError):
+    except (ILRMError, ValueError):
         return False
     return True
 
 
 def _shape(state: dict[str, Tensor], key: str, path: Path, kind: str) -> tuple[int, ...]:
     if key not in state:
-        raise SceneError(f"{path}: {kind} checkpoint without '{key}' (expected {EXPECTED})")
+        raise ILRMError(f"{path}: {kind} checkpoint without '{key}' (expected {EXPECTED})")
     return tuple(state[key].shape)
 
 
@@ -273,7 +273,7 @@ def published_network_config(kind: str, state: dict[str, Tensor], path: Path | s
     hidden = _shape(state, "processor.blocks.0.read_ff.fc1.weight", path, kind)[0]
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"processor\.blocks\.(\d+)\.", k))}
     if patch * patch * viewpoint_channels != viewpoint_in or not head_dim or width % head_dim or not blocks or len(blocks) % 2 or max(blocks) + 1 != len(blocks):
-        raise SceneError(f"{path}: {kind} checkpoint with an unexpected architecture (tokenizer {width}x{viewpoint_in}, {len(blocks)} blocks, head dim {head_dim})")
+        raise ILRMError(f"{path}: {kind} checkpoint with an unexpected architecture (tokenizer {width}x{viewpoint_in}, {len(blocks)} blocks, head dim {head_dim})")
     common = dict(
         patch_size=patch, width=width, num_heads=width // head_dim, num_layers=len(blocks) // 2, mlp_ratio=hidden / width,
         gaussian_param="published", color_skip=False, cross_attention_groups=1, iterative_refinement=True,
@@ -303,26 +303,26 @@ def map_state_dict(kind: str, state: dict[str, Tensor], network: ILRM, path: Pat
     mapped, used = {}, set()
     for our_key, their_key, part, parts in key_pairs(kind, network.config.num_layers):
         if their_key not in state:
-            raise SceneError(f"{path}: {kind} checkpoint without '{their_key}' (truncated or a different model?)")
+            raise ILRMError(f"{path}: {kind} checkpoint without '{their_key}' (truncated or a different model?)")
         tensor = state[their_key]
         if parts > 1:
             tensor = tensor.chunk(parts, dim=0)[part]
         if tuple(tensor.shape) != tuple(ours[our_key].shape):
-            raise SceneError(f"{path}: '{their_key}' has shape {list(state[their_key].shape)}, expected one giving {list(ours[our_key].shape)} for {our_key}")
+            raise ILRMError(f"{path}: '{their_key}' has shape {list(state[their_key].shape)}, expected one giving {list(ours[our_key].shape)} for {our_key}")
         mapped[our_key] = tensor
         used.add(their_key)
     unexpected = sorted(set(state) - used)
     if unexpected:
-        raise SceneError(f"{path}: {kind} checkpoint with {len(unexpected)} unexpected network key(s), e.g. '{unexpected[0]}' (a different model?)")
+        raise ILRMError(f"{path}: {kind} checkpoint with {len(unexpected)} unexpected network key(s), e.g. '{unexpected[0]}' (a different model?)")
     missing = sorted(set(ours) - set(mapped))
     if missing:  # the table must cover our whole network
-        raise SceneError(f"{path}: no published weights for {missing[0]} (network options that the published models lack?)")
+        raise ILRMError(f"{path}: no published weights for {missing[0]} (network options that the published models lack?)")
     return mapped
 
 
 def load_published_network(path: str | Path, device: str | torch.device = "cpu", trusted: bool | None = None) -> ILRM:
     """A published iLRM checkpoint as this package's `ILRM`: eval mode, parameters frozen, the
-    file's protocol in `.published_protocol`. Anything else raises SceneError naming the file.
+    file's protocol in `.published_protocol`. Anything else raises ILRMError naming the file.
     `trusted` (or ILRM_TRUST_CHECKPOINTS=1) allows files that need full unpickling."""
     path = Path(path)
     kind, state = read_published(path, trusted)

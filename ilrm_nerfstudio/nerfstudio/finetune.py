@@ -43,15 +43,15 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from .cameras import normalize_poses, opengl_to_opencv, to_homogeneous
-from .frames import normalized_to_world
-from .gaussians import Gaussians
-from .ilrm_model import GAUSSIAN_FIELDS, GaussianSceneModel, GaussianSceneModelConfig
-from .metrics import PerceptualWeightsError, image_metrics, load_perceptual, psnr, training_ssim
-from .network import ILRM
-from .scene_datamanager import ILRMSceneDataManagerConfig
-from .scene_init import points_to_gaussians, random_gaussians, triangulate_points
-from .scenes import SceneError
+from ilrm_nerfstudio.core.cameras import normalize_poses, opengl_to_opencv, to_homogeneous
+from ilrm_nerfstudio.core.frames import normalized_to_world
+from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.nerfstudio.ilrm_model import GAUSSIAN_FIELDS, GaussianSceneModel, GaussianSceneModelConfig
+from ilrm_nerfstudio.metrics.image import PerceptualWeightsError, image_metrics, load_perceptual, psnr, training_ssim
+from ilrm_nerfstudio.core.network import ILRM
+from ilrm_nerfstudio.nerfstudio.finetune_datamanager import ILRMSceneDataManagerConfig
+from ilrm_nerfstudio.data.points import points_to_gaussians, random_gaussians, triangulate_points
+from ilrm_nerfstudio.core.errors import ILRMError
 
 # The published finetune ("Ours_10").
 MEANS_LR = 6e-4
@@ -86,7 +86,7 @@ def find_run_files(path: Path) -> tuple[Path, Path]:
     checkpoint); the latest checkpoint unless one is named."""
     path = Path(path)
     if not path.exists():
-        raise SceneError(f"{path}: ilrm run not found (give its folder, config.yml or a .ckpt)")
+        raise ILRMError(f"{path}: ilrm run not found (give its folder, config.yml or a .ckpt)")
     if path.is_dir():
         config, checkpoint = path / "config.yml", None
     elif path.suffix == ".ckpt":
@@ -94,11 +94,11 @@ def find_run_files(path: Path) -> tuple[Path, Path]:
     else:
         config, checkpoint = path, None
     if not config.is_file():
-        raise SceneError(f"{config}: not found; --pipeline.model.ilrm-run needs an ns-train ilrm / ilrm-small run")
+        raise ILRMError(f"{config}: not found; --pipeline.model.ilrm-run needs an ns-train ilrm / ilrm-small run")
     if checkpoint is None:
         checkpoints = sorted((config.parent / "nerfstudio_models").glob("step-*.ckpt"))
         if not checkpoints:
-            raise SceneError(f"{config.parent / 'nerfstudio_models'}: no checkpoint (step-*.ckpt) in this run")
+            raise ILRMError(f"{config.parent / 'nerfstudio_models'}: no checkpoint (step-*.ckpt) in this run")
         checkpoint = checkpoints[-1]
     return config, checkpoint
 
@@ -114,10 +114,10 @@ def load_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwo
     (`re10k_2view.ckpt`, `ilrm_undistort_dl3dv*.pt`) with that model's protocol."""
     path = Path(path)
     if not path.exists():
-        raise SceneError(f"{path}: ilrm run not found (give its folder, config.yml or a .ckpt, or a published iLRM checkpoint)")
+        raise ILRMError(f"{path}: ilrm run not found (give its folder, config.yml or a .ckpt, or a published iLRM checkpoint)")
     if is_run_path(path):
         return load_trained_network(path, device)
-    from .published import load_published_network
+    from ilrm_nerfstudio.core.published import load_published_network
 
     network = load_published_network(path, device)
     protocol = network.published_protocol
@@ -130,16 +130,16 @@ def load_trained_network(path: Path, device: torch.device | str = "cpu") -> Trai
     config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
     model_config = getattr(getattr(config, "pipeline", None), "model", None)
     if model_config is None or not hasattr(model_config, "network"):
-        raise SceneError(f"{config_path}: not an ilrm run (method {getattr(config, 'method_name', '?')!r} has no network)")
+        raise ILRMError(f"{config_path}: not an ilrm run (method {getattr(config, 'method_name', '?')!r} has no network)")
     network_config = dataclasses.replace(model_config.network, sh_degree=model_config.sh_degree, compile=False, gradient_checkpointing=False)
     network = ILRM(network_config)
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
     except Exception as error:  # torn or foreign file: name it
-        raise SceneError(f"{checkpoint}: cannot read this checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:120]})") from None
+        raise ILRMError(f"{checkpoint}: cannot read this checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:120]})") from None
     weights = {key.split("network.", 1)[1]: value for key, value in state.items() if "_model.network." in key}
     if not weights:
-        raise SceneError(f"{checkpoint}: holds no network weights")
+        raise ILRMError(f"{checkpoint}: holds no network weights")
     network.load_state_dict(weights)
     network.requires_grad_(False)
     network.eval()
@@ -167,7 +167,7 @@ def predict_gaussians(trained: TrainedNetwork, images: Tensor, c2w: Tensor, K: T
     [V, 3, 3] in the scene's frame) -> Gaussians in the scene's frame (one forward pass)."""
     device = next(trained.network.parameters()).device
     if trained.published:
-        from .published import published_normalize_poses
+        from ilrm_nerfstudio.core.published import published_normalize_poses
 
         normalized, _, scale = published_normalize_poses(c2w.double())
     else:
@@ -348,14 +348,14 @@ class ILRMFinetuneModel(GaussianSceneModel):
                 points = triangulate_points([item["image"].numpy() for item in items], c2w, K, seed=cfg.seed)
                 source = f"points triangulated from {len(items)} training frames (SIFT, known poses)"
             if len(points[0]) < 100:
-                raise SceneError(f"{datamanager.config.data}: found only {len(points[0])} 3D points to start from; use --pipeline.model.init random")
+                raise ILRMError(f"{datamanager.config.data}: found only {len(points[0])} 3D points to start from; use --pipeline.model.init random")
             gaussians = points_to_gaussians(points[0], points[1], cfg.sh_degree)
             log_line(f"start: {len(gaussians):,} Gaussians at {source} ({time.perf_counter() - start:.1f} s)")
         elif kind == "random":
             gaussians = random_gaussians(cfg.random_init_count, c2w, cfg.sh_degree, cfg.random_init_extent, cfg.seed)
             log_line(f"start: {len(gaussians):,} random Gaussians")
         else:
-            raise SceneError(f"unknown init {kind!r}")
+            raise ILRMError(f"unknown init {kind!r}")
         self.set_scene_gaussians(gaussians.map(lambda t: t.to(self.device)), trainable=True)
         if cfg.report_held_out:
             baselines = held_out_baselines(datamanager)
@@ -366,7 +366,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
     def _network_start(self, datamanager) -> Gaussians:
         cfg = self.config
         if cfg.ilrm_run is None:
-            raise SceneError("--pipeline.model.ilrm-run is needed (an ns-train ilrm / ilrm-small run), or --pipeline.model.init points / random")
+            raise ILRMError("--pipeline.model.ilrm-run is needed (an ns-train ilrm / ilrm-small run), or --pipeline.model.init points / random")
         trained = load_network(cfg.ilrm_run, self.device)
         trained.bf16 = cfg.bf16
         multiple = trained.network.config.patch_size * trained.network.config.viewpoint_factor
@@ -381,7 +381,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
         else:
             height, width = cfg.network_resolution or network_input_size(frame_hw, trained.resolution, multiple)
         if height % multiple or width % multiple:
-            raise SceneError(f"network_resolution {height}x{width} must be divisible by patch_size x viewpoint_factor = {multiple}")
+            raise ILRMError(f"network_resolution {height}x{width} must be divisible by patch_size x viewpoint_factor = {multiple}")
         anchors = datamanager.input_indices
         # Published models: their protocol's view count (RE10K: pairs). Our runs: one pass, which
         # measured better than nearest-frame pairs (docs/per_scene.md).
@@ -706,7 +706,7 @@ class ILRMFinetunePipeline(VanillaPipeline):
                 if config.model.lpips_weight > 0:
                     self.model.perceptual()  # fail now, not at the first step, when VGG is missing
                 self.model.initialize_gaussians(self.datamanager)
-        except (SceneError, PerceptualWeightsError) as error:
+        except (ILRMError, PerceptualWeightsError) as error:
             raise SystemExit(f"ilrm-finetune: {error}") from None
 
     def _batch_loss(self, epoch: int, batch_index: int, cameras: Cameras, batch: dict):

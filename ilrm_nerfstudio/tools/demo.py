@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torchvision.utils as vutils
 
-from .export import save_ply
-from .synthetic import generate_dataset
+from ilrm_nerfstudio.data.ply import save_ply
+from ilrm_nerfstudio.data.synthetic import generate_dataset
 
 DEFAULT_STEPS = 500
 CAPTURE = Path(__file__).parent / "captures" / "snowmiku"  # MIT license, see its README

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from .scenes import SceneError
+from ilrm_nerfstudio.core.errors import ILRMError
 
 # ------------------------------------------------------------------------------------------------
 # Frame-gap warm-up
@@ -41,7 +41,7 @@ def gap_range(
     """The allowed [min, max] frame gap between the outer contexts at training `step`: linear
     from (initial_min_gap, initial_max_gap) at step 0 to (min_gap, max_gap) at `warmup_steps`."""
     if min_gap > max_gap:
-        raise SceneError(f"min_frame_gap {min_gap} is larger than max_frame_gap {max_gap}")
+        raise ILRMError(f"min_frame_gap {min_gap} is larger than max_frame_gap {max_gap}")
     start_min = min_gap if initial_min_gap is None else initial_min_gap
     start_max = max_gap if initial_max_gap is None else initial_max_gap
     fraction = 1.0 if warmup_steps <= 0 else min(max(step, 0) / warmup_steps, 1.0)
@@ -68,14 +68,14 @@ def _window(num_frames: int, needed: int, min_gap: int, max_gap: int, generator:
 
 def _check_count(num_frames: int, num_context: int, num_target: int) -> None:
     if num_context < 1 or num_target < 1:
-        raise SceneError(f"need at least 1 context and 1 target view (got {num_context} and {num_target})")
+        raise ILRMError(f"need at least 1 context and 1 target view (got {num_context} and {num_target})")
     if num_frames < num_context + num_target:
-        raise SceneError(f"{num_frames} frames, but {num_context} context + {num_target} target views are needed")
+        raise ILRMError(f"{num_frames} frames, but {num_context} context + {num_target} target views are needed")
 
 
 def _pick_targets(candidates: list[int], num_target: int, generator: torch.Generator | None) -> list[int]:
     if len(candidates) < num_target:
-        raise SceneError(f"only {len(candidates)} frames left for {num_target} target views")
+        raise ILRMError(f"only {len(candidates)} frames left for {num_target} target views")
     if generator is None:  # evenly spread inside, at 1/(n+1), ..., n/(n+1) of the candidates:
         # never simply the neighbours of the contexts, which copying a context would predict well
         n = len(candidates)
@@ -97,7 +97,7 @@ def sample_bounded(
     window = list(range(start, start + gap + 1))
     context = sorted({window[round(i * gap / max(num_context - 1, 1))] for i in range(num_context)})
     if len(context) < num_context:
-        raise SceneError(f"cannot fit {num_context} contexts and {num_target} targets in a window of {gap + 1} frames")
+        raise ILRMError(f"cannot fit {num_context} contexts and {num_target} targets in a window of {gap + 1} frames")
     candidates = [i for i in window if i not in context]  # strictly between the outer contexts
     return context, _pick_targets(candidates, num_target, generator)
 
@@ -190,7 +190,7 @@ def wide_coverage_views(c2w: Tensor, num_context: int, target_interval: int = 8)
     targets = list(range(0, num_frames, target_interval))
     others = [i for i in range(num_frames) if i % target_interval]
     if len(others) < num_context or not targets:
-        raise SceneError(
+        raise ILRMError(
             f"{num_frames} frames: the wide protocol (every {target_interval}th frame a target) leaves "
             f"{len(others)} frames for {num_context} context views"
         )
@@ -201,7 +201,7 @@ def holdout_frames(num_frames: int, interval: int) -> tuple[list[int], list[int]
     """Single-scene split: every `interval`-th frame (0, k, 2k, ...) is held out for evaluation
     (train frames, held-out frames)."""
     if interval < 2:
-        raise SceneError(f"holdout interval must be at least 2, got {interval}")
+        raise ILRMError(f"holdout interval must be at least 2, got {interval}")
     held_out = list(range(0, num_frames, interval))
     return [i for i in range(num_frames) if i % interval], held_out
 
@@ -212,7 +212,7 @@ def holdout_episodes(train_frames: Sequence[int], held_out: Sequence[int], num_c
     first target, the nearest after the last, extra ones evenly spaced between)."""
     train_frames = sorted(train_frames)
     if len(train_frames) < num_context:
-        raise SceneError(f"{len(train_frames)} training frames, but {num_context} context views are needed")
+        raise ILRMError(f"{len(train_frames)} training frames, but {num_context} context views are needed")
     episodes = []
     for start in range(0, len(held_out), num_target):
         targets = sorted(held_out[start : start + num_target])
@@ -237,16 +237,16 @@ def holdout_episodes(train_frames: Sequence[int], held_out: Sequence[int], num_c
 
 def load_index(path: Path) -> dict[str, tuple[list[int], list[int]]]:
     """Read an evaluation index `{scene_key: null | {"context": [...], "target": [...]}}`; null
-    entries are skipped. Raises SceneError naming the key for malformed entries."""
+    entries are skipped. Raises ILRMError naming the key for malformed entries."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise SceneError(f"{path}: evaluation index not found") from None
+        raise ILRMError(f"{path}: evaluation index not found") from None
     except (OSError, json.JSONDecodeError) as error:
-        raise SceneError(f"{path}: cannot read the evaluation index ({error})") from None
+        raise ILRMError(f"{path}: cannot read the evaluation index ({error})") from None
     if not isinstance(raw, dict):
-        raise SceneError(f"{path}: an evaluation index maps scene keys to {{'context': [...], 'target': [...]}}")
+        raise ILRMError(f"{path}: an evaluation index maps scene keys to {{'context': [...], 'target': [...]}}")
     index = {}
     for key, entry in raw.items():
         if entry is None:
@@ -255,9 +255,9 @@ def load_index(path: Path) -> dict[str, tuple[list[int], list[int]]]:
             context = [int(i) for i in entry["context"]]
             target = [int(i) for i in entry["target"]]
         except (TypeError, KeyError, ValueError):
-            raise SceneError(f"{path}: entry {key!r} needs integer lists 'context' and 'target', got {entry!r}") from None
+            raise ILRMError(f"{path}: entry {key!r} needs integer lists 'context' and 'target', got {entry!r}") from None
         if not context or not target:
-            raise SceneError(f"{path}: entry {key!r} has no context or no target frames")
+            raise ILRMError(f"{path}: entry {key!r} has no context or no target frames")
         index[str(key)] = (context, target)
     return index
 
@@ -295,7 +295,7 @@ def shard_indices(groups: Sequence[str], rank: int, world_size: int) -> list[int
     if world_size <= 1 or len(groups) < world_size:
         return list(range(len(groups)))
     if not 0 <= rank < world_size:
-        raise SceneError(f"rank {rank} is outside a world of size {world_size}")
+        raise ILRMError(f"rank {rank} is outside a world of size {world_size}")
     labels = sorted(set(groups))
     if len(labels) >= world_size:
         mine = set(labels[rank::world_size])
@@ -334,7 +334,7 @@ class StepBatchSampler(Sampler):
         shuffle: bool = True,
     ):
         if not groups:
-            raise SceneError("no scenes to sample from")
+            raise ILRMError("no scenes to sample from")
         self.groups, self.batch_size, self.step_ref, self.seed = list(groups), batch_size, step_ref, seed
         self.num_streams = max(num_workers, 1)
         self.min_context, self.max_context, self.shuffle = min_context, max(max_context, min_context), shuffle

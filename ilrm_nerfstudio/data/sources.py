@@ -28,9 +28,9 @@ from typing import Literal
 
 import torch
 
-from .scenes import (
+from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.data.scene import (
     Scene,
-    SceneError,
     chunk_example_to_scene,
     choose_image_folder,
     load_nerfstudio_scene,
@@ -99,7 +99,7 @@ def detect_source(root: Path, split: str = "train") -> str:
     """The kind of data at `root` (see the module docstring)."""
     root = Path(root)
     if not root.exists():
-        raise SceneError(f"{root}: data folder not found")
+        raise ILRMError(f"{root}: data folder not found")
     if root.is_file() and root.suffix == ".txt":
         return "opencv-scenes"
     if is_single_scene(root):
@@ -116,7 +116,7 @@ def detect_source(root: Path, split: str = "train") -> str:
         or any(base.glob("*/*/transforms.json"))
     ):
         return "nerfstudio-scenes"
-    raise SceneError(
+    raise ILRMError(
         f"{root}: cannot tell what data this is. Expected one of: torch chunks (<root>/{split}/*.torch + index.json), "
         "scene folders (<scene>/transforms.json, <scene>/nerfstudio/transforms.json or <scene>/opencv_cameras.json), "
         "or a single scene (transforms.json or a COLMAP model in sparse/0 or colmap/sparse/0)"
@@ -140,16 +140,16 @@ def read_chunk_index(stage_dir: Path) -> dict[str, Path]:
     """`index.json` of a chunk folder: scene key -> chunk file (checked to exist)."""
     path = Path(stage_dir) / "index.json"
     if not path.is_file():
-        raise SceneError(
+        raise ILRMError(
             f"{path}: not found. A chunk folder needs the index.json that maps scene keys to chunk files; "
-            f"build it with: python -m ilrm_nerfstudio.sources index {stage_dir}"
+            f"build it with: python -m ilrm_nerfstudio.data.sources index {stage_dir}"
         )
     try:
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise SceneError(f"{path}: cannot read ({error})") from None
+        raise ILRMError(f"{path}: cannot read ({error})") from None
     if not isinstance(raw, dict):
-        raise SceneError(f"{path}: must map scene keys to chunk file names")
+        raise ILRMError(f"{path}: must map scene keys to chunk file names")
     index, missing = {}, set()
     for key, name in raw.items():
         chunk = Path(stage_dir) / Path(str(name)).name
@@ -178,9 +178,9 @@ def load_chunk(chunk: Path) -> list[dict]:
     try:
         examples = torch.load(chunk, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt or truncated file: name it
-        raise SceneError(f"{chunk}: cannot read the torch chunk ({type(error).__name__}: {error})") from None
+        raise ILRMError(f"{chunk}: cannot read the torch chunk ({type(error).__name__}: {error})") from None
     if not isinstance(examples, list):
-        raise SceneError(f"{chunk}: a chunk must hold a list of examples, found {type(examples).__name__}")
+        raise ILRMError(f"{chunk}: a chunk must hold a list of examples, found {type(examples).__name__}")
     return examples
 
 
@@ -210,17 +210,17 @@ class ChunkCache:
     def scene(self, key: str, chunk: Path) -> Scene:
         examples = self.examples(chunk)
         if key not in examples:
-            raise SceneError(f"scene {key}: not in its chunk {chunk} (index.json is out of date)")
+            raise ILRMError(f"scene {key}: not in its chunk {chunk} (index.json is out of date)")
         return chunk_example_to_scene(examples[key], chunk)
 
 
 def chunk_entries(root: Path, split: str) -> list[SceneEntry]:
     stage = _chunk_dir(Path(root), split)
     if stage is None:
-        raise SceneError(f"{Path(root) / split}: no torch chunks (*.torch with index.json) found")
+        raise ILRMError(f"{Path(root) / split}: no torch chunks (*.torch with index.json) found")
     index = read_chunk_index(stage)
     if not index:
-        raise SceneError(f"{stage / 'index.json'}: lists no scene whose chunk file exists")
+        raise ILRMError(f"{stage / 'index.json'}: lists no scene whose chunk file exists")
     # Sorted by chunk, then key: sequential passes touch every chunk once.
     return [SceneEntry(key, chunk.name, chunk=chunk) for key, chunk in sorted(index.items(), key=lambda kv: (kv[1].name, kv[0]))]
 
@@ -256,7 +256,7 @@ def find_scenes(root: Path, split: str, kind: str) -> list[tuple[str, Path]]:
     found = sorted(set(found))
     if not found:
         what = "opencv_cameras.json" if kind == "opencv-scenes" else "transforms.json"
-        raise SceneError(f"{base}: no scene folders with a {what} found")
+        raise ILRMError(f"{base}: no scene folders with a {what} found")
     names = [p.name for p in found]
     if len(set(names)) < len(names):
         names = ["__".join(p.relative_to(base).parts) if p.is_relative_to(base) else str(p) for p in found]
@@ -271,14 +271,14 @@ def load_folder_scene(path: Path, kind: str, options: LoadOptions, name: str | N
 
 def folder_entries(root: Path, split: str, kind: str, options: LoadOptions, strict: bool, log=print) -> tuple[list[SceneEntry], list[str]]:
     """Load the scenes of a folder. A scene that fails to load is skipped with one logged line
-    (strict=False, training) or raises SceneError naming it (strict=True, evaluation)."""
+    (strict=False, training) or raises ILRMError naming it (strict=True, evaluation)."""
     entries, problems = [], []
     for name, path in find_scenes(root, split, kind):
         try:
             scene = load_folder_scene(path, kind, options, name=name)
-        except SceneError as error:
+        except ILRMError as error:
             if strict:
-                raise SceneError(f"scene {name}: {error}") from None
+                raise ILRMError(f"scene {name}: {error}") from None
             problems.append(f"scene {name}: {error}")
             log(f"skipping scene {name}: {error}")
             continue
@@ -313,7 +313,7 @@ def _dataparser_for(root: Path):
             load_3D_points=False,
             **common,
         )
-    raise SceneError(f"{root}: not a single scene (no transforms.json, opencv_cameras.json or COLMAP model)")
+    raise ILRMError(f"{root}: not a single scene (no transforms.json, opencv_cameras.json or COLMAP model)")
 
 
 def scene_from_dataparser_outputs(outputs, name: str, distortion: str = "undistort") -> Scene:
@@ -325,7 +325,7 @@ def scene_from_dataparser_outputs(outputs, name: str, distortion: str = "undisto
     n = len(outputs.image_filenames)
     camera_types = cameras.camera_type.reshape(-1)
     if bool((camera_types != CameraType.PERSPECTIVE.value).any()):
-        raise SceneError(
+        raise ILRMError(
             f"scene {name}: only perspective cameras are supported (found {CameraType(int(camera_types[0])).name}); "
             "undistort fisheye images first, e.g. with COLMAP's image_undistorter"
         )
@@ -337,13 +337,13 @@ def scene_from_dataparser_outputs(outputs, name: str, distortion: str = "undisto
     fx, fy = cameras.fx.double().reshape(n), cameras.fy.double().reshape(n)
     cx, cy = cameras.cx.double().reshape(n), cameras.cy.double().reshape(n)
     heights, widths = cameras.height.reshape(n).tolist(), cameras.width.reshape(n).tolist()
-    from .cameras import intrinsics_matrix, opengl_to_opencv
+    from ilrm_nerfstudio.core.cameras import intrinsics_matrix, opengl_to_opencv
 
     dist = None
     if cameras.distortion_params is not None and distortion == "undistort":
         params = cameras.distortion_params.double().reshape(n, 6)  # k1, k2, k3, k4, p1, p2
         if bool(params[:, 3].abs().max() > 0):
-            raise SceneError(f"scene {name}: distortion coefficient k4 is not supported for perspective cameras")
+            raise ILRMError(f"scene {name}: distortion coefficient k4 is not supported for perspective cameras")
         if bool(params.abs().max() > 0):
             dist = params[:, [0, 1, 4, 5, 2]].float()  # OpenCV order k1, k2, p1, p2, k3
     paths = [Path(p) for p in outputs.image_filenames]
@@ -372,17 +372,17 @@ def load_single_scene(root: Path, options: LoadOptions) -> Scene:
     quiet, CONSOLE.quiet = CONSOLE.quiet, True  # its eval-mode=all notice does not apply here
     try:
         outputs = config.setup().get_dataparser_outputs(split="train")
-    except SceneError:
+    except ILRMError:
         raise
     except Exception as error:  # nerfstudio's parsers assert / raise on bad input: name the scene
-        raise SceneError(f"{root}: nerfstudio's {type(config).__name__.replace('Config', '')} could not read the scene ({type(error).__name__}: {error})") from None
+        raise ILRMError(f"{root}: nerfstudio's {type(config).__name__.replace('Config', '')} could not read the scene ({type(error).__name__}: {error})") from None
     finally:
         CONSOLE.quiet = quiet
     scene = scene_from_dataparser_outputs(outputs, name, options.distortion)
     scene.image_paths = choose_image_folder(scene.image_paths, scene.image_sizes, options.image_folder, options.target_hw, root)
     for i, path in enumerate(scene.image_paths):
         if not path.is_file():
-            raise SceneError(f"scene {name}: frame {i}: image file {path} not found")
+            raise ILRMError(f"scene {name}: frame {i}: image file {path} not found")
     return scene
 
 
@@ -394,7 +394,7 @@ def load_single_scene(root: Path, options: LoadOptions) -> Scene:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m ilrm_nerfstudio.sources", description="Data source utilities.")
+    parser = argparse.ArgumentParser(prog="python -m ilrm_nerfstudio.data.sources", description="Data source utilities.")
     commands = parser.add_subparsers(dest="command", required=True)
     index = commands.add_parser("index", help="write index.json (scene key -> chunk file) for a folder of *.torch chunks")
     index.add_argument("folder", type=Path)
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             print(build_chunk_index(args.folder))
         else:
             print(detect_source(args.folder))
-    except SceneError as error:
+    except ILRMError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

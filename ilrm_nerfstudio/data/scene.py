@@ -27,13 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from ilrm_nerfstudio.core.errors import ILRMError
 from torch import Tensor
 
-from .cameras import intrinsics_matrix, opengl_to_opencv, resize_and_crop_intrinsics
+from ilrm_nerfstudio.core.cameras import intrinsics_matrix, opengl_to_opencv, resize_and_crop_intrinsics
 
-
-class SceneError(ValueError):
-    """Bad input data: the message names the scene or file and the problem."""
 
 
 DOWNSCALE_FACTORS = (8, 4, 2)  # `images_8`, `images_4`, `images_2` next to `images`
@@ -60,15 +59,15 @@ class Scene:
         return f"scene {self.name} frame {self.frame_id(index)} ({self.image_paths[index]})"
 
     def read_image(self, index: int) -> Image.Image:
-        """Frame `index` decoded as an RGB PIL image (raises SceneError naming scene and frame)."""
+        """Frame `index` decoded as an RGB PIL image (raises ILRMError naming scene and frame)."""
         path = self.image_paths[index]
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")
         except FileNotFoundError:
-            raise SceneError(f"{path}: image file not found ({self.describe(index)})") from None
+            raise ILRMError(f"{path}: image file not found ({self.describe(index)})") from None
         except (OSError, UnidentifiedImageError, ValueError) as error:
-            raise SceneError(f"{path}: cannot read image ({error}) ({self.describe(index)})") from None
+            raise ILRMError(f"{path}: cannot read image ({error}) ({self.describe(index)})") from None
 
     def subset(self, indices: list[int]) -> "Scene":
         """The scene restricted to `indices` (messages keep the original frame numbers)."""
@@ -83,12 +82,12 @@ class Scene:
         )
 
     def check_poses(self, indices: list[int] | None = None) -> None:
-        """Raise SceneError naming the first frame whose pose is not finite or not rigid."""
+        """Raise ILRMError naming the first frame whose pose is not finite or not rigid."""
         indices = list(range(len(self))) if indices is None else indices
         problem = pose_problems(self.c2w[indices])
         if problem is not None:
             i, what = problem
-            raise SceneError(f"{self.describe(indices[i])}: camera pose {what}")
+            raise ILRMError(f"{self.describe(indices[i])}: camera pose {what}")
 
 
 @dataclass
@@ -106,9 +105,9 @@ class ChunkScene(Scene):
             with Image.open(io.BytesIO(data)) as image:
                 return image.convert("RGB")
         except UnidentifiedImageError:
-            raise SceneError(f"{self.describe(index)}: cannot decode the image (not a valid JPEG/PNG)") from None
+            raise ILRMError(f"{self.describe(index)}: cannot decode the image (not a valid JPEG/PNG)") from None
         except (OSError, ValueError, AttributeError) as error:
-            raise SceneError(f"{self.describe(index)}: cannot decode the image ({error})") from None
+            raise ILRMError(f"{self.describe(index)}: cannot decode the image ({error})") from None
 
     def subset(self, indices: list[int]) -> "ChunkScene":
         scene = Scene.subset(self, indices)
@@ -144,17 +143,17 @@ def _intrinsics_of(frame: dict, meta: dict, path: Path) -> tuple[list[float], tu
     for key in ("fl_x", "fl_y", "cx", "cy", "h", "w"):
         value = meta.get(key, frame.get(key))
         if value is None:
-            raise SceneError(f"{path}: missing camera intrinsic '{key}' (neither per frame nor global)")
+            raise ILRMError(f"{path}: missing camera intrinsic '{key}' (neither per frame nor global)")
         values.append(float(value))
     fx, fy, cx, cy, h, w = values
     if not all(math.isfinite(v) for v in values) or min(fx, fy, h, w) <= 0:
-        raise SceneError(f"{path}: invalid intrinsics fl_x={fx} fl_y={fy} cx={cx} cy={cy} w={w} h={h}")
+        raise ILRMError(f"{path}: invalid intrinsics fl_x={fx} fl_y={fy} cx={cx} cy={cy} w={w} h={h}")
     return [fx, fy, cx, cy], (int(h), int(w))
 
 
 def _distortion_of(frame: dict, meta: dict, path: Path, i: int) -> list[float]:
     if abs(float(meta.get("k4", frame.get("k4", 0.0)))) > 1e-12:
-        raise SceneError(f"{path}: frame {i}: distortion coefficient k4 is not supported for perspective cameras")
+        raise ILRMError(f"{path}: frame {i}: distortion coefficient k4 is not supported for perspective cameras")
     return [float(meta.get(k, frame.get(k, 0.0))) for k in _DISTORTION_KEYS]
 
 
@@ -167,7 +166,7 @@ def resolve_transforms(scene_dir: Path) -> Path:
     for candidate in (scene_dir / "transforms.json", scene_dir / "nerfstudio" / "transforms.json"):
         if candidate.is_file():
             return candidate
-    raise SceneError(f"{scene_dir / 'transforms.json'}: not found (a scene folder needs a nerfstudio transforms.json)")
+    raise ILRMError(f"{scene_dir / 'transforms.json'}: not found (a scene folder needs a nerfstudio transforms.json)")
 
 
 def choose_image_folder(paths: list[Path], sizes: list[tuple[int, int]], image_folder: str | None, target_hw: tuple[int, int] | None, where: Path) -> list[Path]:
@@ -185,7 +184,7 @@ def choose_image_folder(paths: list[Path], sizes: list[tuple[int, int]], image_f
     if image_folder != "auto":
         new = swapped(image_folder)
         if not new[0].parent.is_dir():
-            raise SceneError(f"{where}: image folder {new[0].parent} not found (image_folder={image_folder!r})")
+            raise ILRMError(f"{where}: image folder {new[0].parent} not found (image_folder={image_folder!r})")
         return new
     folder = paths[0].parent.name
     min_h, min_w = min(s[0] for s in sizes), min(s[1] for s in sizes)
@@ -220,12 +219,12 @@ def load_nerfstudio_scene(
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise SceneError(f"{path}: not valid JSON ({error})") from None
+        raise ILRMError(f"{path}: not valid JSON ({error})") from None
     frames = meta.get("frames") if isinstance(meta, dict) else None
     if not frames:
-        raise SceneError(f"{path}: no 'frames'")
+        raise ILRMError(f"{path}: no 'frames'")
     if meta.get("camera_model", "OPENCV") not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
-        raise SceneError(
+        raise ILRMError(
             f"{path}: camera_model {meta['camera_model']!r} is not supported (pinhole and OPENCV cameras only; "
             "undistort fisheye/equirectangular images first, e.g. with COLMAP's image_undistorter)"
         )
@@ -233,13 +232,13 @@ def load_nerfstudio_scene(
     paths, poses, intrinsics, sizes, distortions = [], [], [], [], []
     for i, frame in enumerate(frames):
         if "file_path" not in frame or "transform_matrix" not in frame:
-            raise SceneError(f"{path}: frame {i} needs 'file_path' and 'transform_matrix'")
+            raise ILRMError(f"{path}: frame {i} needs 'file_path' and 'transform_matrix'")
         pose = np.asarray(frame["transform_matrix"], dtype=np.float64)
         if pose.shape not in ((4, 4), (3, 4)) or not np.isfinite(pose).all():
-            raise SceneError(f"{path}: frame {i} ({frame['file_path']}): transform_matrix must be a finite 4x4 matrix")
+            raise ILRMError(f"{path}: frame {i} ({frame['file_path']}): transform_matrix must be a finite 4x4 matrix")
         rotation = pose[:3, :3]
         if np.abs(rotation @ rotation.T - np.eye(3)).max() > 1e-3 or np.linalg.det(rotation) < 0:
-            raise SceneError(f"{path}: frame {i} ({frame['file_path']}): transform_matrix is not a rigid transform")
+            raise ILRMError(f"{path}: frame {i} ({frame['file_path']}): transform_matrix is not a rigid transform")
         params, size = _intrinsics_of(frame, meta, path)
         paths.append(base / frame["file_path"])
         poses.append(pose[:3])
@@ -249,7 +248,7 @@ def load_nerfstudio_scene(
     chosen = choose_image_folder(paths, sizes, image_folder, target_hw, path)
     for i, image_path in enumerate(chosen):
         if not image_path.is_file():
-            raise SceneError(f"{path}: frame {i}: image file {image_path} not found")
+            raise ILRMError(f"{path}: frame {i}: image file {image_path} not found")
 
     c2w_gl = torch.eye(4, dtype=torch.float64).repeat(len(poses), 1, 1)
     c2w_gl[:, :3] = torch.from_numpy(np.stack(poses))
@@ -273,14 +272,14 @@ def load_opencv_scene(path: Path, image_folder: str | None = None, target_hw: tu
     if path.is_dir():
         path = path / "opencv_cameras.json"
     if not path.is_file():
-        raise SceneError(f"{path}: not found (an opencv_cameras.json scene)")
+        raise ILRMError(f"{path}: not found (an opencv_cameras.json scene)")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise SceneError(f"{path}: not valid JSON ({error})") from None
+        raise ILRMError(f"{path}: not valid JSON ({error})") from None
     frames = meta.get("frames") if isinstance(meta, dict) else None
     if not frames:
-        raise SceneError(f"{path}: no 'frames'")
+        raise ILRMError(f"{path}: no 'frames'")
     paths, w2cs, intrinsics, sizes = [], [], [], []
     for i, frame in enumerate(frames):
         try:
@@ -288,15 +287,15 @@ def load_opencv_scene(path: Path, image_folder: str | None = None, target_hw: tu
             values = [float(frame[k]) for k in ("fx", "fy", "cx", "cy", "h", "w")]
             file_path = frame["file_path"]
         except (KeyError, TypeError, ValueError) as error:
-            raise SceneError(f"{path}: frame {i} needs file_path, w2c, h, w, fx, fy, cx, cy ({error!r})") from None
+            raise ILRMError(f"{path}: frame {i} needs file_path, w2c, h, w, fx, fy, cx, cy ({error!r})") from None
         if w2c.shape not in ((4, 4), (3, 4)) or not np.isfinite(w2c).all():
-            raise SceneError(f"{path}: frame {i} ({file_path}): w2c must be a finite 4x4 matrix")
+            raise ILRMError(f"{path}: frame {i} ({file_path}): w2c must be a finite 4x4 matrix")
         rotation = w2c[:3, :3]
         if np.abs(rotation @ rotation.T - np.eye(3)).max() > 1e-3 or np.linalg.det(rotation) < 0:
-            raise SceneError(f"{path}: frame {i} ({file_path}): w2c is not a rigid transform")
+            raise ILRMError(f"{path}: frame {i} ({file_path}): w2c is not a rigid transform")
         fx, fy, cx, cy, h, w = values
         if not all(math.isfinite(v) for v in values) or min(fx, fy, h, w) <= 0:
-            raise SceneError(f"{path}: frame {i}: invalid intrinsics fx={fx} fy={fy} cx={cx} cy={cy} w={w} h={h}")
+            raise ILRMError(f"{path}: frame {i}: invalid intrinsics fx={fx} fy={fy} cx={cx} cy={cy} w={w} h={h}")
         full = np.eye(4)
         full[:3] = w2c[:3]
         paths.append(Path(file_path) if Path(file_path).is_absolute() else path.parent / file_path)
@@ -306,7 +305,7 @@ def load_opencv_scene(path: Path, image_folder: str | None = None, target_hw: tu
     chosen = choose_image_folder(paths, sizes, image_folder, target_hw, path)
     for i, image_path in enumerate(chosen):
         if not image_path.is_file():
-            raise SceneError(f"{path}: frame {i}: image file {image_path} not found")
+            raise ILRMError(f"{path}: frame {i}: image file {image_path} not found")
     c2w = torch.linalg.inv(torch.from_numpy(np.stack(w2cs)))
     fx, fy, cx, cy = torch.tensor(intrinsics, dtype=torch.float64).unbind(-1)
     name = name or str(meta.get("scene_name") or path.parent.name)
@@ -329,17 +328,17 @@ def chunk_example_to_scene(example: dict, chunk: Path) -> ChunkScene:
         cameras = torch.as_tensor(example["cameras"]).double()
         jpegs = list(example["images"])
     except (KeyError, TypeError) as error:
-        raise SceneError(f"scene {key} (chunk {chunk}): malformed example, needs 'cameras' and 'images' ({error!r})") from None
+        raise ILRMError(f"scene {key} (chunk {chunk}): malformed example, needs 'cameras' and 'images' ({error!r})") from None
     if cameras.ndim != 2 or cameras.shape[1] != 18 or len(cameras) != len(jpegs):
-        raise SceneError(f"scene {key} (chunk {chunk}): cameras must be [N, 18] with one row per image, got {tuple(cameras.shape)} for {len(jpegs)} images")
+        raise ILRMError(f"scene {key} (chunk {chunk}): cameras must be [N, 18] with one row per image, got {tuple(cameras.shape)} for {len(jpegs)} images")
     if not jpegs:
-        raise SceneError(f"scene {key} (chunk {chunk}): no frames")
+        raise ILRMError(f"scene {key} (chunk {chunk}): no frames")
     try:
         with Image.open(io.BytesIO(jpegs[0].numpy().tobytes())) as first:
             width, height = first.size
     except (OSError, UnidentifiedImageError, ValueError, AttributeError) as error:
         detail = "not a valid JPEG/PNG" if isinstance(error, UnidentifiedImageError) else str(error)
-        raise SceneError(f"scene {key} frame 0 (chunk {chunk}): cannot decode the image ({detail})") from None
+        raise ILRMError(f"scene {key} frame 0 (chunk {chunk}): cannot decode the image ({detail})") from None
     w2c = torch.eye(4, dtype=torch.float64).repeat(len(cameras), 1, 1)
     w2c[:, :3] = cameras[:, 6:].reshape(-1, 3, 4)
     finite = torch.isfinite(w2c).flatten(1).all(1)
@@ -361,13 +360,13 @@ def find_scene_dirs(root: Path, split: str | None = None) -> list[Path]:
     such split folder), sorted by name. `root` itself may be a single scene."""
     root = Path(root)
     if not root.exists():
-        raise SceneError(f"{root}: data folder not found")
+        raise ILRMError(f"{root}: data folder not found")
     if (root / "transforms.json").is_file():
         return [root]
     base = root / split if split is not None and (root / split).is_dir() else root
     scenes = sorted(p.parent for p in base.glob("*/transforms.json"))
     if not scenes:
-        raise SceneError(f"{base}: no scene folders with a transforms.json found")
+        raise ILRMError(f"{base}: no scene folders with a transforms.json found")
     return scenes
 
 
@@ -386,7 +385,7 @@ def undistort_image(image: Image.Image, K: Tensor, coefficients: Tensor) -> tupl
     try:
         import cv2
     except ImportError:  # pragma: no cover - opencv comes with nerfstudio
-        raise SceneError("undistorting needs OpenCV (pip install opencv-python), or set distortion='ignore'") from None
+        raise ILRMError("undistorting needs OpenCV (pip install opencv-python), or set distortion='ignore'") from None
     size = (image.width, image.height)
     K_cv = _to_opencv_pixels(K)
     dist = coefficients.double().numpy()
@@ -415,7 +414,7 @@ def read_undistorted(scene: Scene, index: int) -> tuple[Image.Image, Tensor]:
     # but a uniform rescale (up to one pixel of rounding) means the file does not fit its camera.
     scale_x, scale_y = image.width / stored_w, image.height / stored_h
     if abs(scale_x - scale_y) > 1.0 / min(image.width, image.height) + 1e-9:
-        raise SceneError(
+        raise ILRMError(
             f"{scene.describe(index)}: image is {image.width}x{image.height} but its camera is for "
             f"{stored_w}x{stored_h} (width x height): not a uniform rescale"
         )

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .scenes import SceneError
+from ilrm_nerfstudio.core.errors import ILRMError
 
 METRICS = ("psnr", "ssim", "lpips")
 
@@ -56,7 +56,7 @@ def _save_renders(outputs: dict, batch: dict, render_dir: Path) -> None:
 def _lpips_available(model) -> bool:
     """Load LPIPS-VGG for the model's metrics; when its weights are unavailable (offline) LPIPS is
     left out of the metrics (load_perceptual logs why) instead of failing the evaluation."""
-    from .metrics import load_perceptual
+    from ilrm_nerfstudio.metrics.image import load_perceptual
 
     perceptual = load_perceptual(required=False)
     if perceptual is None:
@@ -85,7 +85,7 @@ def evaluate_pipeline(pipeline, render_dir: Path | None = None, num_workers: int
         if progress and (len(per_scene) == total or len(per_scene) % 50 < len(rows)):
             print(f"  {len(per_scene)}/{total} scenes ({time.perf_counter() - start:.0f} s)", flush=True)
     if not per_scene:
-        raise SceneError("no scene was evaluated")
+        raise ILRMError("no scene was evaluated")
     names = [k for k, v in per_scene[0].items() if isinstance(v, float)]
     summary: dict[str, float] = {"num_scenes": float(len(per_scene))}
     for name in names:
@@ -113,7 +113,7 @@ def evaluate(
 
     load_config = Path(load_config)
     if not load_config.is_file():
-        raise SceneError(f"{load_config}: run config not found (pass the config.yml that ns-train wrote)")
+        raise ILRMError(f"{load_config}: run config not found (pass the config.yml that ns-train wrote)")
 
     def update(config):
         dm = config.pipeline.datamanager
@@ -136,7 +136,7 @@ def evaluate(
         config, pipeline, checkpoint, step = eval_setup(load_config, test_mode="test", update_config_callback=update)
     except SystemExit as error:  # the pipeline turns bad data into SystemExit("ilrm: ...")
         if isinstance(error.code, str):
-            raise SceneError(error.code.removeprefix("ilrm: ")) from None
+            raise ILRMError(error.code.removeprefix("ilrm: ")) from None
         raise
     dm = pipeline.datamanager
     lpips_ok = _lpips_available(pipeline.model)
@@ -181,10 +181,10 @@ def published_pipeline_config(
     image_size: tuple[int, int] | None = None,
 ):
     """An evaluation pipeline config around a published network, with its protocol's defaults."""
-    from .ilrm_datamanager import ILRMDataManagerConfig
-    from .ilrm_model import ILRMModelConfig
-    from .ilrm_pipeline import ILRMPipelineConfig
-    from .published import protocol_for, published_network_config, read_published, _views_from_name
+    from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
+    from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
+    from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import ILRMPipelineConfig
+    from ilrm_nerfstudio.core.published import protocol_for, published_network_config, read_published, _views_from_name
 
     kind, state = read_published(published)
     network = published_network_config(kind, state, published)
@@ -238,14 +238,14 @@ def evaluate_published(
     `<checkpoint stem>_eval_results.json` next to the checkpoint)."""
     published = Path(published)
     if data is None:
-        raise SceneError("--published needs --data (RE10K torch chunks or DL3DV scenes)")
+        raise ILRMError("--published needs --data (RE10K torch chunks or DL3DV scenes)")
     config, model_protocol = published_pipeline_config(published, data, index, protocol, context_views, split, num_scenes, num_workers, source, image_size)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         pipeline = config.setup(device=device, test_mode="test")
     except SystemExit as error:  # the pipeline turns bad data into SystemExit("ilrm: ...")
         if isinstance(error.code, str):
-            raise SceneError(error.code.removeprefix("ilrm: ")) from None
+            raise ILRMError(error.code.removeprefix("ilrm: ")) from None
         raise
     dm = pipeline.datamanager
     lpips_ok = _lpips_available(pipeline.model)
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.load_config, args.data, args.index, args.output, args.render_dir, args.protocol,
                 args.context_views, args.split, args.num_scenes, args.num_workers, args.source,
             )  # fmt: skip
-    except SceneError as error:
+    except ILRMError as error:
         print(f"ilrm-eval: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

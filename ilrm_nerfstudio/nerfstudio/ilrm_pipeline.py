@@ -32,9 +32,9 @@ from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, Vanill
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .ilrm_datamanager import ILRMDataManagerConfig
-from .ilrm_model import ILRMModelConfig
-from .scenes import SceneError
+from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
+from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
+from ilrm_nerfstudio.core.errors import ILRMError
 
 
 @dataclass
@@ -63,7 +63,7 @@ class ILRMPipeline(VanillaPipeline):
             self.datamanager = config.datamanager.setup(
                 device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank
             )
-        except SceneError as error:  # bad input: a clear message, not a traceback
+        except ILRMError as error:  # bad input: a clear message, not a traceback
             raise SystemExit(f"ilrm: {error}") from None
         self.datamanager.to(device)
         self._model = config.model.setup(
@@ -75,7 +75,7 @@ class ILRMPipeline(VanillaPipeline):
         )
         self.model.to(device)
         if test_mode == "test":  # ns-viewer: the views of the scene the checkpoint holds (held_scene.py)
-            from .held_scene import attach_viewer_views
+            from ilrm_nerfstudio.nerfstudio.viewer_scene import attach_viewer_views
 
             attach_viewer_views(self)
         self._object_group = None  # for gathering Python objects (evaluation results)
@@ -123,7 +123,7 @@ class ILRMPipeline(VanillaPipeline):
         data, net = self.config.datamanager, self.config.model.network
         multiple = net.patch_size * net.viewpoint_factor
         if data.image_height % multiple or data.image_width % multiple:
-            raise SceneError(
+            raise ILRMError(
                 f"image size {data.image_height}x{data.image_width} must be divisible by patch_size x "
                 f"viewpoint_factor = {net.patch_size} x {net.viewpoint_factor} = {multiple}"
             )
@@ -209,7 +209,7 @@ class ILRMPipeline(VanillaPipeline):
                 per_scene += [((i, j), scene) for j, scene in enumerate(self.model.scene_metrics(outputs, batch))]
                 if output_path is not None:
                     self.save_renders(outputs, batch, output_path)
-        except SceneError as error:  # bad held-out data: name the scene and the problem, no traceback
+        except ILRMError as error:  # bad held-out data: name the scene and the problem, no traceback
             raise SystemExit(f"ilrm: {error}") from None
         finally:
             datamanager.eval_batches = all_batches

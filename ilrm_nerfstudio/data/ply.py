@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .gaussians import Gaussians
+from ilrm_nerfstudio.core.gaussians import Gaussians
 
 
 def ply_properties(sh_degree: int) -> list[str]:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .gaussians import Gaussians
-from .rendering import SH_C0
+from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.render.rendering import SH_C0
 
 
 def nearest_neighbor_distance(points: Tensor, k: int = 3) -> Tensor:

@@ -20,8 +20,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .cameras import normalize_poses
-from .samplers import (
+from ilrm_nerfstudio.core.cameras import normalize_poses
+from ilrm_nerfstudio.data.samplers import (
     StepBatchSampler,
     StepRef,
     flip_horizontal,
@@ -35,8 +35,9 @@ from .samplers import (
     shard_indices,
     wide_coverage_views,
 )
-from .scenes import Scene, SceneError, load_view_uint8
-from .sources import (
+from ilrm_nerfstudio.data.scene import Scene, load_view_uint8
+from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.data.sources import (
     ChunkCache,
     LoadOptions,
     SceneEntry,
@@ -63,7 +64,7 @@ def clean_error(error: BaseException) -> str:
     if not lines:
         return type(error).__name__
     last = lines[-1] if len(lines) > 1 and "Traceback" in str(error) else str(error).strip()
-    for prefix in ("ilrm_nerfstudio.scenes.SceneError: ", "SceneError: "):
+    for prefix in ("ilrm_nerfstudio.data.scene.ILRMError: ", "ILRMError: "):
         if last.startswith(prefix):
             last = last[len(prefix) :]
     return last
@@ -136,7 +137,7 @@ class ContextTargetDataset(Dataset):
         if episode.context is not None:
             for i in episode.context + episode.target:
                 if not 0 <= i < len(scene):
-                    raise SceneError(f"scene {scene.name}: the view list asks for frame {i}, but the scene has {len(scene)} frames")
+                    raise ILRMError(f"scene {scene.name}: the view list asks for frame {i}, but the scene has {len(scene)} frames")
             return list(episode.context), list(episode.target)
         if generator is None:  # evaluation
             num_context, num_target = cfg.eval_views()
@@ -156,9 +157,9 @@ class ContextTargetDataset(Dataset):
             scene = self.resolve(episode.entry)
             context, targets = self.choose_views(scene, episode, generator, step, num_context)
             views = [self.load_frame(episode.entry, scene, i) for i in context + targets]
-        except SceneError as error:
+        except ILRMError as error:
             message = str(error)
-            raise SceneError(message if name in message else f"scene {name}: {message}") from None
+            raise ILRMError(message if name in message else f"scene {name}: {message}") from None
         images = torch.stack([image for image, _ in views]).float() / 255.0
         K = torch.stack([k for _, k in views])
         context_c2w, target_c2w, _ = normalize_poses(scene.c2w[context].double(), scene.c2w[targets].double())
@@ -191,12 +192,12 @@ class ContextTargetDataset(Dataset):
                 item = self.sample(self.episodes[episode_index], generator, step, num_context)
                 item["num_skipped"] = skipped
                 return item
-            except SceneError as error:
+            except ILRMError as error:
                 # Training: the sample is skipped (one line naming scene and frame), another drawn.
                 skipped, last = skipped + 1, str(error)
                 log_line(f"skipping a training sample: {error}")
                 episode_index = int(torch.randint(0, len(self.episodes), (1,), generator=generator))
-        raise SceneError(f"{skipped} training samples in a row could not be loaded (last: {last}); check the data")
+        raise ILRMError(f"{skipped} training samples in a row could not be loaded (last: {last}); check the data")
 
 
 @dataclass
@@ -297,7 +298,7 @@ class ILRMDataManager(DataManager):
         train, evaluation = ([], []), ([], [])
         if test_mode != "inference":
             if config.data is None:
-                raise SceneError("no data given: pass --data <folder>")
+                raise ILRMError("no data given: pass --data <folder>")
             self.source = detect_source(config.data, config.train_split) if config.source == "auto" else config.source
             if test_mode == "val":  # training; "test" (ns-eval, ilrm-eval) needs held-out data only
                 train = self.load_train()
@@ -311,14 +312,14 @@ class ILRMDataManager(DataManager):
     def check_config(self) -> None:
         cfg = self.config
         if cfg.num_context_views < 1 or cfg.num_target_views < 1:
-            raise SceneError("num_context_views and num_target_views must be at least 1")
+            raise ILRMError("num_context_views and num_target_views must be at least 1")
         if cfg.view_sampler == "index" and cfg.train_index is None:
-            raise SceneError("view_sampler='index' needs --pipeline.datamanager.train-index <index.json>")
+            raise ILRMError("view_sampler='index' needs --pipeline.datamanager.train-index <index.json>")
         low, high = self.context_range()
         if low < 1 or high < low:
-            raise SceneError(f"context views must satisfy 1 <= min_context_views <= max_context_views (got {low}, {high})")
+            raise ILRMError(f"context views must satisfy 1 <= min_context_views <= max_context_views (got {low}, {high})")
         if not 0.0 <= cfg.flip_probability <= 1.0:
-            raise SceneError(f"flip_probability must be in [0, 1], got {cfg.flip_probability}")
+            raise ILRMError(f"flip_probability must be in [0, 1], got {cfg.flip_probability}")
         gap_range(0, cfg.min_frame_gap, cfg.max_frame_gap)  # raises for min > max
 
     def context_range(self) -> tuple[int, int]:
@@ -342,12 +343,12 @@ class ILRMDataManager(DataManager):
             entries, problems = folder_entries(cfg.data, split, self.source, options, strict, log=log_line)
             self.skipped_scenes += problems
             if not entries:
-                raise SceneError(f"{cfg.data}: no scene in split '{split}' could be loaded")
+                raise ILRMError(f"{cfg.data}: no scene in split '{split}' could be loaded")
             return entries
         if self.source == "single-scene":
             scene = load_single_scene(cfg.data, options)
             return [SceneEntry(scene.name, scene.name, scene=scene)]
-        raise SceneError(f"unknown data source {self.source!r} (one of auto, chunks, nerfstudio-scenes, opencv-scenes, single-scene)")
+        raise ILRMError(f"unknown data source {self.source!r} (one of auto, chunks, nerfstudio-scenes, opencv-scenes, single-scene)")
 
     def frames_needed(self, evaluation: bool) -> int:
         if evaluation:
@@ -365,7 +366,7 @@ class ILRMDataManager(DataManager):
                 continue
             kept.append(entry)
         if not kept:
-            raise SceneError(f"{self.config.data}: no scene in split '{split}' has the {needed} frames a sample needs")
+            raise ILRMError(f"{self.config.data}: no scene in split '{split}' has the {needed} frames a sample needs")
         return kept
 
     def index_episodes(self, entries: list[SceneEntry], path: Path, evaluation: bool) -> list[Episode]:
@@ -378,7 +379,7 @@ class ILRMDataManager(DataManager):
             if evaluation:
                 self.missing_eval_scenes = missing
         if not episodes:
-            raise SceneError(f"{path}: none of its {len(index)} scenes is in {self.config.data}")
+            raise ILRMError(f"{path}: none of its {len(index)} scenes is in {self.config.data}")
         # Chunk order (then key): each chunk is read once per pass.
         episodes.sort(key=lambda ep: (entries[ep.entry].group, ep.name))
         return episodes
@@ -398,7 +399,7 @@ class ILRMDataManager(DataManager):
         # Several GPUs: each rank draws from its own shard (whole chunks when possible).
         mine = shard_indices([entries[ep.entry].group for ep in episodes], self.local_rank, self.world_size)
         if not mine:
-            raise SceneError(f"{self.rank_label()}no training scenes in this rank's shard ({len(episodes)} scenes for {self.world_size} ranks)")
+            raise ILRMError(f"{self.rank_label()}no training scenes in this rank's shard ({len(episodes)} scenes for {self.world_size} ranks)")
         episodes = [episodes[i] for i in mine]
         if self.skipped_scenes:
             log_line(f"{self.rank_label()}{len(self.skipped_scenes)} training scene(s) skipped (see the lines above)")
@@ -408,7 +409,7 @@ class ILRMDataManager(DataManager):
     def load_eval(self) -> tuple[list[SceneEntry], list[Episode]]:
         cfg = self.config
         if self.source != "single-scene" and not has_split(cfg.data, self.source, cfg.eval_split) and has_split(cfg.data, self.source, cfg.train_split):
-            raise SceneError(f"{cfg.data}: no '{cfg.eval_split}' split folder next to '{cfg.train_split}' (set --pipeline.datamanager.eval-split)")
+            raise ILRMError(f"{cfg.data}: no '{cfg.eval_split}' split folder next to '{cfg.train_split}' (set --pipeline.datamanager.eval-split)")
         entries = self.entries(cfg.eval_split, strict=True)
         if cfg.eval_index is not None:
             episodes = self.index_episodes(entries, cfg.eval_index, evaluation=True)
@@ -454,7 +455,7 @@ class ILRMDataManager(DataManager):
         self.step_ref.step = step
         try:
             batch = next(self.train_iterator)
-        except SceneError as error:
+        except ILRMError as error:
             raise SystemExit(f"ilrm: {clean_error(error)}") from None
         skipped = int(batch.pop("num_skipped").sum())
         self.skipped_samples += skipped
@@ -507,8 +508,8 @@ class ILRMDataManager(DataManager):
     def eval_batch(self, indices: list[int]) -> dict:
         try:
             samples = [self.eval_dataset[i] for i in indices]
-        except SceneError as error:
-            raise SceneError(f"evaluation: {clean_error(error)}") from None
+        except ILRMError as error:
+            raise ILRMError(f"evaluation: {clean_error(error)}") from None
         return self.to_device(default_collate(samples))
 
     def next_eval(self, step: int) -> dict:
@@ -537,8 +538,8 @@ class ILRMDataManager(DataManager):
                 batch = next(iterator)
             except StopIteration:
                 return
-            except SceneError as error:
-                raise SceneError(f"evaluation: {clean_error(error)}") from None
+            except ILRMError as error:
+                raise ILRMError(f"evaluation: {clean_error(error)}") from None
             yield self.to_device(batch)
 
     # -- nerfstudio hooks ------------------------------------------------------------------------

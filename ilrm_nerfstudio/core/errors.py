@@ -1,0 +1,67 @@
+"""The one error type for bad input, and the one place that turns it into a message.
+
+Bad input (a missing or damaged file, a value of the wrong type or shape, an option that cannot
+work) raises `ILRMError` with a message that names the file or option, the problem and what to
+do. Nothing catches it on the way up: our CLIs (`main` wrapped in `exit_on_error`) and the
+nerfstudio commands that run our methods (`install_excepthook`) print that message as one line
+and exit with a non-zero code (2 from ours; 1 from nerfstudio's, as Python exits after its
+excepthook), with no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, NoReturn, TypeVar
+
+F = TypeVar("F", bound=Callable)
+EXIT_CODE = 2
+
+
+class ILRMError(ValueError):
+    """Bad input; the message names the file or option and the problem."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` without what PyTorch's DataLoader wraps around a worker's error
+    ("Caught ILRMError in DataLoader worker process 0. Original Traceback ...")."""
+    text = str(error).strip()
+    marker = f"{ILRMError.__module__}.{ILRMError.__name__}: "
+    if "Original Traceback" in text and marker in text:
+        text = text.rsplit(marker, 1)[1].strip()
+    return " ".join(text.split("\n")[:1]) if "Traceback" in text else text
+
+
+def exit_with(error: BaseException) -> NoReturn:
+    print(f"ilrm: {one_line(error)}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CODE)
+
+
+def exit_on_error(main: F) -> F:
+    """Decorator for a CLI's main(): ILRMError -> one line on stderr, exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except ILRMError as error:
+            exit_with(error)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def install_excepthook() -> None:
+    """For nerfstudio's commands (ns-train, ns-eval, ns-export, ...) on our methods: an ILRMError
+    that reaches the top of the main thread is printed as one line (exit code 1)."""
+    previous = sys.excepthook
+    if getattr(previous, "ilrm", False):
+        return
+
+    def hook(kind, error, traceback):
+        if isinstance(error, ILRMError):
+            print(f"ilrm: {one_line(error)}", file=sys.stderr, flush=True)
+        else:
+            previous(kind, error, traceback)
+
+    hook.ilrm = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
