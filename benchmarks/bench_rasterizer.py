@@ -3,7 +3,7 @@
     python benchmarks/bench_rasterizer.py --quick    # headline case, old vs new, < 1 min
     python benchmarks/bench_rasterizer.py            # + size/count sweep and per-scene sizes
 
-The old implementation is loaded at run time from git (`git show REV:ilrm_nerfstudio/rendering.py`
+The old implementation is loaded at run time from git (`git show REV:ilrm_nerfstudio/render/rendering.py`
 into a temporary module; `--baseline REV`, default 0ee6342, the pure-PyTorch sparse-pair
 rasterizer), so both run side by side in the same process on the same scene, alternating
 repetitions: on a shared machine only ratios from one run mean much.
@@ -78,12 +78,15 @@ def make_scene(n: int, width: int, height: int | None = None, views: int = 1, sh
 
 def load_old(rev: str):
     """The renderer module of git revision `rev`, imported from a temporary file (None if git fails)."""
-    try:
-        source = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{rev}:ilrm_nerfstudio/rendering.py"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.CalledProcessError) as error:
+    source, error = None, None
+    for file in ("ilrm_nerfstudio/render/rendering.py", "ilrm_nerfstudio/rendering.py"):  # 0.2 layout, then 0.1
+        try:
+            command = ["git", "-C", str(REPO), "show", f"{rev}:{file}"]
+            source = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            break
+        except (OSError, subprocess.CalledProcessError) as failure:
+            error = failure
+    if source is None:
         print(f"note: cannot load the old renderer from git ({error}); new implementation only", file=sys.stderr)
         return None
     path = Path(tempfile.mkdtemp()) / f"rendering_{rev}.py"

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation  # noqa: E402
 
+from ilrm_nerfstudio.metrics import image_metrics  # noqa: E402
 from ilrm_nerfstudio.nerfstudio.method_configs import finetune_trainer_config  # noqa: E402
-from ilrm_nerfstudio.metrics.image import image_metrics  # noqa: E402
 
 
 def held_out_metrics(model, datamanager) -> dict:

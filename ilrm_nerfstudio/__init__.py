@@ -1,8 +1,19 @@
-"""iLRM (Iterative Large 3D Reconstruction Model) as a nerfstudio method plugin."""
+"""iLRM (Iterative Large 3D Reconstruction Model) as a nerfstudio method plugin.
 
-__version__ = "0.1.0"
+Layout, in one direction of dependence (each imports only those before it):
+core (cameras, Gaussians, the network, published checkpoints, errors) -> render (render() and its
+backends) -> data (scenes on disk, sources, samplers, the generator) -> metrics -> nerfstudio (the
+glue: method configs, models, pipelines, data managers) -> tools (the ilrm-* commands). Only
+nerfstudio/ and tools/ import nerfstudio.
+"""
+
+from ilrm_nerfstudio import legacy_modules
+
+__version__ = "0.2.0"
 
 __all__ = ["load_published_network", "is_published_checkpoint", "published_protocol"]
+
+legacy_modules.install()  # runs written by 0.1 name classes by their old module paths
 
 
 def __getattr__(name: str):

@@ -10,15 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from gsplat.utils import normalized_quat_to_rotmat
 import yaml
 
 from ilrm_nerfstudio.core.cameras import intrinsics_matrix, normalize_poses
 from ilrm_nerfstudio.core.frames import normalized_to_world, quat_multiply, rotmat_to_quat, transform_gaussians
 from ilrm_nerfstudio.core.gaussians import Gaussians
-from ilrm_nerfstudio.render.rendering import quat_to_rotmat, render
+from ilrm_nerfstudio.render.rendering import render
 from ilrm_nerfstudio.data.synthetic import generate_dataset
 
 torch.set_num_threads(1)
+
+
+def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
+    return normalized_quat_to_rotmat(torch.nn.functional.normalize(quats, dim=-1))
 
 
 def random_rotation(generator: torch.Generator) -> torch.Tensor:
@@ -142,7 +147,7 @@ def scene_dir(tmp_path_factory) -> Path:
 
 
 def test_load_trained_network_from_run_folder_config_or_checkpoint(fake_run):
-    from ilrm_nerfstudio.nerfstudio.finetune import load_trained_network
+    from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network
 
     saved = torch.load(fake_run / "nerfstudio_models" / "step-000000007.ckpt", weights_only=True)["pipeline"]
     for path in (fake_run, fake_run / "config.yml", fake_run / "nerfstudio_models" / "step-000000007.ckpt"):
@@ -154,7 +159,7 @@ def test_load_trained_network_from_run_folder_config_or_checkpoint(fake_run):
 
 
 def test_missing_run_is_a_clear_error(tmp_path):
-    from ilrm_nerfstudio.nerfstudio.finetune import load_trained_network
+    from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network
     from ilrm_nerfstudio.core.errors import ILRMError
 
     with pytest.raises(ILRMError, match="ilrm run not found"):
@@ -167,7 +172,7 @@ def test_missing_run_is_a_clear_error(tmp_path):
 def test_prediction_does_not_depend_on_the_world_frame(fake_run):
     """The network sees normalized cameras; predicting in two world frames that differ by a
     similarity gives Gaussians that differ by the same similarity."""
-    from ilrm_nerfstudio.nerfstudio.finetune import load_trained_network, predict_gaussians
+    from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network, predict_gaussians
 
     trained = load_trained_network(fake_run)
     generator = torch.Generator().manual_seed(4)
@@ -232,7 +237,7 @@ def test_refinement_epochs_cover_every_frame_in_batches(scene_dir):
 def test_working_size_keeps_aspect_and_scales_intrinsics_exactly(tmp_path):
     """Frames are resized on load (no images_N folder): a 64x48 capture at image_size 32 becomes
     32x24 with intrinsics halved, and a point projects to the same relative place."""
-    from ilrm_nerfstudio.nerfstudio.finetune import network_input_size
+    from ilrm_nerfstudio.nerfstudio.run_network import network_input_size
 
     root = tmp_path / "data"
     generate_dataset(root, num_scenes=1, seed=3, height=48, width=64, frames_per_scene=8, test_fraction=0.0, workers=1)
@@ -255,7 +260,7 @@ def test_working_size_keeps_aspect_and_scales_intrinsics_exactly(tmp_path):
 
 
 def finetune_model(datamanager, **options):
-    from ilrm_nerfstudio.nerfstudio.finetune import ILRMFinetuneModelConfig
+    from ilrm_nerfstudio.nerfstudio.finetune_model import ILRMFinetuneModelConfig
 
     config = ILRMFinetuneModelConfig(report_held_out=False, **options)
     return config.setup(scene_box=datamanager.train_dataset.scene_box, num_train_data=len(datamanager.train_dataset))
@@ -264,7 +269,7 @@ def finetune_model(datamanager, **options):
 def test_feed_forward_start_lands_in_the_dataparser_frame(scene_dir, fake_run):
     """The predicted Gaussians render, from the dataparser's cameras of the input views, what the
     network's own render from its normalized cameras shows."""
-    from ilrm_nerfstudio.nerfstudio.finetune import load_trained_network
+    from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network
 
     dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
     model = finetune_model(dm, ilrm_run=fake_run, network_group_size=3)  # one pass over the 3 views
@@ -302,7 +307,7 @@ def finetune_trainer(scene_dir, tmp_path, epochs: int, **model_options):
 def test_network_start_in_groups_of_nearby_views(scene_dir, fake_run):
     """network_group_size 2: each input view goes in with its nearest frame and keeps its own
     Gaussians, exactly those of predicting that pair alone."""
-    from ilrm_nerfstudio.nerfstudio.finetune import load_trained_network, predict_gaussians, view_groups
+    from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network, predict_gaussians, view_groups
 
     dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
     c2w = dm.training_c2w()
@@ -404,7 +409,7 @@ def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
     targets (normalized cameras); the viewer's dataset has the same cameras."""
     import json
 
-    from ilrm_nerfstudio.nerfstudio.viewer_scene import attach_viewer_views, episode_scene, hold_eval_scene, to_viewer_frame
+    from ilrm_nerfstudio.nerfstudio.viewer_scene import episode_scene, hold_eval_scene, to_viewer_frame
     from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModel
 
     root = tmp_path / "data"
@@ -431,7 +436,6 @@ def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
     positions = c2w[:, :3, 3]
     assert float(positions.abs().max()) <= 1.0 + 1e-6  # the viewer frame: cameras inside [-1, 1]
     # The viewer's training dataset (test mode): that scene's frames, cameras in the same frame.
-    attach_viewer_views(pipeline)
     views = pipeline.datamanager.train_dataset
     assert len(views) == 12 and views[0]["image"].shape == (32, 32, 3)
     viewer_c2w = views.cameras.camera_to_worlds[targets]
@@ -439,18 +443,19 @@ def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
 
 
 def test_bad_finetune_setups_are_clear_errors(scene_dir, tmp_path):
-    from ilrm_nerfstudio.nerfstudio.finetune import ILRMFinetunePipelineConfig
+    from ilrm_nerfstudio.core.errors import ILRMError
+    from ilrm_nerfstudio.nerfstudio.finetune_pipeline import ILRMFinetunePipelineConfig
 
     config = ILRMFinetunePipelineConfig()
     config.datamanager.data = scene_dir
     config.model.init = "network"
-    with pytest.raises(SystemExit, match="--pipeline.model.ilrm-run is needed"):
+    with pytest.raises(ILRMError, match="--pipeline.model.ilrm-run is needed"):
         config.setup(device="cpu", test_mode="val")
     config.model.ilrm_run = tmp_path / "missing_run"
-    with pytest.raises(SystemExit, match="missing_run: ilrm run not found"):
+    with pytest.raises(ILRMError, match="missing_run: ilrm run not found"):
         config.setup(device="cpu", test_mode="val")
     config.datamanager.data = tmp_path / "nowhere"
-    with pytest.raises(SystemExit, match="nowhere: data folder not found"):
+    with pytest.raises(ILRMError, match="nowhere: data folder not found"):
         config.setup(device="cpu", test_mode="val")
 
 
@@ -468,7 +473,7 @@ def test_optional_loss_terms(scene_dir):
 def test_inference_mode_needs_no_data(tmp_path):
     """ns-export and ns-render camera-path load a per-scene run from its checkpoint alone, even
     when the scene's folder is gone."""
-    from ilrm_nerfstudio.nerfstudio.finetune import ILRMFinetunePipelineConfig
+    from ilrm_nerfstudio.nerfstudio.finetune_pipeline import ILRMFinetunePipelineConfig
 
     config = ILRMFinetunePipelineConfig()
     config.datamanager.data = tmp_path / "moved_away"
@@ -484,7 +489,7 @@ def test_inference_mode_needs_no_data(tmp_path):
 def test_a_published_checkpoint_starts_the_per_scene_stage(scene_dir, tmp_path):
     """--pipeline.model.ilrm-run takes the authors' files too: their protocol (views in pairs for
     the 2-view RE10K model, their pose normalization), Gaussians in the dataparser's frame."""
-    from ilrm_nerfstudio.nerfstudio.finetune import load_network, predict_gaussians
+    from ilrm_nerfstudio.nerfstudio.run_network import load_network, predict_gaussians
     from ilrm_nerfstudio.core.published import published_normalize_poses
     from tests.test_published import RE10K, SMALL, random_state, their_shapes, write_re10k
 
@@ -496,7 +501,7 @@ def test_a_published_checkpoint_starts_the_per_scene_stage(scene_dir, tmp_path):
     model.initialize_gaussians(dm)
     assert len(dm.input_indices) == 8 == len(model.means) // (32 * 32)  # 8 anchors, each its own pixels
     # The first anchor's Gaussians: its pair through the published normalization, mapped back.
-    from ilrm_nerfstudio.nerfstudio.finetune import view_groups
+    from ilrm_nerfstudio.nerfstudio.run_network import view_groups
 
     pair = view_groups(dm.training_c2w(), dm.input_indices, 2)[0]
     images, c2w, K = dm.network_views(32, 32, pair)
@@ -516,7 +521,8 @@ def test_help_lists_only_options_the_method_uses():
     result = subprocess.run([ns_train, "ilrm-finetune", "--help"], capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "COLUMNS": "200"})
     assert result.returncode == 0, result.stderr[-2000:]
     for ignored in ("use-bilateral-grid", "cull-alpha-thresh", "resolution-schedule", "num-random", "densify-grad-thresh",
-                    "ssim-lambda", "train-num-rays-per-batch", "pixel-sampler", "enable-collider", "eval-num-rays-per-chunk"):  # fmt: skip
+                    "ssim-lambda", "train-num-rays-per-batch", "pixel-sampler", "enable-collider", "eval-num-rays-per-chunk",
+                    "--prompt"):  # fmt: skip
         assert ignored not in result.stdout, ignored
     for ours in ("pipeline.model.refine-minutes", "pipeline.model.init", "pipeline.datamanager.image-size", "pipeline.model.paper-epochs"):
         assert ours in result.stdout, ours

@@ -1,4 +1,4 @@
-"""Tests for ilrm_nerfstudio.metrics.image: PSNR, SSIM (vs skimage) and the LPIPS-VGG perceptual loss.
+"""Tests for ilrm_nerfstudio.metrics: PSNR, SSIM (vs skimage) and LPIPS-VGG (vs the lpips package).
 
 The LPIPS tests never touch the network: the torch hub directory is redirected to a temporary
 folder and ``torch.hub.download_url_to_file`` is replaced by a function that raises. The "weights
@@ -19,7 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from ilrm_nerfstudio.metrics import image as M
+from ilrm_nerfstudio import metrics as M
+from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.metrics import perceptual as P
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 
@@ -168,7 +170,7 @@ def test_ssim_input_validation():
 
 
 # ------------------------------------------------------------------------------------------------
-# LPIPS / PerceptualLoss (never touches the network)
+# LPIPS (never touches the network)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -187,9 +189,9 @@ def offline_hub(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
     monkeypatch.setattr(torch.hub, "download_url_to_file", _blocked_download(calls))
-    M.clear_perceptual_cache()
+    P.clear_perceptual_cache()
     yield hub, calls
-    M.clear_perceptual_cache()
+    P.clear_perceptual_cache()
 
 
 def _write_random_vgg16(path) -> dict:
@@ -217,89 +219,109 @@ def _write_random_vgg16(path) -> dict:
 
 @pytest.fixture(scope="module")
 def cached_env(tmp_path_factory):
-    """Hub cache holding random VGG16 weights, downloads blocked, and one PerceptualLoss built."""
+    """Hub cache holding random VGG16 weights, downloads blocked, and the shared CPU module built."""
     hub = tmp_path_factory.mktemp("hub_cached")
     (hub / "checkpoints").mkdir()
-    path = hub / "checkpoints" / M.VGG16_FILENAME
+    path = hub / "checkpoints" / os.path.basename(P.VGG16_URL)
     entries = _write_random_vgg16(path)
     calls = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.hub, "_hub_dir", str(hub))
         mp.setattr(torch.hub, "download_url_to_file", _blocked_download(calls))
-        M.clear_perceptual_cache()
+        P.clear_perceptual_cache()
         loss_fn = M.load_perceptual(required=True)
         yield SimpleNamespace(hub=hub, path=path, calls=calls, loss_fn=loss_fn, entries=entries)
-        M.clear_perceptual_cache()
+        P.clear_perceptual_cache()
+
+
+def test_package_api():
+    from ilrm_nerfstudio.metrics import (  # noqa: F401
+        image_metrics,
+        load_perceptual,
+        mean_color_baseline,
+        nearest_view_baseline,
+        psnr,
+        ssim,
+        training_ssim,
+    )
+
+    assert load_perceptual is P.load_perceptual
+    assert not hasattr(M, "PerceptualWeightsError") and not hasattr(P, "PerceptualWeightsError")
 
 
 def test_vgg16_url_matches_torchvision():
     torchvision = pytest.importorskip("torchvision")
-    assert torchvision.models.VGG16_Weights.IMAGENET1K_V1.url == M.VGG16_URL
+    assert torchvision.models.VGG16_Weights.IMAGENET1K_V1.url == P.VGG16_URL
 
 
 def _check_helpful_message(msg: str, hub) -> None:
     expected = os.path.join(str(hub), "checkpoints", "vgg16-397923af.pth")
+    assert P.vgg16_weights_path() == expected
     assert expected in msg
-    assert M.vgg16_cache_path() == expected
-    assert "torch.hub.get_dir()" in msg and "torchvision" in msg
-    assert M.VGG16_URL in msg
-    assert "lpips_weight" in msg and "--pipeline.model.lpips-weight 0" in msg
+    assert P.VGG16_URL in msg and "torchvision.models.vgg16(weights='IMAGENET1K_V1')" in msg
+    assert "--pipeline.model.lpips-weight 0" in msg
+    assert "\n" not in msg  # printed as one line by the CLIs
 
 
 def test_perceptual_missing_weights_raises_helpful_error(offline_hub):
     hub, calls = offline_hub
-    with pytest.raises(RuntimeError) as info:
-        M.PerceptualLoss()
-    assert isinstance(info.value, M.PerceptualWeightsError)
+    with pytest.raises(ILRMError) as info:
+        M.load_perceptual(required=True)
     msg = str(info.value)
     _check_helpful_message(msg, hub)
-    assert "downloading" in msg and "failed" in msg and "network disabled in tests" in msg
-    assert calls == [M.VGG16_URL]  # one (blocked) attempt through torch.hub
-    # allow_download=False never tries.
-    with pytest.raises(RuntimeError, match="downloading is disabled"):
-        M.load_perceptual(required=True, allow_download=False)
-    assert calls == [M.VGG16_URL]
+    assert "is missing" in msg and "torch.hub.get_dir()" in msg
+    assert calls == [P.VGG16_URL]  # one download attempt, which failed (offline)
+    assert "downloading it failed (URLError" in msg
 
 
 def test_perceptual_bad_cache_file(offline_hub):
     hub, calls = offline_hub
     (hub / "checkpoints").mkdir(parents=True)
-    path = hub / "checkpoints" / M.VGG16_FILENAME
+    path = hub / "checkpoints" / os.path.basename(P.VGG16_URL)
     path.write_bytes(b"truncated download")
-    with pytest.raises(RuntimeError, match="delete the file") as info:
-        M.PerceptualLoss()
+    with pytest.raises(ILRMError, match="delete it") as info:
+        M.load_perceptual(required=True)
     _check_helpful_message(str(info.value), hub)
+    P.clear_perceptual_cache()
     torch.save({"features.0.weight": torch.zeros(1)}, path)  # not a VGG16 state_dict
-    with pytest.raises(RuntimeError, match="not a torchvision VGG16 state_dict"):
-        M.PerceptualLoss()
+    with pytest.raises(ILRMError, match="could not load the VGG16 weights") as info:
+        M.load_perceptual(required=True)
+    _check_helpful_message(str(info.value), hub)
     assert calls == []
 
 
 def test_perceptual_optional_returns_none_and_warns_once(offline_hub, caplog):
     hub, calls = offline_hub
     x = torch.rand(2, 3, 32, 32)
-    with caplog.at_level(logging.WARNING, logger=M.__name__):
+    with caplog.at_level(logging.WARNING, logger=P.__name__):
         assert M.load_perceptual(required=False) is None
-        assert M.lpips_metric(x, x) is None
+        assert M.load_perceptual(required=False, device="cpu") is None
         metrics = M.image_metrics(x, x.flip(-1))
     assert set(metrics) == {"psnr", "ssim"}
-    assert calls == [M.VGG16_URL]  # the failure is remembered: one download attempt in all
+    assert calls == [P.VGG16_URL]  # one failed download, remembered: no retry per call
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "--pipeline.model.lpips-weight 0" in warnings[0].getMessage()
-    with pytest.raises(RuntimeError, match="lpips-weight 0"):
-        M.lpips_metric(x, x, required=True)
+    with pytest.raises(ILRMError, match="lpips-weight 0"):
+        M.load_perceptual(required=True)
+    # The failure is remembered (no rebuild per call) until the cache is cleared.
+    (hub / "checkpoints").mkdir(parents=True, exist_ok=True)  # the download attempt made it
+    (hub / "checkpoints" / os.path.basename(P.VGG16_URL)).write_bytes(b"")
+    assert M.load_perceptual(required=False) is None
 
 
 def test_perceptual_loss_from_cached_weights(cached_env):
     loss_fn = cached_env.loss_fn
     assert cached_env.calls == []  # weights present: no download attempted
-    assert M.vgg16_cache_path() == str(cached_env.path)
+    assert P.vgg16_weights_path() == str(cached_env.path)
+    assert M.load_perceptual(required=True) is M.load_perceptual(required=False, device="cpu")  # one per device
 
     net = loss_fn.network
     assert not net.training and all(not p.requires_grad for p in net.parameters())
     trunk = dict(net.net.named_parameters())
     for name, key in [("slice1.0.weight", "features.0.weight"), ("slice5.28.bias", "features.28.bias")]:
         torch.testing.assert_close(trunk[name], cached_env.entries[key], rtol=0, atol=0)
+    loss_fn.train()
+    assert not net.training  # stays in eval mode (dropout off)
 
     g = torch.Generator().manual_seed(0)
     target = torch.rand(2, 3, 32, 40, generator=g)  # small: VGG16 on CPU
@@ -314,48 +336,39 @@ def test_perceptual_loss_from_cached_weights(cached_env):
     assert pred.grad is not None and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
     assert all(p.grad is None for p in net.parameters())
 
-    # Nothing of the VGG ends up in checkpoints or optimizers, even as a submodule.
-    class Holder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = nn.Linear(2, 2)
-            self.perceptual = loss_fn
+    # fp32 under autocast and for low-precision inputs.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = loss_fn(other, target)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, diff)
+    assert loss_fn(other.bfloat16(), target.bfloat16()).dtype == torch.float32
+    with pytest.raises(ValueError):
+        loss_fn(other[:, :1], target[:, :1])
 
-    holder = Holder()
-    assert set(holder.state_dict()) == {"head.weight", "head.bias"}
-    assert len(list(holder.parameters())) == 2
-    stale = dict(holder.state_dict(), **{"perceptual.net.slice1.0.weight": torch.zeros(1)})
-    holder.load_state_dict(stale, strict=True)  # stale entries are ignored
-    holder.train()
-    assert not loss_fn.network.training
-    holder.to(torch.float64)
-    assert next(loss_fn.network.parameters()).dtype == torch.float64
-    holder.to(torch.float32)
-
-    # Evaluation helpers with an explicit module and with the shared lazily built one.
-    torch.testing.assert_close(M.lpips_metric(other, target, loss_fn), diff)
+    # Evaluation metrics with an explicit module and with the shared one.
     metrics = M.image_metrics(other, target, loss_fn)
     assert set(metrics) == {"psnr", "ssim", "lpips"}
     assert all(v.shape == (2,) for v in metrics.values())
+    torch.testing.assert_close(metrics["lpips"], diff)
+    torch.testing.assert_close(M.image_metrics(other, target)["lpips"], diff)
     assert cached_env.calls == []
 
 
-def test_perceptual_matches_lpips_native_loading(cached_env):
-    """lpips_metric's lazily built instance equals lpips.LPIPS(net='vgg') (which reads the cache)."""
+def test_perceptual_matches_lpips_package(cached_env):
+    """Our module gives lpips.LPIPS(net='vgg')'s values (built natively from the same cache)."""
     import warnings
 
     lpips = pytest.importorskip("lpips")
     g = torch.Generator().manual_seed(1)
     a, b = torch.rand(2, 2, 3, 32, 40, generator=g)
-    ours = M.lpips_metric(a, b, required=True)  # builds the shared instance from the cache
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         native = lpips.LPIPS(net="vgg", verbose=False)
     assert cached_env.calls == []
     with torch.no_grad():
-        expected = native(a, b, normalize=True).flatten()
+        expected = native(2 * a - 1, 2 * b - 1).flatten()  # lpips's own input range [-1, 1]
+        ours = cached_env.loss_fn(a, b)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(cached_env.loss_fn(a, b), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_training_ssim_is_pytorch_msssim_and_differentiable():
@@ -363,7 +376,7 @@ def test_training_ssim_is_pytorch_msssim_and_differentiable():
     training SSIM), on natural-looking and on random images, and has gradients."""
     from pytorch_msssim import ssim as reference
 
-    from ilrm_nerfstudio.metrics.image import training_ssim
+    from ilrm_nerfstudio.metrics import training_ssim
 
     generator = torch.Generator().manual_seed(0)
     a = torch.rand(2, 3, 40, 52, generator=generator)

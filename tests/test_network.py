@@ -212,7 +212,7 @@ def test_bad_inputs_have_clear_errors():
 def test_color_skip_starts_gaussians_at_their_pixel_colors():
     """With color_skip and a silent head, each Gaussian has the color of its viewpoint-grid pixel
     (the image area-averaged onto the grid); without it, every Gaussian is gray."""
-    from ilrm_nerfstudio.core.network import SH_C0
+    from ilrm_nerfstudio.core.sh import SH_C0
 
     images, c2w, K = random_inputs(B=1, V=2, H=32, W=32)
     expected = F.avg_pool2d(images[0], 2).permute(0, 2, 3, 1).reshape(-1, 3)  # [V * 16 * 16, 3]

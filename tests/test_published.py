@@ -1,4 +1,4 @@
-"""Published iLRM checkpoints (ilrm_nerfstudio/published.py, docs/published.md).
+"""Published iLRM checkpoints (ilrm_nerfstudio/core/published.py, docs/published.md).
 
 The real files cannot be downloaded here, so the tests write files in both published layouts
 themselves (key names, shapes and file structure as the public code writes them, random weights,
@@ -535,9 +535,9 @@ def test_model_init_from_a_published_file(files, capsys):
     rescaled = model.rescale_poses(batch)
     assert torch.allclose(rescaled["context_c2w"][..., :3, 3].abs().amax(dim=(1, 2)), torch.ones(2))
     assert build_model().rescale_poses(batch) is batch  # without init_from: the data manager's scale
-    with pytest.raises(SystemExit, match="published model has sh_degree 0.*--pipeline.model.sh-degree 0"):
+    with pytest.raises(ILRMError, match="published model has sh_degree 0.*--pipeline.model.sh-degree 0"):
         build_model(init_from=path, sh_degree=1)
-    with pytest.raises(SystemExit, match="missing.pt: file not found"):
+    with pytest.raises(ILRMError, match="missing.pt: file not found"):
         build_model(init_from=path.parent / "missing.pt")
 
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from ilrm_nerfstudio.core.gaussians import Gaussians
-from ilrm_nerfstudio.render.rendering import RenderOutput, _Rasterize, render, sh_to_rgb
+from ilrm_nerfstudio.core.sh import sh_to_rgb
+from ilrm_nerfstudio.render.rendering import RenderOutput, _Rasterize, render
 
 @pytest.fixture(autouse=True)
 def one_thread():

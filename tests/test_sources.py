@@ -27,8 +27,8 @@ from ilrm_nerfstudio.data.sources import (
     chunk_entries,
     detect_source,
     find_scenes,
-    load_single_scene,
 )
+from ilrm_nerfstudio.nerfstudio.dataparser_scene import load_single_scene
 
 GL = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV <-> OpenGL camera axes
 
@@ -309,7 +309,7 @@ def test_chunk_source_reads_index_and_decodes_lazily(tmp_path):
 
 def test_chunk_index_missing_is_explained_and_can_be_built(tmp_path):
     stage = write_chunks(tmp_path / "acid" / "test", chunk_scene_specs(3, 6), write_index=False)
-    with pytest.raises(ILRMError, match="index.json: not found.*python -m ilrm_nerfstudio.data.sources index"):
+    with pytest.raises(ILRMError, match="index.json: not found.*ilrm-data index"):
         chunk_entries(tmp_path / "acid", "test")
     build_chunk_index(stage)
     assert len(chunk_entries(tmp_path / "acid", "test")) == 3

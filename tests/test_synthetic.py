@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from ilrm_nerfstudio.data import synthetic as syn
+from ilrm_nerfstudio.tools import generate_data
 
 NUM_SCENES, FRAMES, SIZE = 8, 8, 32
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -327,20 +328,21 @@ def test_existing_dataset_is_reused_or_needs_overwrite(tmp_path):
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
-    assert syn.main(["--output", str(tmp_path / "x"), "--num-scenes", "0"]) == 2
+    assert generate_data.main(["--output", str(tmp_path / "x"), "--num-scenes", "0"]) == 2
     err = capsys.readouterr().err
     assert "num_scenes must be an integer >= 1" in err and "Traceback" not in err
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "notes.txt").write_text("keep me")
-    assert syn.main(["--output", str(tmp_path / "user"), "--num-scenes", "1", "--quiet"]) == 2
+    assert generate_data.main(["--output", str(tmp_path / "user"), "--num-scenes", "1", "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "user" / "notes.txt").read_text() == "keep me"
-    with pytest.raises(SystemExit):  # argparse: usage message for non-numbers
-        syn.main(["--output", str(tmp_path / "x"), "--num-scenes", "many"])
+    with pytest.raises(SystemExit) as exited:  # tyro: usage message for non-numbers
+        generate_data.main(["--output", str(tmp_path / "x"), "--num-scenes", "many"])
+    assert exited.value.code == 2
 
 
 def test_python_m_entry_point_generates_and_reruns(tmp_path):
-    command = [sys.executable, "-m", "ilrm_nerfstudio.data.synthetic", "--output", str(tmp_path / "cli"),
+    command = [sys.executable, "-m", "ilrm_nerfstudio.tools.generate_data", "--output", str(tmp_path / "cli"),
                "--num-scenes", "3", "--frames-per-scene", "2", "--height", "16", "--width", "16"]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
@@ -349,9 +351,9 @@ def test_python_m_entry_point_generates_and_reruns(tmp_path):
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
-def test_module_does_not_import_torch_or_nerfstudio():
+def test_package_does_not_import_torch_nerfstudio_or_tyro():
     code = ("import sys, ilrm_nerfstudio.data.synthetic; "
-            "print(any(m.split('.')[0] in ('torch', 'nerfstudio') for m in sys.modules))")
+            "print(any(m.split('.')[0] in ('torch', 'nerfstudio', 'tyro') for m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             timeout=60)
     assert result.stdout.strip() == "False", result.stderr

@@ -204,7 +204,7 @@ def checkpoint_model(run: Path):
     and quicker than eval_setup, which imports every nerfstudio method)."""
     from nerfstudio.data.scene_box import SceneBox
 
-    from ilrm_nerfstudio.nerfstudio.ilrm_model import GaussianSceneModelConfig
+    from ilrm_nerfstudio.nerfstudio.scene_model import GaussianSceneModelConfig
 
     (checkpoint,) = (run / "nerfstudio_models").glob("*.ckpt")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]

@@ -99,7 +99,7 @@ def test_ns_eval_writes_metrics_json(trained_run, tmp_path):
         assert key in results and results[key] == results[key]  # present and not NaN
     per_scene = json.loads((renders / "per_scene_metrics.json").read_text())
     assert len(per_scene) == 2 and {"scene", "psnr", "ssim"} <= set(per_scene[0])
-    assert len(list(renders.glob("*.png"))) == 2 * 2  # 2 scenes x 2 targets
+    assert len(list(renders.glob("*/frame_?????.png"))) == len(list(renders.glob("*/frame_?????_gt.png"))) == 2 * 2  # 2 scenes x 2 targets
 
 
 @pytest.mark.parametrize(
@@ -131,15 +131,25 @@ def test_methods_default_to_the_cpu_without_a_gpu():
         assert method.config.machine.device_type == expected
 
 
-def test_model_tries_the_vgg_weights_once_when_offline(monkeypatch):
+def test_model_tries_the_vgg_weights_once_when_offline(monkeypatch, tmp_path):
     """Without the VGG weights (offline) evaluation omits LPIPS; it must not retry every batch."""
     from types import SimpleNamespace
 
     import ilrm_nerfstudio.nerfstudio.ilrm_model as ilrm_model
 
+    from ilrm_nerfstudio.metrics import perceptual
+
     calls = []
-    monkeypatch.setattr(ilrm_model, "load_perceptual", lambda required: calls.append(required))
-    model = SimpleNamespace(_perceptual=[None], config=SimpleNamespace(lpips_weight=0.0), device="cpu")
+
+    def no_network(url, *args, **kwargs):
+        calls.append(url)
+        raise OSError("offline")
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty_hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    perceptual.clear_perceptual_cache()
+    model = SimpleNamespace(config=SimpleNamespace(lpips_weight=0.0), device="cpu")
     assert ilrm_model.ILRMModel.perceptual(model) is None
     assert ilrm_model.ILRMModel.perceptual(model) is None
-    assert calls == [False]
+    assert calls == [perceptual.VGG16_URL]  # one attempt, remembered
+    perceptual.clear_perceptual_cache()

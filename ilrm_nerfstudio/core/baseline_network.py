@@ -19,7 +19,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ilrm_nerfstudio.core.cameras import pixel_centers
 from ilrm_nerfstudio.core.gaussians import Gaussians
-from ilrm_nerfstudio.core.network import Block, ILRMNetworkConfig, Tokenizer, decode_gaussians, init_weights, no_autocast, pixel_features, unpatchify
+from ilrm_nerfstudio.core.network import Block, ILRMNetworkConfig, Tokenizer, decode_gaussians, init_weights, pixel_features, unpatchify
+from ilrm_nerfstudio.core.precision import no_autocast
 
 
 class FullAttentionLRM(nn.Module):

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import average_camera, normalize_poses
 from ilrm_nerfstudio.core.gaussians import Gaussians
-from ilrm_nerfstudio.render.rendering import sh_basis
+from ilrm_nerfstudio.core.sh import sh_basis
 
 
 def rotmat_to_quat(R: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ matching subsets (see `TokenGroups`); the ablation switches of paper Table 7 are
 `iterative_refinement`, `resolution_decoupling` and `uplift`. docs/scalability.md has the
 measurements behind the defaults.
 
-Published-model options (`ilrm_nerfstudio/published.py` loads the authors' checkpoints with them;
+Published-model options (`ilrm_nerfstudio/core/published.py` loads the authors' checkpoints with them;
 docs/published.md): the per-pixel channel orders of the tokenizers (`viewpoint_features`,
 `image_features`), the layout of uplifted queries (`uplift_layout`) and the order of the head's
 channels (`head_channel_order`). Their defaults are this package's own layout.
@@ -37,9 +37,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ilrm_nerfstudio.core.cameras import pixel_centers, rays_through, scale_intrinsics
+from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.core.precision import no_autocast
+from ilrm_nerfstudio.core.sh import rgb_to_sh0
 
-SH_C0 = 0.28209479177387814  # zeroth spherical-harmonics basis constant
 
 # Per-pixel feature channels a tokenizer can read: "rgb" = 2 * rgb - 1 (3), and of the pixel's ray
 # "origin" o (3), "direction" d (3, unit) and "moment" o x d (3); (moment, direction) = Plücker.
@@ -127,6 +129,18 @@ class ILRMNetworkConfig:
     compile: bool = False
     """torch.compile every update layer (parameter names unchanged). Worth it on CUDA; the first
     forward compiles for tens of seconds."""
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (one viewpoint token per multiple x multiple)."""
+        return self.patch_size * self.viewpoint_factor
+
+    def check_image_size(self, height: int, width: int, what: str = "image size") -> None:
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ILRMError(
+                f"{what} {height}x{width} must be divisible by patch_size x viewpoint_factor = "
+                f"{self.patch_size} x {self.viewpoint_factor} = {self.size_multiple}; resize or crop the images"
+            )
 
     @property
     def image_grid_scale(self) -> int:
@@ -449,13 +463,6 @@ def pixel_features(images: Tensor, c2w: Tensor, K: Tensor, features) -> Tensor:
     return ray_features(features, ray_o, ray_d, images)
 
 
-def no_autocast(device: torch.device):
-    """Context that disables autocast on `device` (rays and Gaussian decoding stay fp32)."""
-    if device.type in ("cpu", "cuda"):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()  # e.g. the meta device of the FLOP counters
-
-
 def init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -501,12 +508,8 @@ class ILRM(nn.Module):
         if c2w.shape != (B, V, 4, 4) or K.shape != (B, V, 3, 3):
             raise ValueError(f"for images {list(images.shape)} expected c2w [{B}, {V}, 4, 4] and K [{B}, {V}, 3, 3], got {list(c2w.shape)} and {list(K.shape)}")
         cfg = self.config
-        multiple = cfg.patch_size * cfg.viewpoint_factor
-        if H % multiple or W % multiple:
-            raise ValueError(
-                f"image size {H}x{W} must be divisible by patch_size x viewpoint_factor = "
-                f"{cfg.patch_size} x {cfg.viewpoint_factor} = {multiple}; resize or crop the images"
-            )
+        cfg.check_image_size(H, W)
+        multiple = cfg.size_multiple
         h, w = H // multiple, W // multiple
         if not self.groups.check_grid(h, w):
             raise ValueError(
@@ -572,7 +575,7 @@ def decode_gaussians(cfg: ILRMNetworkConfig, raw: Tensor, c2w: Tensor, K_grid: T
     the images on that grid (used by `color_skip`)."""
     parts = dict(zip(cfg.gaussian_channels, raw.split(list(cfg.gaussian_channels.values()), dim=-1)))
     if cfg.color_skip:  # DC coefficient of the pixel's own color (rendered color = 0.5 + SH_C0 * dc)
-        parts["sh"] = torch.cat([parts["sh"][..., :3] + (grid_colors - 0.5) / SH_C0, parts["sh"][..., 3:]], -1)
+        parts["sh"] = torch.cat([parts["sh"][..., :3] + rgb_to_sh0(grid_colors), parts["sh"][..., 3:]], -1)
     if cfg.pixel_offset:
         grid_xy = grid_xy + torch.sigmoid(parts["offset"]) - 0.5
     ray_o, ray_d = rays_through(c2w, K_grid, grid_xy)  # [B, V, h, w, 3]

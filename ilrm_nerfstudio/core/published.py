@@ -171,7 +171,7 @@ def published_protocol(path_or_network) -> PublishedProtocol:
     path = Path(path_or_network)
     kind, state = read_published(path)
     config = published_network_config(kind, state, path)
-    return protocol_for(kind, _views_from_name(path) if kind == DL3DV else None, config.patch_size * config.viewpoint_factor)
+    return protocol_for(kind, _views_from_name(path) if kind == DL3DV else None, config.size_multiple)
 
 
 def published_normalize_poses(context_c2w: Tensor, other_c2w: Tensor | None = None) -> tuple[Tensor, Tensor | None, float]:
@@ -330,6 +330,6 @@ def load_published_network(path: str | Path, device: str | torch.device = "cpu",
     network = ILRM(config)
     network.load_state_dict({k: v.float() for k, v in map_state_dict(kind, state, network, path).items()}, strict=True)
     network.eval().requires_grad_(False).to(device)
-    network.published_protocol = protocol_for(kind, _views_from_name(path) if kind == DL3DV else None, config.patch_size * config.viewpoint_factor)
+    network.published_protocol = protocol_for(kind, _views_from_name(path) if kind == DL3DV else None, config.size_multiple)
     network.published_path = str(path)
     return network

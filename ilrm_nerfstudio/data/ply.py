@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from plyfile import PlyData, PlyElement
 
 from ilrm_nerfstudio.core.gaussians import Gaussians
 
@@ -26,23 +27,19 @@ def save_ply(gaussians: Gaussians, path: Path) -> Path:
     rest = g.sh[:, 1:].transpose(1, 2).reshape(n, -1)  # INRIA order: all red, then green, then blue
     opacity = torch.logit(g.opacities.clamp(1e-6, 1 - 1e-6))[:, None]
     quats = torch.nn.functional.normalize(g.quats, dim=-1)
-    columns = [g.means, torch.zeros(n, 3), g.sh[:, 0], rest, opacity, torch.log(g.scales), quats]
-    data = torch.cat(columns, dim=1).numpy().astype("<f4")
+    columns = torch.cat([g.means, torch.zeros(n, 3), g.sh[:, 0], rest, opacity, torch.log(g.scales), quats], dim=1)
     names = ply_properties(g.sh_degree)
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
-    header += [f"property float {name}" for name in names] + ["end_header"]
+    vertices = np.empty(n, dtype=[(name, "<f4") for name in names])
+    for name, column in zip(names, columns.numpy().T):
+        vertices[name] = column
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as file:
-        file.write(("\n".join(header) + "\n").encode())
-        file.write(data.tobytes())
+    PlyData([PlyElement.describe(vertices, "vertex")], byte_order="<").write(str(path))
     return path
 
 
 def load_ply(path: Path) -> Gaussians:
     """Read an INRIA-layout PLY (ours or ns-export's) back into Gaussians."""
-    from plyfile import PlyData
-
     vertex = PlyData.read(str(path))["vertex"]
     column = lambda *names: torch.from_numpy(np.stack([np.asarray(vertex[n], dtype=np.float32) for n in names], axis=1))
     rest_names = sorted((p.name for p in vertex.properties if p.name.startswith("f_rest_")), key=lambda s: int(s[7:]))

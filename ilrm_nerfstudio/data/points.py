@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ilrm_nerfstudio.core.gaussians import Gaussians
-from ilrm_nerfstudio.render.rendering import SH_C0
+from ilrm_nerfstudio.core.sh import rgb_to_sh0
 
 
 def nearest_neighbor_distance(points: Tensor, k: int = 3) -> Tensor:
@@ -38,7 +38,7 @@ def points_to_gaussians(xyz: Tensor, rgb: Tensor, sh_degree: int, opacity: float
     xyz = xyz.float().cpu()
     scales = nearest_neighbor_distance(xyz).clamp_min(1e-7)[:, None].expand(-1, 3).clone()
     sh = torch.zeros(len(xyz), (sh_degree + 1) ** 2, 3)
-    sh[:, 0] = (rgb.float().cpu().clamp(0, 1) - 0.5) / SH_C0
+    sh[:, 0] = rgb_to_sh0(rgb.float().cpu().clamp(0, 1))
     quats = torch.zeros(len(xyz), 4)
     quats[:, 0] = 1.0
     return Gaussians(means=xyz, scales=scales, quats=quats, opacities=torch.full((len(xyz),), opacity), sh=sh)
@@ -55,7 +55,7 @@ def random_gaussians(count: int, camera_c2w: Tensor, sh_degree: int, extent: flo
     means = center + (torch.rand(count, 3, generator=generator) - 0.5) * extent * spread
     scales = nearest_neighbor_distance(means).clamp_min(1e-6)[:, None].expand(-1, 3).clone()
     sh = torch.zeros(count, (sh_degree + 1) ** 2, 3)
-    sh[:, 0] = (torch.rand(count, 3, generator=generator) - 0.5) / SH_C0
+    sh[:, 0] = rgb_to_sh0(torch.rand(count, 3, generator=generator))
     return Gaussians(
         means=means,
         scales=scales,

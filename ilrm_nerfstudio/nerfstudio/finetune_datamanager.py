@@ -36,14 +36,14 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.pixel_samplers import PixelSamplerConfig
 from nerfstudio.data.utils.dataloaders import RandIndicesEvalDataloader
-from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
 from ilrm_nerfstudio.data.samplers import kmeans_views
 from ilrm_nerfstudio.data.scene import Scene, load_view, load_working_view
 from ilrm_nerfstudio.core.errors import ILRMError
-from ilrm_nerfstudio.data.sources import scene_from_dataparser_outputs
+from ilrm_nerfstudio.nerfstudio.console import log_line
+from ilrm_nerfstudio.nerfstudio.dataparser_scene import scene_from_dataparser_outputs
 
 CPU_IMAGE_SIZE = 512  # default longest image side on the CPU
 
@@ -145,6 +145,14 @@ class ILRMSceneDataManager(VanillaDataManager):
             return self.config.image_size
         return 0 if torch.device(self.device).type == "cuda" else CPU_IMAGE_SIZE
 
+    def ask_for_input_views(self, count: int) -> int:
+        """A network that needs at least `count` views (a published model's protocol) raises the
+        default number of input views; returns the default now in force."""
+        if "input_indices" in self.__dict__:
+            raise RuntimeError("ask_for_input_views: the input views are already chosen")
+        self.default_input_views = max(count, self.default_input_views)
+        return self.default_input_views
+
     @cached_property
     def input_indices(self) -> list[int]:
         """Indices into the training dataset of the input views (sorted)."""
@@ -199,7 +207,7 @@ class ILRMSceneDataManager(VanillaDataManager):
             raise ILRMError(f"{self.config.data}: the dataparser's training split is empty")
         cameras, items = self._load_views(self.train_dataset, list(range(n)))
         height, width = items[0]["image"].shape[:2]
-        CONSOLE.print(f"loaded {n} training frames at {width}x{height}", soft_wrap=True, markup=False, highlight=False)
+        log_line(f"loaded {n} training frames at {width}x{height}")
         return cameras, items
 
     @property

@@ -8,6 +8,8 @@ Frames are loaded in background processes (`num_workers`); view sampling is in `
 
 from __future__ import annotations
 
+import functools
+
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,6 @@ from typing import Literal, Type
 import torch
 import torch.distributed as dist
 from nerfstudio.data.datamanagers.base_datamanager import DataManager, DataManagerConfig
-from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
@@ -36,7 +37,9 @@ from ilrm_nerfstudio.data.samplers import (
     wide_coverage_views,
 )
 from ilrm_nerfstudio.data.scene import Scene, load_view_uint8
-from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.core.errors import ILRMError, one_line
+from ilrm_nerfstudio.nerfstudio.console import log_line
+from ilrm_nerfstudio.nerfstudio.viewer_scene import SceneViewsDataset, episode_scene, find_episode
 from ilrm_nerfstudio.data.sources import (
     ChunkCache,
     LoadOptions,
@@ -46,28 +49,13 @@ from ilrm_nerfstudio.data.sources import (
     detect_source,
     folder_entries,
     has_split,
-    load_single_scene,
 )
+from ilrm_nerfstudio.nerfstudio.dataparser_scene import load_single_scene
 
 # Kept for callers of the earlier API: the bounded sampler.
 sample_views = sample_bounded
 
-
-def log_line(message: str, style: str | None = "yellow") -> None:
-    """One console line (no wrapping, no markup: messages hold paths)."""
-    CONSOLE.print(message, style=style, soft_wrap=True, markup=False, highlight=False)
-
-
-def clean_error(error: BaseException) -> str:
-    """The message of an error, without the worker traceback DataLoader wraps around it."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    last = lines[-1] if len(lines) > 1 and "Traceback" in str(error) else str(error).strip()
-    for prefix in ("ilrm_nerfstudio.data.scene.ILRMError: ", "ILRMError: "):
-        if last.startswith(prefix):
-            last = last[len(prefix) :]
-    return last
+warn = functools.partial(log_line, style="yellow")  # bad input that is skipped
 
 
 @dataclass
@@ -195,7 +183,7 @@ class ContextTargetDataset(Dataset):
             except ILRMError as error:
                 # Training: the sample is skipped (one line naming scene and frame), another drawn.
                 skipped, last = skipped + 1, str(error)
-                log_line(f"skipping a training sample: {error}")
+                warn(f"skipping a training sample: {error}")
                 episode_index = int(torch.randint(0, len(self.episodes), (1,), generator=generator))
         raise ILRMError(f"{skipped} training samples in a row could not be loaded (last: {last}); check the data")
 
@@ -340,7 +328,7 @@ class ILRMDataManager(DataManager):
         if self.source == "chunks":
             return chunk_entries(cfg.data, split)
         if self.source in ("nerfstudio-scenes", "opencv-scenes"):
-            entries, problems = folder_entries(cfg.data, split, self.source, options, strict, log=log_line)
+            entries, problems = folder_entries(cfg.data, split, self.source, options, strict, log=warn)
             self.skipped_scenes += problems
             if not entries:
                 raise ILRMError(f"{cfg.data}: no scene in split '{split}' could be loaded")
@@ -361,7 +349,7 @@ class ILRMDataManager(DataManager):
         kept = []
         for entry in entries:
             if entry.scene is not None and len(entry.scene) < needed:
-                log_line(f"skipping scene {entry.name}: {len(entry.scene)} frames, {needed} needed")
+                warn(f"skipping scene {entry.name}: {len(entry.scene)} frames, {needed} needed")
                 (self.skipped_eval_scenes if evaluation else self.skipped_scenes).append(entry.name)
                 continue
             kept.append(entry)
@@ -375,7 +363,7 @@ class ILRMDataManager(DataManager):
         episodes = [Episode(by_name[key], key, ctx, tgt) for key, (ctx, tgt) in index.items() if key in by_name]
         missing = [key for key in index if key not in by_name]
         if missing:
-            log_line(f"{path}: {len(missing)} of {len(index)} indexed scenes are not in the data (e.g. {missing[0]}); they are left out")
+            warn(f"{path}: {len(missing)} of {len(index)} indexed scenes are not in the data (e.g. {missing[0]}); they are left out")
             if evaluation:
                 self.missing_eval_scenes = missing
         if not episodes:
@@ -402,8 +390,8 @@ class ILRMDataManager(DataManager):
             raise ILRMError(f"{self.rank_label()}no training scenes in this rank's shard ({len(episodes)} scenes for {self.world_size} ranks)")
         episodes = [episodes[i] for i in mine]
         if self.skipped_scenes:
-            log_line(f"{self.rank_label()}{len(self.skipped_scenes)} training scene(s) skipped (see the lines above)")
-        CONSOLE.print(f"{self.rank_label()}training data: {len(episodes)} scene(s) from {cfg.data} ({self.source})", soft_wrap=True, markup=False, highlight=False)
+            warn(f"{self.rank_label()}{len(self.skipped_scenes)} training scene(s) skipped (see the lines above)")
+        log_line(f"{self.rank_label()}training data: {len(episodes)} scene(s) from {cfg.data} ({self.source})")
         return entries, episodes
 
     def load_eval(self) -> tuple[list[SceneEntry], list[Episode]]:
@@ -455,8 +443,8 @@ class ILRMDataManager(DataManager):
         self.step_ref.step = step
         try:
             batch = next(self.train_iterator)
-        except ILRMError as error:
-            raise SystemExit(f"ilrm: {clean_error(error)}") from None
+        except ILRMError as error:  # from a loader worker: its message without the worker's traceback
+            raise ILRMError(one_line(error)) from None
         skipped = int(batch.pop("num_skipped").sum())
         self.skipped_samples += skipped
         if skipped and (self._last_skip_report is None or step - self._last_skip_report >= 100):
@@ -472,7 +460,7 @@ class ILRMDataManager(DataManager):
         if self.skipped_samples or final and self.skipped_scenes:
             what = f"{self.skipped_samples} training sample(s) skipped" + (" in this run" if final else " so far")
             scenes = f", {len(self.skipped_scenes)} scene(s) left out when loading" if self.skipped_scenes else ""
-            log_line(f"{self.rank_label()}data: {what}{scenes} (bad input, see the lines naming them)")
+            warn(f"{self.rank_label()}data: {what}{scenes} (bad input, see the lines naming them)")
 
     def get_training_callbacks(self, training_callback_attributes):
         from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
@@ -509,7 +497,7 @@ class ILRMDataManager(DataManager):
         try:
             samples = [self.eval_dataset[i] for i in indices]
         except ILRMError as error:
-            raise ILRMError(f"evaluation: {clean_error(error)}") from None
+            raise ILRMError(f"evaluation: {one_line(error)}") from None
         return self.to_device(default_collate(samples))
 
     def next_eval(self, step: int) -> dict:
@@ -524,14 +512,16 @@ class ILRMDataManager(DataManager):
         self.eval_count += 1
         return self.eval_batch([index])
 
-    def eval_scene_batches(self, num_workers: int | None = None):
-        """Every held-out episode once, in batches (loaded by `eval_num_workers` processes)."""
+    def eval_scene_batches(self, num_workers: int | None = None, batches: list[list[int]] | None = None):
+        """Every held-out episode once, in batches (loaded by `eval_num_workers` processes);
+        `batches`: only these (a share of `eval_batches`, e.g. one rank's)."""
         workers = self.config.eval_num_workers if num_workers is None else num_workers
+        batches = self.eval_batches if batches is None else batches
         if workers <= 0:
-            for batch in self.eval_batches:
+            for batch in batches:
                 yield self.eval_batch(batch)
             return
-        loader = DataLoader(self.eval_dataset, batch_sampler=self.eval_batches, num_workers=workers, collate_fn=default_collate)
+        loader = DataLoader(self.eval_dataset, batch_sampler=batches, num_workers=workers, collate_fn=default_collate)
         iterator = iter(loader)
         while True:
             try:
@@ -539,8 +529,19 @@ class ILRMDataManager(DataManager):
             except StopIteration:
                 return
             except ILRMError as error:
-                raise ILRMError(f"evaluation: {clean_error(error)}") from None
+                raise ILRMError(f"evaluation: {one_line(error)}") from None
             yield self.to_device(batch)
+
+    def show_scene_in_viewer(self, which: str) -> None:
+        """Test mode (ns-viewer, ns-render, ns-eval): the training dataset becomes the frames of
+        held-out scene `which`, the scene a checkpoint holds (viewer_scene.py), so that the viewer
+        can draw its cameras. Left as it is (with a note) when the scene cannot be found."""
+        if str(which).lower() == "none":
+            return
+        try:
+            self.train_dataset = SceneViewsDataset(episode_scene(self, find_episode(self, which)))
+        except ILRMError as error:
+            warn(f"ilrm: no held scene views for the viewer: {error}")
 
     # -- nerfstudio hooks ------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ tool (ns-eval, ns-export, ilrm-finetune) reads them.
 from __future__ import annotations
 
 import json
+import re
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +27,17 @@ from typing import Literal, Type
 
 import torch
 import torch.distributed as dist
-import torchvision.utils as vutils
+from PIL import Image
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
-from nerfstudio.utils.rich_utils import CONSOLE
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
 from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
+from ilrm_nerfstudio.nerfstudio.viewer_scene import hold_eval_scene
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.nerfstudio.console import log_line
 
 
 @dataclass
@@ -58,13 +61,8 @@ class ILRMPipeline(VanillaPipeline):
     ):
         Pipeline.__init__(self)
         self.config, self.test_mode, self.world_size = config, test_mode, world_size
-        try:
-            self.check_config()
-            self.datamanager = config.datamanager.setup(
-                device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank
-            )
-        except ILRMError as error:  # bad input: a clear message, not a traceback
-            raise SystemExit(f"ilrm: {error}") from None
+        self.check_config()
+        self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank)
         self.datamanager.to(device)
         self._model = config.model.setup(
             scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])),
@@ -74,11 +72,10 @@ class ILRMPipeline(VanillaPipeline):
             grad_scaler=grad_scaler,
         )
         self.model.to(device)
-        if test_mode == "test":  # ns-viewer: the views of the scene the checkpoint holds (held_scene.py)
-            from ilrm_nerfstudio.nerfstudio.viewer_scene import attach_viewer_views
-
-            attach_viewer_views(self)
+        if test_mode == "test":  # ns-viewer: the views of the scene the checkpoint holds
+            self.datamanager.show_scene_in_viewer(config.model.viewer_scene)
         self._object_group = None  # for gathering Python objects (evaluation results)
+        self._run_dir: Path | None = None  # set when nerfstudio's trainer runs this pipeline
         if world_size > 1:
             self.wrap_ddp(device)
 
@@ -106,9 +103,20 @@ class ILRMPipeline(VanillaPipeline):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
+    def get_training_callbacks(self, training_callback_attributes):
+        if training_callback_attributes.trainer is not None:
+            self._run_dir = Path(training_callback_attributes.trainer.base_dir)
+        return super().get_training_callbacks(training_callback_attributes)
+
     def state_dict(self, *args, **kwargs):
         """As nn.Module's, without DDP's "module." level: checkpoints do not depend on the number
-        of processes (nerfstudio's loader accepts both forms)."""
+        of processes (nerfstudio's loader accepts both forms).
+
+        During training the trainer calls this to write a checkpoint, so this is where the
+        checkpoint's held-out scene is refreshed (viewer_scene.py) for the single-scene tools."""
+        which = str(self.model.config.viewer_scene)
+        if self._run_dir is not None and which.lower() != "none" and not kwargs.get("prefix", args[1] if len(args) > 1 else ""):
+            hold_eval_scene(self.model, self.datamanager, which, self._run_dir)
         state = super().state_dict(*args, **kwargs)
         if not isinstance(self._model, DDP):
             return state
@@ -120,13 +128,8 @@ class ILRMPipeline(VanillaPipeline):
         return renamed
 
     def check_config(self) -> None:
-        data, net = self.config.datamanager, self.config.model.network
-        multiple = net.patch_size * net.viewpoint_factor
-        if data.image_height % multiple or data.image_width % multiple:
-            raise ILRMError(
-                f"image size {data.image_height}x{data.image_width} must be divisible by patch_size x "
-                f"viewpoint_factor = {net.patch_size} x {net.viewpoint_factor} = {multiple}"
-            )
+        data = self.config.datamanager
+        self.config.model.network.check_image_size(data.image_height, data.image_width)
 
     def get_train_loss_dict(self, step: int):
         batch = self.datamanager.next_train(step)
@@ -171,56 +174,79 @@ class ILRMPipeline(VanillaPipeline):
         return self._evaluate_and_summarize((rank, world) if world > 1 else None, output_path, get_std)
 
     def _evaluate_and_summarize(self, shard: tuple[int, int] | None, output_path: Path | None, get_std: bool) -> dict[str, float]:
-        per_scene = self._evaluate_scenes(shard, output_path)
+        per_scene = self.evaluate_scenes(output_path, shard)
         if shard is not None:  # gather every rank's scenes, back in the order of the batches
             gathered: list = [None] * shard[1]
             dist.all_gather_object(gathered, per_scene, group=self._object_group)
             per_scene = [scene for _, scene in sorted((item for part in gathered for item in part), key=lambda item: item[0])]
         else:
             per_scene = [scene for _, scene in per_scene]
-        if not per_scene:
-            raise SystemExit("ilrm: no held-out scenes to evaluate")
-        names = [k for k in per_scene[0] if k != "scene"]
-        summary: dict[str, float] = {"num_scenes": float(len(per_scene))}
-        for name in names:
-            values = torch.tensor([scene[name] for scene in per_scene])
-            summary[name] = float(values.mean())
-            if get_std:
-                summary[f"{name}_std"] = float(values.std()) if len(values) > 1 else 0.0
+        summary = summarize(per_scene, get_std)
         if output_path is not None:
             (output_path / "per_scene_metrics.json").write_text(json.dumps(per_scene, indent=2))
-        CONSOLE.print(f"evaluated {len(per_scene)} held-out scenes: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+        log_line(f"evaluated {len(per_scene)} held-out scenes: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
         return summary
 
-    def _evaluate_scenes(self, shard: tuple[int, int] | None, output_path: Path | None) -> list[tuple[tuple[int, int], dict]]:
-        """[((batch index, index in batch), per-scene metrics)] for every batch of held-out scenes,
-        or for this rank's share of them (`shard` = (rank, world size))."""
+    @torch.no_grad()
+    def evaluate_scenes(
+        self,
+        render_dir: Path | None = None,
+        shard: tuple[int, int] | None = None,
+        num_workers: int | None = None,
+        progress: bool = False,
+    ) -> list[tuple[tuple[int, int], dict]]:
+        """[((batch index, index in batch), per-scene row)] for every batch of held-out scenes, or
+        for this rank's share of them (`shard` = (rank, world size)). A row holds the scene's
+        metrics (PSNR, SSIM, LPIPS when its weights load, trivial baselines; see
+        `ILRMModel.scene_metrics`) and its context and target frames; with `render_dir`, renders
+        and ground truth are written there (`save_renders`). ns-eval and ilrm-eval both use it."""
         datamanager = self.datamanager
         all_batches = datamanager.eval_batches
         mine = list(range(len(all_batches))) if shard is None else list(range(shard[0], len(all_batches), shard[1]))
+        total, start = sum(len(all_batches[i]) for i in mine), time.perf_counter()
         self.eval()
         per_scene: list[tuple[tuple[int, int], dict]] = []
         try:
-            # eval_scene_batches() walks datamanager.eval_batches (with its loader workers): hand it
-            # this rank's share for the duration of the loop.
-            datamanager.eval_batches = [all_batches[i] for i in mine]
-            for i, batch in zip(mine, datamanager.eval_scene_batches()):
+            for i, batch in zip(mine, datamanager.eval_scene_batches(num_workers, [all_batches[i] for i in mine])):
                 outputs = self.model(batch)
-                per_scene += [((i, j), scene) for j, scene in enumerate(self.model.scene_metrics(outputs, batch))]
-                if output_path is not None:
-                    self.save_renders(outputs, batch, output_path)
-        except ILRMError as error:  # bad held-out data: name the scene and the problem, no traceback
-            raise SystemExit(f"ilrm: {error}") from None
+                for j, row in enumerate(self.model.scene_metrics(outputs, batch)):
+                    row["context"] = batch["context_indices"][j].tolist()
+                    row["target"] = batch["target_indices"][j].tolist()
+                    per_scene.append(((i, j), row))
+                if render_dir is not None:
+                    save_renders(outputs, batch, render_dir)
+                if progress and (len(per_scene) == total or len(per_scene) % 50 < len(batch["scene"])):
+                    print(f"  {len(per_scene)}/{total} scenes ({time.perf_counter() - start:.0f} s)", flush=True)
         finally:
-            datamanager.eval_batches = all_batches
             self.train()
         return per_scene
 
-    @staticmethod
-    def save_renders(outputs: dict, batch: dict, output_path: Path) -> None:
-        output_path.mkdir(parents=True, exist_ok=True)
-        for b, scene in enumerate(batch["scene"]):
-            for t, index in enumerate(batch["target_indices"][b].tolist()):
-                pred = outputs["rgb"][b, t].permute(2, 0, 1).cpu()
-                gt = batch["target_images"][b, t].cpu()
-                vutils.save_image(torch.cat([gt, pred], dim=2), output_path / f"{scene}_frame{index:05d}.png")
+
+def summarize(per_scene: list[dict], with_std: bool = True) -> dict[str, float]:
+    """Mean (and standard deviation) over scenes of every metric of the per-scene rows."""
+    if not per_scene:
+        raise ILRMError("no held-out scenes to evaluate")
+    names = [k for k, v in per_scene[0].items() if isinstance(v, float)]
+    summary: dict[str, float] = {"num_scenes": float(len(per_scene))}
+    for name in names:
+        values = torch.tensor([row[name] for row in per_scene], dtype=torch.float64)
+        summary[name] = float(values.mean())
+        if with_std:
+            summary[f"{name}_std"] = float(values.std()) if len(values) > 1 else 0.0
+    return summary
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._#-]+", "_", name) or "scene"
+
+
+def save_renders(outputs: dict, batch: dict, render_dir: Path) -> None:
+    """Per held-out scene a folder <render_dir>/<scene>/ with frame_NNNNN.png (render) and
+    frame_NNNNN_gt.png (ground truth) for every target frame."""
+    for b, scene in enumerate(batch["scene"]):
+        folder = Path(render_dir) / safe_name(scene)
+        folder.mkdir(parents=True, exist_ok=True)
+        for t, index in enumerate(batch["target_indices"][b].tolist()):
+            for suffix, image in (("", outputs["rgb"][b, t]), ("_gt", batch["target_images"][b, t].permute(1, 2, 0))):
+                pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+                Image.fromarray(pixels).save(folder / f"frame_{index:05d}{suffix}.png")

@@ -10,18 +10,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
+import tyro
 from nerfstudio.configs.base_config import LoggingConfig, MachineConfig, ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from ilrm_nerfstudio.nerfstudio.finetune import MEANS_LR, OTHER_LR, ILRMFinetunePipelineConfig
+from ilrm_nerfstudio.nerfstudio.finetune_model import MEANS_LR, OTHER_LR
+from ilrm_nerfstudio.nerfstudio.finetune_pipeline import ILRMFinetunePipelineConfig
 from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
-from ilrm_nerfstudio.nerfstudio.ilrm_model import GAUSSIAN_FIELDS, ILRMModelConfig
+from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
+from ilrm_nerfstudio.nerfstudio.scene_model import GAUSSIAN_FIELDS
 from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import ILRMPipelineConfig
 from ilrm_nerfstudio.core.network import ILRMNetworkConfig
 from ilrm_nerfstudio.nerfstudio.optim import AdamWMatricesConfig, WarmupCosineSchedulerConfig
+
+
+@dataclass
+class ILRMTrainerConfig(TrainerConfig):
+    """nerfstudio's trainer config, without the text prompt that no model of ours reads."""
+
+    prompt: tyro.conf.Suppress[Optional[str]] = None
 
 
 def default_machine() -> MachineConfig:
@@ -38,7 +51,7 @@ def ilrm_trainer_config(
     warmup_steps: int,
     steps_per_eval: int,
 ) -> TrainerConfig:
-    return TrainerConfig(
+    return ILRMTrainerConfig(
         method_name=method_name,
         max_num_iterations=max_steps,
         steps_per_save=steps_per_eval,
@@ -102,7 +115,7 @@ def finetune_trainer_config(epochs: int = -1) -> TrainerConfig:
     def adam(lr: float) -> dict:
         return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}
 
-    return TrainerConfig(
+    return ILRMTrainerConfig(
         method_name="ilrm-finetune",
         max_num_iterations=epochs,
         steps_per_save=1000,

@@ -1,7 +1,7 @@
 """The one scene an `ilrm` checkpoint holds, for the single-scene nerfstudio tools.
 
 An `ilrm` run reconstructs many scenes; ns-viewer, ns-render and ns-export need one. Before every
-checkpoint is written, the model reconstructs the held-out scene chosen by
+checkpoint is written (`ILRMPipeline.state_dict`), the model reconstructs the held-out scene chosen by
 `--pipeline.model.viewer-scene` (index or name) from its evaluation context views and stores the
 Gaussians in `gauss_params`. The tools then work from the checkpoint alone: ns-export and
 `ns-render camera-path` load it without any data.
@@ -13,9 +13,9 @@ that similarity (scene name, "transform" 3x4 and "scale", as dataparser_transfor
 x_viewer = scale * (R x_file + t).
 
 For ns-viewer (and `ns-render interpolate --pose-source train`), which need camera frusta and
-images, `attach_viewer_views` replaces the data manager's (empty, in test mode) training dataset
-by `SceneViewsDataset`: every frame of that scene with its camera, in the same frame as the
-Gaussians.
+images, the data manager's training dataset (empty in test mode) becomes `SceneViewsDataset`
+(`ILRMDataManager.show_scene_in_viewer`): every frame of that scene with its camera, in the same
+frame as the Gaussians. The refresh happens when the pipeline writes a checkpoint.
 """
 
 from __future__ import annotations
@@ -31,19 +31,15 @@ from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.utils import comms
-from nerfstudio.utils.rich_utils import CONSOLE
 
 from ilrm_nerfstudio.core.cameras import opencv_to_opengl
 from ilrm_nerfstudio.core.frames import normalized_to_world, transform_gaussians
 from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.data.scene import Scene
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.nerfstudio.console import log_line
 
 Tensor = torch.Tensor
-
-
-def log_line(message: str, style: str | None = "cyan") -> None:
-    CONSOLE.print(message, style=style, soft_wrap=True, markup=False, highlight=False)
 
 
 def find_episode(datamanager, which: str) -> int:
@@ -131,7 +127,7 @@ def hold_eval_scene(model, datamanager, which: str, run_dir: Path | None = None)
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         record = {"scene": name, "transform": transform.tolist(), "scale": scale, "note": "x_viewer = scale * (transform[:, :3] @ x + transform[:, 3]), x in the scene's own (file) frame"}
         (Path(run_dir) / "held_scene.json").write_text(json.dumps(record, indent=2))
-    log_line(f"checkpoint holds held-out scene {name} ({len(gaussians)} Gaussians) for ns-viewer / ns-render / ns-export")
+    log_line(f"checkpoint holds held-out scene {name} ({len(gaussians)} Gaussians) for ns-viewer / ns-render / ns-export", style="cyan")
 
 
 class SceneViewsDataset(InputDataset):
@@ -178,19 +174,3 @@ def scene_dataparser_outputs(scene: Scene, transform: Tensor | None = None, scal
     radius = float((positions - center).norm(dim=-1).max().clamp_min(1.0))
     aabb = torch.stack([center - 2 * radius, center + 2 * radius])
     return DataparserOutputs(image_filenames=list(scene.image_paths), cameras=cameras, scene_box=SceneBox(aabb=aabb))
-
-
-def attach_viewer_views(pipeline) -> None:
-    """Test mode (ns-viewer, ns-render, ns-eval): give the data manager a training dataset made of
-    the held scene's views, so that the viewer can draw its cameras. Leaves things as they are
-    (with a note) when the scene cannot be found."""
-    which = getattr(pipeline.model.config, "viewer_scene", "none")
-    if str(which).lower() == "none":
-        return
-    datamanager = pipeline.datamanager
-    try:
-        scene = episode_scene(datamanager, find_episode(datamanager, which))
-    except ILRMError as error:
-        log_line(f"ilrm: no held scene views for the viewer: {error}", style="yellow")
-        return
-    datamanager.train_dataset = SceneViewsDataset(scene)

@@ -44,6 +44,8 @@ import torch
 from torch import Tensor
 
 from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.core.precision import no_autocast
+from ilrm_nerfstudio.core.sh import sh_to_rgb
 
 # gsplat 1.4.0 constants (rasterize_to_pixels_fwd.cu / fully_fused_projection_fwd.cu).
 ALPHA_MAX = 0.999  # alpha = min(0.999, opacity * exp(-power))
@@ -52,10 +54,6 @@ T_MIN = 1e-4  # a pixel stops before the Gaussian that would bring T to <= T_MIN
 EPS2D = 0.3  # low-pass filter added to the 2D covariance diagonal, px^2
 TILE_SIZE = 16  # gsplat's default tile size; it decides where tails are clipped
 FOV_MARGIN = 0.3  # x/z is clamped to the image bounds + 0.3 * tan(fov / 2)
-
-# Real spherical harmonics constants, as in gsplat / nerfstudio (Sloan's formulation).
-SH_C0 = 0.2820947917738781
-SH_C1 = 0.48860251190292
 
 BACKENDS = ("auto", "gsplat", "torch")
 
@@ -85,77 +83,6 @@ class RenderOutput:
             "means2d": self.means2d, "radii": self.radii, "gaussian_ids": None,  # None: not packed
             "width": W, "height": H, "n_cameras": C,
         }  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------------
-# Spherical harmonics
-# ----------------------------------------------------------------------------------------------
-
-
-def sh_basis(dirs: Tensor, degree: int) -> Tensor:
-    """Real SH basis at unit directions dirs [..., 3] -> [..., (degree + 1) ** 2], degrees 0..3."""
-    if not 0 <= degree <= 3:
-        raise ValueError(f"SH degree must be in 0..3, got {degree}")
-    x, y, z = dirs.unbind(-1)
-    out = [torch.full_like(x, SH_C0)]
-    if degree >= 1:
-        out += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
-    if degree >= 2:
-        z2 = z * z
-        c1, s1 = x * x - y * y, 2.0 * x * y  # cos(2 phi), sin(2 phi) times sin^2(theta)
-        out += [
-            0.5462742152960395 * s1,
-            -1.092548430592079 * z * y,
-            0.9461746957575601 * z2 - 0.3153915652525201,
-            -1.092548430592079 * z * x,
-            0.5462742152960395 * c1,
-        ]
-        if degree >= 3:
-            c2, s2 = x * c1 - y * s1, x * s1 + y * c1
-            t0 = -2.285228997322329 * z2 + 0.4570457994644658
-            t1 = 1.445305721320277 * z
-            out += [
-                -0.5900435899266435 * s2,
-                t1 * s1,
-                t0 * y,
-                z * (1.865881662950577 * z2 - 1.119528997770346),
-                t0 * x,
-                t1 * c1,
-                -0.5900435899266435 * c2,
-            ]
-    return torch.stack(out, dim=-1)
-
-
-def sh_to_rgb(sh: Tensor, dirs: Tensor) -> Tensor:
-    """Colors of SH coefficients sh [..., K, 3] seen along dirs [..., 3] (any length, not 0).
-
-    color = max(0, 0.5 + sum_k Y_k(d) sh_k), as gsplat's `rasterization(sh_degree=...)` does.
-    """
-    degree = int(round(math.sqrt(sh.shape[-2]))) - 1
-    if (degree + 1) ** 2 != sh.shape[-2]:
-        raise ValueError(f"sh must have (degree + 1)^2 coefficients, got {sh.shape[-2]}")
-    if degree == 0:  # constant basis: no directions needed
-        return torch.clamp_min(SH_C0 * sh[..., 0, :] + 0.5, 0.0).expand(*torch.broadcast_shapes(sh.shape[:-2], dirs.shape[:-1]), 3)
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    basis = sh_basis(dirs, degree)  # [..., K]
-    # (einsum: about 2x faster than a broadcast product and sum, forward and backward)
-    return torch.clamp_min(torch.einsum("...k,...kc->...c", basis, sh) + 0.5, 0.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Projection (EWA)
-# ----------------------------------------------------------------------------------------------
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Quaternions [..., 4] (w, x, y, z; normalized here) -> rotation matrices [..., 3, 3]."""
-    w, x, y, z = (quats / quats.norm(dim=-1, keepdim=True)).unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]  # fmt: skip
-    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,7 +333,7 @@ def render(
     if backend == "auto":
         backend = "gsplat" if device.type == "cuda" else "torch"
     width, height = int(width), int(height)
-    with torch.autocast(device_type=device.type, enabled=False):
+    with no_autocast(device):
         g = gaussians.map(lambda t: t.float())
         c2w, K = c2w.float(), K.float()
         C = c2w.shape[0]

@@ -14,22 +14,24 @@ ground truth | render) and real_capture.ply. Re-running reuses the data and the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torchvision.utils as vutils
+import tyro
 
+from ilrm_nerfstudio.core.errors import exit_on_error
 from ilrm_nerfstudio.data.ply import save_ply
 from ilrm_nerfstudio.data.synthetic import generate_dataset
 
 DEFAULT_STEPS = 500
-CAPTURE = Path(__file__).parent / "captures" / "snowmiku"  # MIT license, see its README
+CAPTURE = Path(__file__).parents[1] / "captures" / "snowmiku"  # MIT license, see its README
 DEFAULT_CAPTURE_MINUTES = 4.0
 
 
@@ -126,14 +128,27 @@ def reconstruct(run: Path, workdir: Path) -> dict:
     return result
 
 
+@dataclass
+class DemoConfig:
+    """The demo on the CPU: train ilrm-small on the generated data set and reconstruct held-out
+    scenes, then ilrm-finetune on a real capture. Options it does not know go to ns-train
+    ilrm-small."""
+
+    workdir: Path = Path("demo_output")
+    """Where the runs, pictures, PLY files and metrics.json go."""
+    data: Path = Path("data/synthetic")
+    """Where the generated data set goes (reused when it is already there)."""
+    num_scenes: int = 300
+    """Scenes in the generated data set."""
+    steps: int = DEFAULT_STEPS
+    """Training iterations."""
+    capture_minutes: float = DEFAULT_CAPTURE_MINUTES
+    """Refinement budget of the real capture."""
+
+
+@exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("demo_output"))
-    parser.add_argument("--data", type=Path, default=Path("data/synthetic"))
-    parser.add_argument("--num-scenes", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training iterations")
-    parser.add_argument("--capture-minutes", type=float, default=DEFAULT_CAPTURE_MINUTES, help="refinement budget of the real capture")
-    args, extra = parser.parse_known_args(argv)
+    args, extra = tyro.cli(DemoConfig, prog="ilrm-demo", args=argv, return_unknown_args=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"[demo] 1/4 generating {args.num_scenes} scenes in {args.data}", flush=True)

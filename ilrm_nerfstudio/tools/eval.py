@@ -22,77 +22,35 @@ be loaded (offline). Bad data ends with one line naming the scene and the proble
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import re
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+import tyro
 
-from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.core.errors import ILRMError, exit_on_error
 
 METRICS = ("psnr", "ssim", "lpips")
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._#-]+", "_", name) or "scene"
-
-
-def _save_renders(outputs: dict, batch: dict, render_dir: Path) -> None:
-    from PIL import Image
-
-    for b, scene in enumerate(batch["scene"]):
-        folder = render_dir / _safe_name(scene)
-        folder.mkdir(parents=True, exist_ok=True)
-        for t, index in enumerate(batch["target_indices"][b].tolist()):
-            for suffix, image in (("", outputs["rgb"][b, t]), ("_gt", batch["target_images"][b, t].permute(1, 2, 0))):
-                pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-                Image.fromarray(pixels).save(folder / f"frame_{index:05d}{suffix}.png")
 
 
 def _lpips_available(model) -> bool:
     """Load LPIPS-VGG for the model's metrics; when its weights are unavailable (offline) LPIPS is
     left out of the metrics (load_perceptual logs why) instead of failing the evaluation."""
-    from ilrm_nerfstudio.metrics.image import load_perceptual
+    from ilrm_nerfstudio.metrics import load_perceptual
 
-    perceptual = load_perceptual(required=False)
-    if perceptual is None:
-        model.perceptual = lambda: None  # this evaluation only: do not retry per batch
-        return False
-    model._perceptual[0] = perceptual.to(model.device)
-    return True
+    return load_perceptual(required=False, device=model.device) is not None
 
 
-@torch.no_grad()
 def evaluate_pipeline(pipeline, render_dir: Path | None = None, num_workers: int | None = None, progress: bool = True) -> tuple[list[dict], dict]:
-    """Per-scene metrics and their mean (and standard deviation) over every held-out scene."""
-    datamanager, model = pipeline.datamanager, pipeline.model
-    pipeline.eval()
-    per_scene: list[dict] = []
-    total, start = len(datamanager.eval_dataset), time.perf_counter()
-    for batch in datamanager.eval_scene_batches(num_workers):
-        outputs = model(batch)
-        rows = model.scene_metrics(outputs, batch)
-        for b, row in enumerate(rows):
-            row["context"] = batch["context_indices"][b].tolist()
-            row["target"] = batch["target_indices"][b].tolist()
-        per_scene += rows
-        if render_dir is not None:
-            _save_renders(outputs, batch, render_dir)
-        if progress and (len(per_scene) == total or len(per_scene) % 50 < len(rows)):
-            print(f"  {len(per_scene)}/{total} scenes ({time.perf_counter() - start:.0f} s)", flush=True)
-    if not per_scene:
-        raise ILRMError("no scene was evaluated")
-    names = [k for k, v in per_scene[0].items() if isinstance(v, float)]
-    summary: dict[str, float] = {"num_scenes": float(len(per_scene))}
-    for name in names:
-        values = torch.tensor([row[name] for row in per_scene], dtype=torch.float64)
-        summary[name] = float(values.mean())
-        summary[f"{name}_std"] = float(values.std()) if len(values) > 1 else 0.0
-    return per_scene, summary
+    """Per-scene rows and their mean (and standard deviation) over every held-out scene."""
+    from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import summarize
+
+    per_scene = [row for _, row in pipeline.evaluate_scenes(render_dir, num_workers=num_workers, progress=progress)]
+    return per_scene, summarize(per_scene, with_std=True)
 
 
 def evaluate(
@@ -281,46 +239,70 @@ def evaluate_published(
     return results
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ilrm-eval", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--load-config", type=Path, help="config.yml of a trained run")
-    which.add_argument("--published", type=Path, help="a published iLRM checkpoint (re10k_2view.ckpt, ilrm_undistort_dl3dv*.pt; docs/published.md)")
-    parser.add_argument("--data", type=Path, help="data to evaluate on (default: the run's --data)")
-    parser.add_argument("--index", type=Path, help="evaluation index JSON {scene: {context: [...], target: [...]}}")
-    parser.add_argument("--output", type=Path, help="results JSON (default: <run>/eval_results.json)")
-    parser.add_argument("--render-dir", type=Path, help="also write each rendered target (and its ground truth) as PNG here")
-    parser.add_argument("--protocol", choices=("sequence", "wide"), help="held-out views without an index (default: the run's)")
-    parser.add_argument("--context-views", type=int, help="context views per scene (wide protocol: e.g. 16 or 32)")
-    parser.add_argument("--split", help="split folder of held-out scenes (default: the run's eval split, 'test')")
-    parser.add_argument("--num-scenes", type=int, help="evaluate the first N scenes only")
-    parser.add_argument("--num-workers", type=int, help="background loader processes (default: the run's eval_num_workers)")
-    parser.add_argument("--source", choices=("auto", "chunks", "nerfstudio-scenes", "opencv-scenes", "single-scene"), help="override source detection")
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="--published: input size (default: the model's, 256 256 / 544 960)")
-    parser.add_argument("--device", help="--published: cpu or cuda (default: cuda when available)")
-    return parser
+@dataclass
+class EvalConfig:
+    """Evaluate a trained run (--load-config) or a published checkpoint (--published) on held-out
+    scenes; per-scene and mean PSNR / SSIM / LPIPS as JSON."""
+
+    load_config: Path | None = None
+    """config.yml of a trained run (give this or --published)."""
+    published: Path | None = None
+    """A published iLRM checkpoint (re10k_2view.ckpt, ilrm_undistort_dl3dv*.pt; docs/published.md)."""
+    data: Path | None = None
+    """Data to evaluate on (default: the run's --data)."""
+    index: Path | None = None
+    """Evaluation index JSON {scene: {context: [...], target: [...]}}."""
+    output: Path | None = None
+    """Results JSON (default: <run>/eval_results.json)."""
+    render_dir: Path | None = None
+    """Also write each rendered target (and its ground truth) as PNG here."""
+    protocol: Literal["sequence", "wide"] | None = None
+    """Held-out views without an index (default: the run's)."""
+    context_views: int | None = None
+    """Context views per scene (wide protocol: e.g. 16 or 32)."""
+    split: str | None = None
+    """Split folder of held-out scenes (default: the run's eval split, 'test')."""
+    num_scenes: int | None = None
+    """Evaluate the first N scenes only."""
+    num_workers: int | None = None
+    """Background loader processes (default: the run's eval_num_workers)."""
+    source: Literal["auto", "chunks", "nerfstudio-scenes", "opencv-scenes", "single-scene"] | None = None
+    """Override source detection."""
+    image_size: Annotated[tuple[int, int] | None, tyro.conf.arg(metavar="H W")] = None
+    """--published: input size (default: the model's, 256 256 / 544 960)."""
+    device: str | None = None
+    """--published: cpu or cuda (default: cuda when available)."""
+
+
+@exit_on_error
+def run(config: EvalConfig) -> None:
+    """Evaluate what `config` names; bad input raises ILRMError."""
+    if (config.load_config is None) == (config.published is None):
+        raise ILRMError("give one of --load-config RUN/config.yml or --published CHECKPOINT")
+    if config.load_config is not None and (config.image_size is not None or config.device is not None):
+        raise ILRMError("--image-size and --device go with --published (a run evaluates at its own size)")
+    if config.published is not None:
+        evaluate_published(
+            config.published, config.data, config.index, config.output, config.render_dir, config.protocol,
+            config.context_views, config.split, config.num_scenes, config.num_workers, config.source,
+            config.image_size, config.device,
+        )  # fmt: skip
+    else:
+        evaluate(
+            config.load_config, config.data, config.index, config.output, config.render_dir, config.protocol,
+            config.context_views, config.split, config.num_scenes, config.num_workers, config.source,
+        )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.load_config is not None and (args.image_size is not None or args.device is not None):
-        parser.error("--image-size and --device go with --published (a run evaluates at its own size)")
+    """`ilrm-eval`; returns the exit code (0, 2 for bad input, 130 when interrupted)."""
+    config = tyro.cli(EvalConfig, prog="ilrm-eval", args=argv)
     try:
-        if args.published is not None:
-            evaluate_published(
-                args.published, args.data, args.index, args.output, args.render_dir, args.protocol,
-                args.context_views, args.split, args.num_scenes, args.num_workers, args.source,
-                None if args.image_size is None else tuple(args.image_size), args.device,
-            )  # fmt: skip
-        else:
-            evaluate(
-                args.load_config, args.data, args.index, args.output, args.render_dir, args.protocol,
-                args.context_views, args.split, args.num_scenes, args.num_workers, args.source,
-            )  # fmt: skip
-    except ILRMError as error:
-        print(f"ilrm-eval: error: {error}", file=sys.stderr)
-        return 2
+        run(config)
+    except SystemExit as error:
+        if not isinstance(error.__context__, ILRMError):
+            raise
+        return error.code  # exit_on_error printed the ILRMError as one line (code 2)
     except KeyboardInterrupt:
         print("ilrm-eval: interrupted", file=sys.stderr)
         return 130

@@ -28,7 +28,8 @@ written to the run folder.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,21 +38,18 @@ from typing import Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
-import yaml
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
-from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from ilrm_nerfstudio.core.cameras import normalize_poses, opengl_to_opencv, to_homogeneous
-from ilrm_nerfstudio.core.frames import normalized_to_world
+from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
 from ilrm_nerfstudio.core.gaussians import Gaussians
-from ilrm_nerfstudio.nerfstudio.ilrm_model import GAUSSIAN_FIELDS, GaussianSceneModel, GaussianSceneModelConfig
-from ilrm_nerfstudio.metrics.image import PerceptualWeightsError, image_metrics, load_perceptual, psnr, training_ssim
-from ilrm_nerfstudio.core.network import ILRM
-from ilrm_nerfstudio.nerfstudio.finetune_datamanager import ILRMSceneDataManagerConfig
+from ilrm_nerfstudio.nerfstudio.scene_model import GAUSSIAN_FIELDS, GaussianSceneModel, GaussianSceneModelConfig
+from ilrm_nerfstudio.metrics import image_metrics, load_perceptual, psnr, training_ssim
 from ilrm_nerfstudio.data.points import points_to_gaussians, random_gaussians, triangulate_points
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.nerfstudio.console import log_line
+
+from ilrm_nerfstudio.nerfstudio.run_network import load_network, network_input_size, predict_gaussians, view_groups, with_sh_degree
 
 # The published finetune ("Ours_10").
 MEANS_LR = 6e-4
@@ -61,145 +59,7 @@ REFINE_LR = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "features_dc": 2.5e
 REFINE_MEANS_FINAL = 0.01
 
 
-def log_line(message: str, style: str | None = None) -> None:
-    CONSOLE.print(f"[ilrm-finetune] {message}", style=style, soft_wrap=True, markup=False, highlight=False)
-
-
-# ------------------------------------------------------------------------------------------------
-# The trained network of an ilrm run
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainedNetwork:
-    network: ILRM
-    resolution: tuple[int, int]  # (height, width) the run trained at
-    sh_degree: int
-    checkpoint: Path
-    bf16: bool = True
-    context_views: int = 2  # views per sample the run trained on
-    published: bool = False  # the authors' weights: their pose normalization
-
-
-def find_run_files(path: Path) -> tuple[Path, Path]:
-    """An ilrm run given as its folder, its config.yml or one of its checkpoints -> (config.yml,
-    checkpoint); the latest checkpoint unless one is named."""
-    path = Path(path)
-    if not path.exists():
-        raise ILRMError(f"{path}: ilrm run not found (give its folder, config.yml or a .ckpt)")
-    if path.is_dir():
-        config, checkpoint = path / "config.yml", None
-    elif path.suffix == ".ckpt":
-        config, checkpoint = path.parent.parent / "config.yml", path
-    else:
-        config, checkpoint = path, None
-    if not config.is_file():
-        raise ILRMError(f"{config}: not found; --pipeline.model.ilrm-run needs an ns-train ilrm / ilrm-small run")
-    if checkpoint is None:
-        checkpoints = sorted((config.parent / "nerfstudio_models").glob("step-*.ckpt"))
-        if not checkpoints:
-            raise ILRMError(f"{config.parent / 'nerfstudio_models'}: no checkpoint (step-*.ckpt) in this run")
-        checkpoint = checkpoints[-1]
-    return config, checkpoint
-
-
-def is_run_path(path: Path) -> bool:
-    """An ns-train run (folder, config.yml or nerfstudio_models/*.ckpt) rather than a published file."""
-    path = Path(path)
-    return path.is_dir() or path.suffix in (".yml", ".yaml") or (path.parent.parent / "config.yml").is_file()
-
-
-def load_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwork:
-    """`--pipeline.model.ilrm-run`: an ilrm / ilrm-small run, or a published iLRM checkpoint
-    (`re10k_2view.ckpt`, `ilrm_undistort_dl3dv*.pt`) with that model's protocol."""
-    path = Path(path)
-    if not path.exists():
-        raise ILRMError(f"{path}: ilrm run not found (give its folder, config.yml or a .ckpt, or a published iLRM checkpoint)")
-    if is_run_path(path):
-        return load_trained_network(path, device)
-    from ilrm_nerfstudio.core.published import load_published_network
-
-    network = load_published_network(path, device)
-    protocol = network.published_protocol
-    return TrainedNetwork(network, tuple(protocol.image_size), protocol.sh_degree, path, True, protocol.num_views, published=True)
-
-
-def load_trained_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwork:
-    """The network of an `ilrm` run with its trained weights (frozen, eval mode)."""
-    config_path, checkpoint = find_run_files(path)
-    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-    model_config = getattr(getattr(config, "pipeline", None), "model", None)
-    if model_config is None or not hasattr(model_config, "network"):
-        raise ILRMError(f"{config_path}: not an ilrm run (method {getattr(config, 'method_name', '?')!r} has no network)")
-    network_config = dataclasses.replace(model_config.network, sh_degree=model_config.sh_degree, compile=False, gradient_checkpointing=False)
-    network = ILRM(network_config)
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
-    except Exception as error:  # torn or foreign file: name it
-        raise ILRMError(f"{checkpoint}: cannot read this checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:120]})") from None
-    weights = {key.split("network.", 1)[1]: value for key, value in state.items() if "_model.network." in key}
-    if not weights:
-        raise ILRMError(f"{checkpoint}: holds no network weights")
-    network.load_state_dict(weights)
-    network.requires_grad_(False)
-    network.eval()
-    data = config.pipeline.datamanager
-    return TrainedNetwork(
-        network.to(device), (int(data.image_height), int(data.image_width)), int(model_config.sh_degree), checkpoint,
-        bool(getattr(model_config, "bf16", True)), int(getattr(data, "num_context_views", 2)),
-    )  # fmt: skip
-
-
-def network_input_size(frame_hw: tuple[int, int], trained_hw: tuple[int, int], multiple: int) -> tuple[int, int]:
-    """The network's input size for frames of `frame_hw`: the frame's aspect ratio, its longest
-    side that of the training resolution, both sides rounded down to `multiple` (the crop that
-    this needs is at most multiple - 1 pixels)."""
-    (frame_h, frame_w), longest = frame_hw, max(trained_hw)
-    scale = longest / max(frame_h, frame_w)
-    height = max(multiple, int(frame_h * scale) // multiple * multiple)
-    width = max(multiple, int(frame_w * scale) // multiple * multiple)
-    return height, width
-
-
-@torch.no_grad()
-def predict_gaussians(trained: TrainedNetwork, images: Tensor, c2w: Tensor, K: Tensor) -> Gaussians:
-    """Input views (images [V, 3, H, W] at the network's resolution, OpenCV c2w [V, 4, 4] and K
-    [V, 3, 3] in the scene's frame) -> Gaussians in the scene's frame (one forward pass)."""
-    device = next(trained.network.parameters()).device
-    if trained.published:
-        from ilrm_nerfstudio.core.published import published_normalize_poses
-
-        normalized, _, scale = published_normalize_poses(c2w.double())
-    else:
-        normalized, _, scale = normalize_poses(c2w.double())
-    use_bf16 = trained.bf16 and device.type == "cuda"
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-        g = trained.network(images[None].to(device), normalized[None].float().to(device), K[None].float().to(device))
-    g = g.map(lambda t: t[0].float())
-    return normalized_to_world(g, c2w.to(device), scale)
-
-
-def view_groups(c2w: Tensor, anchors: list[int], size: int) -> list[list[int]]:
-    """For every anchor view, the anchor first and its size - 1 nearest other views (camera
-    centers, among views facing within 45 degrees of it; the closest ones otherwise)."""
-    centers = c2w[:, :3, 3].double()
-    forward = F.normalize(c2w[:, :3, 2].double(), dim=-1)
-    groups = []
-    for anchor in anchors:
-        distance = (centers - centers[anchor]).norm(dim=-1)
-        distance[(forward @ forward[anchor]) < math.cos(math.pi / 4)] += 1e9
-        distance[anchor] = float("inf")
-        groups.append([anchor] + distance.argsort()[: size - 1].tolist())
-    return groups
-
-
-def with_sh_degree(g: Gaussians, degree: int) -> Gaussians:
-    """Pad (zeros) or truncate the SH coefficients to `degree`."""
-    K = (degree + 1) ** 2
-    sh = g.sh[:, :K]
-    if sh.shape[1] < K:
-        sh = torch.cat([sh, sh.new_zeros(len(g), K - sh.shape[1], 3)], dim=1)
-    return dataclasses.replace(g, sh=sh)
+log = functools.partial(log_line, prefix="[ilrm-finetune] ")
 
 
 @torch.no_grad()
@@ -307,7 +167,6 @@ class ILRMFinetuneModel(GaussianSceneModel):
 
     def populate_modules(self):
         super().populate_modules()
-        self._perceptual = [None]  # not a submodule: no VGG in checkpoints
         self.started_from = "network"
         self.plan: EpochPlan | None = None
         self.optimizers = None  # nerfstudio's Optimizers, set when training starts
@@ -350,17 +209,17 @@ class ILRMFinetuneModel(GaussianSceneModel):
             if len(points[0]) < 100:
                 raise ILRMError(f"{datamanager.config.data}: found only {len(points[0])} 3D points to start from; use --pipeline.model.init random")
             gaussians = points_to_gaussians(points[0], points[1], cfg.sh_degree)
-            log_line(f"start: {len(gaussians):,} Gaussians at {source} ({time.perf_counter() - start:.1f} s)")
+            log(f"start: {len(gaussians):,} Gaussians at {source} ({time.perf_counter() - start:.1f} s)")
         elif kind == "random":
             gaussians = random_gaussians(cfg.random_init_count, c2w, cfg.sh_degree, cfg.random_init_extent, cfg.seed)
-            log_line(f"start: {len(gaussians):,} random Gaussians")
+            log(f"start: {len(gaussians):,} random Gaussians")
         else:
             raise ILRMError(f"unknown init {kind!r}")
         self.set_scene_gaussians(gaussians.map(lambda t: t.to(self.device)), trainable=True)
         if cfg.report_held_out:
             baselines = held_out_baselines(datamanager)
             if baselines:
-                log_line("    held-out PSNR of trivial baselines: " + ", ".join(f"{k} {v:.2f} dB" for k, v in baselines.items()))
+                log("    held-out PSNR of trivial baselines: " + ", ".join(f"{k} {v:.2f} dB" for k, v in baselines.items()))
             self.report("feed-forward" if kind == "network" else f"{kind} start", datamanager)
 
     def _network_start(self, datamanager) -> Gaussians:
@@ -369,29 +228,28 @@ class ILRMFinetuneModel(GaussianSceneModel):
             raise ILRMError("--pipeline.model.ilrm-run is needed (an ns-train ilrm / ilrm-small run), or --pipeline.model.init points / random")
         trained = load_network(cfg.ilrm_run, self.device)
         trained.bf16 = cfg.bf16
-        multiple = trained.network.config.patch_size * trained.network.config.viewpoint_factor
+        multiple = trained.network.config.size_multiple
         _, items = datamanager.train_views
         frame_hw = tuple(items[0]["image"].shape[:2])
         if trained.published:  # the authors' protocol: their input size and number of views
             height, width = cfg.network_resolution or trained.resolution
-            datamanager.default_input_views = max(trained.context_views, datamanager.default_input_views)
-            if torch.device(self.device).type == "cpu" and trained.network.num_gaussians(datamanager.default_input_views, height, width) > 300_000:
-                log_line("    a full-size published model is slow on a CPU: fewer views or a lower size help, e.g. "
+            views = datamanager.ask_for_input_views(trained.context_views)
+            if torch.device(self.device).type == "cpu" and trained.network.num_gaussians(views, height, width) > 300_000:
+                log("    a full-size published model is slow on a CPU: fewer views or a lower size help, e.g. "
                          "--pipeline.datamanager.num-input-views 8 --pipeline.model.network-resolution 272 480")  # fmt: skip
         else:
             height, width = cfg.network_resolution or network_input_size(frame_hw, trained.resolution, multiple)
-        if height % multiple or width % multiple:
-            raise ILRMError(f"network_resolution {height}x{width} must be divisible by patch_size x viewpoint_factor = {multiple}")
+        trained.network.config.check_image_size(height, width, "network_resolution")
         anchors = datamanager.input_indices
         # Published models: their protocol's view count (RE10K: pairs). Our runs: one pass, which
         # measured better than nearest-frame pairs (docs/per_scene.md).
         group = cfg.network_group_size or (trained.context_views if trained.published else len(anchors))
         start = time.perf_counter()
         if group >= len(anchors):  # one pass over all input views
-            log_line(f"start: {len(anchors)} input views at {width}x{height} through the network of {trained.checkpoint}")
+            log(f"start: {len(anchors)} input views at {width}x{height} through the network of {trained.checkpoint}")
             gaussians = predict_gaussians(trained, *datamanager.network_views(height, width))
         else:  # as the network trained: groups of `group` nearby views, each anchor's own Gaussians kept
-            log_line(
+            log(
                 f"start: {len(anchors)} input views at {width}x{height}, each with its {group - 1} nearest frame(s) "
                 f"(the network trained on {trained.context_views} views), through the network of {trained.checkpoint}"
             )
@@ -405,8 +263,8 @@ class ILRMFinetuneModel(GaussianSceneModel):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         if trained.sh_degree != cfg.sh_degree:
-            log_line(f"the network predicts SH degree {trained.sh_degree}; the model keeps degree {cfg.sh_degree} (padded/truncated)")
-        log_line(f"    {len(gaussians):,} Gaussians in {seconds:.2f} s")
+            log(f"the network predicts SH degree {trained.sh_degree}; the model keeps degree {cfg.sh_degree} (padded/truncated)")
+        log(f"    {len(gaussians):,} Gaussians in {seconds:.2f} s")
         return with_sh_degree(gaussians, cfg.sh_degree)
 
     # -- held-out views ----------------------------------------------------------------------------
@@ -433,7 +291,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
     def report(self, label: str, datamanager) -> float | None:
         value = self.held_out_psnr(datamanager)
         if value is not None:
-            log_line(f"    held-out PSNR ({label}, {len(datamanager.eval_views[1])} views): {value:.2f} dB")
+            log(f"    held-out PSNR ({label}, {len(datamanager.eval_views[1])} views): {value:.2f} dB")
         return value
 
     def save_held_out_picture(self, datamanager, path: Path, count: int = 4) -> Path | None:
@@ -457,7 +315,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
     def _write_picture(self, datamanager, run_dir: Path) -> None:
         picture = self.save_held_out_picture(datamanager, run_dir / "held_out.png")
         if picture is not None:
-            log_line(f"wrote {picture} (held-out frames: ground truth | render)")
+            log(f"wrote {picture} (held-out frames: ground truth | render)")
 
     # -- the plan and the optimizer ---------------------------------------------------------------
 
@@ -489,7 +347,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
         self.seconds_per_view = min(seconds[1:]) / len(batch[1]["image"])
         views = min(self.config.refine_views, self.config.refine_minutes * 60.0 / self.seconds_per_view)
         refine = max(1, round(views / frames))
-        log_line(f"auto budget: {refine} refinement epochs ({refine * frames:,} frames at ~{self.seconds_per_view:.2f} s each, {self.config.refine_minutes:g} min)")
+        log(f"auto budget: {refine} refinement epochs ({refine * frames:,} frames at ~{self.seconds_per_view:.2f} s each, {self.config.refine_minutes:g} min)")
         self.time_budget = self.config.refine_minutes * 60.0
         paper = self.config.paper_epochs if self.started_from == "network" else 0
         return paper + refine
@@ -580,9 +438,9 @@ class ILRMFinetuneModel(GaussianSceneModel):
             return callbacks
         frames = len(datamanager.train_views[1])
         if plan.paper_epochs:
-            log_line(f"epochs 1-{plan.paper_epochs}: published finetune on {len(datamanager.input_indices)} input views (one Adam step each, MSE)")
+            log(f"epochs 1-{plan.paper_epochs}: published finetune on {len(datamanager.input_indices)} input views (one Adam step each, MSE)")
         if plan.epochs > plan.paper_epochs:
-            log_line(
+            log(
                 f"epochs {plan.paper_epochs + 1}-{plan.epochs}: refinement on {frames} training frames, "
                 f"{plan.steps_per_epoch} Adam steps per epoch, L1 + SSIM, densification {'on' if self.config.densify else 'off'}"
             )
@@ -602,7 +460,7 @@ class ILRMFinetuneModel(GaussianSceneModel):
                 entry["held_out_psnr"] = self.report(f"after {epoch} epochs", datamanager)
             self.history.append(entry)
             loss = entry.get("loss", float("nan"))
-            log_line(
+            log(
                 f"epoch {epoch}/{plan.epochs}  loss {loss:.4f}  training-frame PSNR {entry.get('psnr', float('nan')):.2f} dB  "
                 f"{len(self.means):,} Gaussians  {elapsed / 60:.1f} min, ETA {remaining / 60:.1f} min"
             )
@@ -641,9 +499,8 @@ class ILRMFinetuneModel(GaussianSceneModel):
         return pred.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)
 
     def perceptual(self):
-        if self._perceptual[0] is None:
-            self._perceptual[0] = load_perceptual(required=True, device=self.device)
-        return self._perceptual[0]
+        """LPIPS-VGG for the refinement loss (shared, not a submodule: not in checkpoints)."""
+        return load_perceptual(required=True, device=self.device)
 
     def get_metrics_dict(self, outputs, batch) -> dict:
         pred, gt = self._pred_gt(outputs, batch)
@@ -680,79 +537,3 @@ class ILRMFinetuneModel(GaussianSceneModel):
         return metrics, {"img": image}
 
 
-# ------------------------------------------------------------------------------------------------
-# The pipeline: one trainer iteration = one epoch
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ILRMFinetunePipelineConfig(VanillaPipelineConfig):
-    _target: Type = field(default_factory=lambda: ILRMFinetunePipeline)
-    datamanager: ILRMSceneDataManagerConfig = field(default_factory=ILRMSceneDataManagerConfig)
-    model: ILRMFinetuneModelConfig = field(default_factory=ILRMFinetuneModelConfig)
-
-
-class ILRMFinetunePipeline(VanillaPipeline):
-    """Cameras in, renders out; starts from the predicted (or placed) Gaussians, and runs one
-    epoch per trainer iteration: the trainer takes the optimizer step of the epoch's last batch,
-    the pipeline those of the batches before it."""
-
-    config: ILRMFinetunePipelineConfig
-
-    def __init__(self, config: ILRMFinetunePipelineConfig, device: str, test_mode: Literal["test", "val", "inference"] = "val", world_size: int = 1, local_rank: int = 0, grad_scaler=None):
-        try:
-            super().__init__(config, device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, grad_scaler=grad_scaler)
-            if test_mode == "val":  # training: the starting Gaussians (a resumed run loads its own after)
-                if config.model.lpips_weight > 0:
-                    self.model.perceptual()  # fail now, not at the first step, when VGG is missing
-                self.model.initialize_gaussians(self.datamanager)
-        except (ILRMError, PerceptualWeightsError) as error:
-            raise SystemExit(f"ilrm-finetune: {error}") from None
-
-    def _batch_loss(self, epoch: int, batch_index: int, cameras: Cameras, batch: dict):
-        model = self.model
-        published = model.plan.is_paper(epoch)
-        model.set_learning_rates(epoch, batch_index)
-        outputs = model(cameras)
-        metrics = model.get_metrics_dict(outputs, batch)
-        losses = model.get_loss_dict(outputs, batch, metrics, published=published)
-        return outputs, losses, metrics
-
-    def get_train_loss_dict(self, step: int):
-        model, plan = self.model, self.model.plan
-        if plan is None:  # outside nerfstudio's trainer (no callbacks ran): published steps only
-            return super().get_train_loss_dict(step)
-        if plan.is_paper(step):
-            batches = self.datamanager.epoch_batches(step, "input", 0)
-        else:
-            batches = self.datamanager.epoch_batches(step, "all", self.datamanager.config.views_per_step)
-            frames = sum(len(batch["image"]) for _, batch in batches)
-            affordable = model.frames_this_epoch(step, frames)
-            while len(batches) > 1 and sum(len(batch["image"]) for _, batch in batches) > affordable:
-                batches.pop()  # the order is shuffled: a random subset
-        start = time.perf_counter()
-        optimizers = model.optimizers
-        for index, (cameras, batch) in enumerate(batches[:-1]):
-            _, losses, _ = self._batch_loss(step, index, cameras, batch)
-            sum(losses.values()).backward()
-            optimizers.optimizer_step_all()
-            model.after_optimizer_step(step, index)
-            optimizers.zero_grad_all()
-        last = len(batches) - 1
-        outputs, losses, metrics = self._batch_loss(step, last, *batches[last])
-        self._last_batch = (step, last)
-        model.measure_epoch(sum(len(batch["image"]) for _, batch in batches), time.perf_counter() - start)
-        return outputs, losses, metrics
-
-    def get_training_callbacks(self, training_callback_attributes):
-        from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
-
-        callbacks = super().get_training_callbacks(training_callback_attributes)
-
-        def after_last_batch(step: int) -> None:  # the trainer stepped the optimizers of the last batch
-            if getattr(self, "_last_batch", None) is not None:
-                self.model.after_optimizer_step(*self._last_batch)
-                self._last_batch = None
-
-        # First, so that the model's epoch report sees the densified Gaussians.
-        return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_last_batch)] + callbacks
