@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Two cores here: more threads than cores only makes PyTorch slower.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup system-deps demo test lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,17 @@ setup: system-deps $(VENV)/.installed
 demo: setup
 	$(BIN)/ilrm-demo
 
-test: setup
+# The whole check: lint and format (ruff), then the suite.
+test: setup lint
 	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 bench: setup
 	$(BIN)/python benchmarks/bench_rasterizer.py

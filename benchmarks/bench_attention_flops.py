@@ -90,15 +90,36 @@ def main() -> None:
             model = cls(cfg)
         flops = count_flops(model, images, c2w, K)
         reference = reference or flops
-        rows2.append([name, flops["attention"] / 1e12, flops["attention"] / reference["attention"], flops["total"] / 1e12,
-                      flops["total"] / reference["total"], flops["attention"] / flops["total"]])  # fmt: skip
-    table2 = markdown_table(["network (forward)", "attention TFLOP", "attention relative", "total TFLOP", "total relative", "attention share"], rows2)
+        rows2.append(
+            [
+                name,
+                flops["attention"] / 1e12,
+                flops["attention"] / reference["attention"],
+                flops["total"] / 1e12,
+                flops["total"] / reference["total"],
+                flops["attention"] / flops["total"],
+            ]
+        )
+    table2 = markdown_table(
+        [
+            "network (forward)",
+            "attention TFLOP",
+            "attention relative",
+            "total TFLOP",
+            "total relative",
+            "attention share",
+        ],
+        rows2,
+    )
 
     report(
         args,
         torch.device("cpu"),
         f"Benchmark 1: attention cost, {N} views, {R}x{R}, patch {p}",
-        [("The four designs of paper Fig. 2 (one attention layer)", table1), (f"Whole networks (width 768, {layers} update layers; baseline {2 * layers} blocks)", table2)],
+        [
+            ("The four designs of paper Fig. 2 (one attention layer)", table1),
+            (f"Whole networks (width 768, {layers} update layers; baseline {2 * layers} blocks)", table2),
+        ],
         [
             "FLOPs counted by torch.utils.flop_counter.FlopCounterMode on meta tensors: 4 x queries x keys x width per attention "
             "(QK^T and AV, 2 FLOP per multiply-add); no timing involved, so the machine does not matter",

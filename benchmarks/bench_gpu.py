@@ -34,11 +34,22 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
-from bench_scaling import base_parser, command_line, describe_machine, markdown_table, mb, scene_inputs, setup, synchronize, time_call, time_interleaved
+from bench_scaling import (
+    base_parser,
+    command_line,
+    describe_machine,
+    markdown_table,
+    mb,
+    scene_inputs,
+    setup,
+    synchronize,
+    time_call,
+    time_interleaved,
+)
 
 from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
@@ -75,9 +86,16 @@ class Context:
 
             root = self.scratch / "synthetic"
             n = 4 if self.quick else 10
-            generate_dataset(root, num_scenes=n, seed=0, height=self.resolution, width=self.resolution,
-                             frames_per_scene=8 if self.quick else 24, test_fraction=0.25 if self.quick else 0.2,
-                             workers=1 if self.quick else min(8, os.cpu_count() or 1))  # fmt: skip
+            generate_dataset(
+                root,
+                num_scenes=n,
+                seed=0,
+                height=self.resolution,
+                width=self.resolution,
+                frames_per_scene=8 if self.quick else 24,
+                test_fraction=0.25 if self.quick else 0.2,
+                workers=1 if self.quick else min(8, os.cpu_count() or 1),
+            )
             self._data = root
         return self._data
 
@@ -155,21 +173,43 @@ def section_rasterizer(ctx: Context) -> list[list]:
     label = "gsplat (CUDA) vs torch (CPU)" if ctx.cuda else "torch (CPU) vs torch (CPU): no gsplat here, code path only"
     rows = []
     for name, gaussians in (("random cloud", random_cloud(ctx.cloud)), ("untrained network's prediction", predicted)):
-        rgb_a, alpha_a, grads_a, t_a = render_with_grads(gaussians, c2w[0], K[0], R, weights, reference[0], reference[1])
-        rgb_b, alpha_b, grads_b, t_b = render_with_grads(gaussians, c2w[0], K[0], R, weights, "torch", torch.device("cpu"))
+        rgb_a, alpha_a, grads_a, t_a = render_with_grads(
+            gaussians, c2w[0], K[0], R, weights, reference[0], reference[1]
+        )
+        rgb_b, alpha_b, grads_b, t_b = render_with_grads(
+            gaussians, c2w[0], K[0], R, weights, "torch", torch.device("cpu")
+        )
         grad_diffs = [
             f"{(grads_a[f] - grads_b[f]).abs().max().item():.2e} ({(grads_a[f] - grads_b[f]).abs().max().item() / max(grads_b[f].abs().max().item(), 1e-30):.1e})"
             for f in FIELDS
         ]
-        rows.append([
-            f"{name}: {len(gaussians)}", f"{cameras} x {R}x{R}", label, (rgb_a - rgb_b).abs().max().item(),
-            (rgb_a - rgb_b).abs().mean().item(), (alpha_a - alpha_b).abs().max().item(), *grad_diffs, t_a * 1e3, t_b * 1e3,
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"{name}: {len(gaussians)}",
+                f"{cameras} x {R}x{R}",
+                label,
+                (rgb_a - rgb_b).abs().max().item(),
+                (rgb_a - rgb_b).abs().mean().item(),
+                (alpha_a - alpha_b).abs().max().item(),
+                *grad_diffs,
+                t_a * 1e3,
+                t_b * 1e3,
+            ]
+        )
     return rows
 
 
-RASTERIZER_COLUMNS = ["Gaussians", "cameras", "compared", "rgb max abs diff", "rgb mean abs diff", "alpha max abs diff",
-                      *(f"grad {f}: max abs diff (relative)" for f in FIELDS), "reference fwd+bwd (ms)", "torch CPU fwd+bwd (ms)"]  # fmt: skip
+RASTERIZER_COLUMNS = [
+    "Gaussians",
+    "cameras",
+    "compared",
+    "rgb max abs diff",
+    "rgb mean abs diff",
+    "alpha max abs diff",
+    *(f"grad {f}: max abs diff (relative)" for f in FIELDS),
+    "reference fwd+bwd (ms)",
+    "torch CPU fwd+bwd (ms)",
+]
 
 
 # -- B. one ns-train step ------------------------------------------------------------------------
@@ -229,7 +269,13 @@ def section_trainer_step(ctx: Context) -> list[list]:
     return rows
 
 
-TRAINER_COLUMNS = ["ns-train ilrm step", "scenes per batch", "time (s)", "peak memory above model + optimizer (MiB)", "peak allocated (GiB)"]
+TRAINER_COLUMNS = [
+    "ns-train ilrm step",
+    "scenes per batch",
+    "time (s)",
+    "peak memory above model + optimizer (MiB)",
+    "peak allocated (GiB)",
+]
 
 
 # -- C. forward latency ------------------------------------------------------------------------
@@ -266,7 +312,15 @@ def section_latency(ctx: Context) -> list[list]:
     return rows
 
 
-LATENCY_COLUMNS = ["setting", "variant", "Gaussians", "forward (s)", "paper (s, RTX 4090)", "ours / paper", "peak memory (MiB)"]
+LATENCY_COLUMNS = [
+    "setting",
+    "variant",
+    "Gaussians",
+    "forward (s)",
+    "paper (s, RTX 4090)",
+    "ours / paper",
+    "peak memory (MiB)",
+]
 
 
 # -- D. mini-batch cross-attention -------------------------------------------------------------
@@ -287,14 +341,20 @@ def section_minibatch(ctx: Context) -> list[list]:
             background = torch.ones(3, device=ctx.device)
             for groups in (1, 2, 4):
                 torch.manual_seed(0)
-                model = ILRM(ILRMNetworkConfig(viewpoint_factor=2, cross_attention_groups=groups, **ctx.net)).to(ctx.device).train()
+                model = (
+                    ILRM(ILRMNetworkConfig(viewpoint_factor=2, cross_attention_groups=groups, **ctx.net))
+                    .to(ctx.device)
+                    .train()
+                )
                 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
                 def iteration(model=model, optimizer=optimizer):
                     with ctx.autocast():
                         gaussians = model(images, c2w, K)
                     loss = sum(
-                        torch.nn.functional.mse_loss(render(gaussians.map(lambda t: t[b]), c2w[b], K[b], R, R, background).rgb, target[b])
+                        torch.nn.functional.mse_loss(
+                            render(gaussians.map(lambda t: t[b]), c2w[b], K[b], R, R, background).rgb, target[b]
+                        )
                         for b in range(batch)
                     )
                     loss.backward()
@@ -309,7 +369,18 @@ def section_minibatch(ctx: Context) -> list[list]:
             for groups in (1, 2, 4):
                 t_ratio, m_ratio = seconds[groups] / seconds[1], memory[groups] / max(memory[1], 1)
                 paper_t, paper_m = PAPER_MINIBATCH[groups]
-                rows.append([f"{GROUP_NAMES[groups]} (G={groups})", batch, seconds[groups], t_ratio, paper_t, mb(memory[groups]) / 1024, m_ratio, paper_m])
+                rows.append(
+                    [
+                        f"{GROUP_NAMES[groups]} (G={groups})",
+                        batch,
+                        seconds[groups],
+                        t_ratio,
+                        paper_t,
+                        mb(memory[groups]) / 1024,
+                        m_ratio,
+                        paper_m,
+                    ]
+                )
             return rows
         except torch.OutOfMemoryError as error:  # try the next smaller batch
             last_error = f"{failure(error)} (batch {batch})"  # a string: the traceback would hold the activations
@@ -319,8 +390,16 @@ def section_minibatch(ctx: Context) -> list[list]:
     return [["(all)", ctx.minibatch[-1], last_error, "", "", "", "", ""]]
 
 
-MINIBATCH_COLUMNS = ["cross-attention", "batch", "iteration (s)", "time ratio", "paper time ratio",
-                     "peak memory above model + optimizer (GiB)", "memory ratio", "paper memory ratio"]  # fmt: skip
+MINIBATCH_COLUMNS = [
+    "cross-attention",
+    "batch",
+    "iteration (s)",
+    "time ratio",
+    "paper time ratio",
+    "peak memory above model + optimizer (GiB)",
+    "memory ratio",
+    "paper memory ratio",
+]
 
 
 # -- E. the large forward ----------------------------------------------------------------------
@@ -338,10 +417,28 @@ def section_large(ctx: Context) -> list[list]:
     forward()
     above, total = measure_peak(forward, ctx.device)
     seconds = time_call(forward, ctx.device, repeats=3 if ctx.quick else 5, warmup=1, budget_s=60)
-    return [[f"({V},H,F)", f"{H}x{W}", model.num_gaussians(V, H, W), seconds, "" if ctx.quick else 0.53, mb(above) / 1024, gib(total)]]
+    return [
+        [
+            f"({V},H,F)",
+            f"{H}x{W}",
+            model.num_gaussians(V, H, W),
+            seconds,
+            "" if ctx.quick else 0.53,
+            mb(above) / 1024,
+            gib(total),
+        ]
+    ]
 
 
-LARGE_COLUMNS = ["setting", "resolution", "Gaussians", "forward (s)", "paper (s, H100)", "peak memory above model (GiB)", "peak allocated (GiB)"]
+LARGE_COLUMNS = [
+    "setting",
+    "resolution",
+    "Gaussians",
+    "forward (s)",
+    "paper (s, H100)",
+    "peak memory above model (GiB)",
+    "peak allocated (GiB)",
+]
 
 
 # -- F. two-process DDP ------------------------------------------------------------------------
@@ -350,12 +447,35 @@ LARGE_COLUMNS = ["setting", "resolution", "Gaussians", "forward (s)", "paper (s,
 def ddp_command(ctx: Context, output: Path, steps: int) -> list[str]:
     """The user's command: ilrm-train (ns-train's CLI) with 2 processes on this device type."""
     command = [
-        sys.executable, "-m", "ilrm_nerfstudio.tools.train", "ilrm-small" if ctx.quick else "ilrm", "--data", str(ctx.dataset()),
-        "--machine.device-type", ctx.device.type, "--machine.num-devices", "2", "--vis", "tensorboard",
-        "--output-dir", str(output), "--experiment-name", "ddp", "--timestamp", "run", "--max-num-iterations", str(steps),
-        "--pipeline.model.lpips-weight", "0", "--pipeline.model.viewer-scene", "none",
-        "--pipeline.datamanager.image-height", str(ctx.resolution), "--pipeline.datamanager.image-width", str(ctx.resolution),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "ilrm_nerfstudio.tools.train",
+        "ilrm-small" if ctx.quick else "ilrm",
+        "--data",
+        str(ctx.dataset()),
+        "--machine.device-type",
+        ctx.device.type,
+        "--machine.num-devices",
+        "2",
+        "--vis",
+        "tensorboard",
+        "--output-dir",
+        str(output),
+        "--experiment-name",
+        "ddp",
+        "--timestamp",
+        "run",
+        "--max-num-iterations",
+        str(steps),
+        "--pipeline.model.lpips-weight",
+        "0",
+        "--pipeline.model.viewer-scene",
+        "none",
+        "--pipeline.datamanager.image-height",
+        str(ctx.resolution),
+        "--pipeline.datamanager.image-width",
+        str(ctx.resolution),
+    ]
     if ctx.quick:
         command += ["--pipeline.datamanager.num-workers", "0", "--pipeline.datamanager.scenes-per-batch", "1"]
         for key, value in ctx.net.items():
@@ -404,7 +524,12 @@ SECTIONS = [
     ("rasterizer", "A. gsplat vs our PyTorch rasterizer on the same Gaussians", RASTERIZER_COLUMNS, section_rasterizer),
     ("step", "B. One ns-train ilrm step of the base model, 256x256", TRAINER_COLUMNS, section_trainer_step),
     ("latency", "C. Forward latency at 256x256, batch 1, bf16", LATENCY_COLUMNS, section_latency),
-    ("minibatch", "D. Training iteration with full / half / quarter cross-attention, (8,H,F) 256x256", MINIBATCH_COLUMNS, section_minibatch),
+    (
+        "minibatch",
+        "D. Training iteration with full / half / quarter cross-attention, (8,H,F) 256x256",
+        MINIBATCH_COLUMNS,
+        section_minibatch,
+    ),
     ("large", "E. The (32,H,F) forward at 540x960 (run at 544x960)", LARGE_COLUMNS, section_large),
     ("ddp", "F. Two-process DDP training", DDP_COLUMNS, section_ddp),
 ]
@@ -412,10 +537,18 @@ SECTIONS = [
 
 def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--skip", nargs="*", default=[], choices=[key for key, *_ in SECTIONS], help="sections to leave out")
-    parser.add_argument("--compile", action="store_true", help="C: also the (8,H,F) forward under torch.compile (adds a minute or two)")
-    parser.add_argument("--ddp", action="store_true", help="F: also run the 2-process training in --quick on the CPU (a minute here)")
-    parser.add_argument("--budget-s", type=float, default=480.0, help="sections that would start after this many seconds are skipped")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=[key for key, *_ in SECTIONS], help="sections to leave out"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="C: also the (8,H,F) forward under torch.compile (adds a minute or two)"
+    )
+    parser.add_argument(
+        "--ddp", action="store_true", help="F: also run the 2-process training in --quick on the CPU (a minute here)"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=480.0, help="sections that would start after this many seconds are skipped"
+    )
     args = parser.parse_args()
     device = setup(args)
     ctx = Context(args, device)
@@ -433,7 +566,9 @@ def main() -> None:
         if key in args.skip:
             rows = [["skipped (--skip)", *[""] * (len(columns) - 1)]]
         elif elapsed > args.budget_s:
-            rows = [[f"skipped: {elapsed:.0f} s spent, over --budget-s {args.budget_s:.0f}", *[""] * (len(columns) - 1)]]
+            rows = [
+                [f"skipped: {elapsed:.0f} s spent, over --budget-s {args.budget_s:.0f}", *[""] * (len(columns) - 1)]
+            ]
         else:
             print(f"[bench_gpu] {title} ...", file=sys.stderr, flush=True)
             section_start = time.perf_counter()

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig  # noqa: E402
 
-
 _BASE: dict = {}
 
 
@@ -36,12 +35,15 @@ def frame(rng: np.random.Generator, height: int, width: int, t: int) -> np.ndarr
     """A photo-like frame (smooth shapes plus sensor noise) so JPEG/PNG sizes are realistic; frames
     of a sequence are shifted copies of one base image (cheap to make)."""
     if (height, width) not in _BASE:
-        ys, xs = np.mgrid[0 : height, 0 : 2 * width].astype(np.float32)
-        base = np.stack([
-            128 + 100 * np.sin(xs / 37.0) * np.cos(ys / 23.0),
-            128 + 90 * np.sin((xs + ys) / 51.0),
-            128 + 80 * np.cos(xs / 17.0 - ys / 29.0),
-        ], -1)  # fmt: skip
+        ys, xs = np.mgrid[0:height, 0 : 2 * width].astype(np.float32)
+        base = np.stack(
+            [
+                128 + 100 * np.sin(xs / 37.0) * np.cos(ys / 23.0),
+                128 + 90 * np.sin((xs + ys) / 51.0),
+                128 + 80 * np.cos(xs / 17.0 - ys / 29.0),
+            ],
+            -1,
+        )
         _BASE[(height, width)] = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
     shift = (5 * t) % width
     return np.ascontiguousarray(_BASE[(height, width)][:, shift : shift + width])
@@ -74,7 +76,9 @@ def write_chunks(root: Path, chunks: int, scenes_per_chunk: int, frames: int, si
                 images.append(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8))
                 total += len(buffer.getvalue())
             rows, _ = camera_rows(frames)
-            examples.append({"key": key, "url": "", "timestamps": torch.arange(frames), "images": images, "cameras": rows})
+            examples.append(
+                {"key": key, "url": "", "timestamps": torch.arange(frames), "images": images, "cameras": rows}
+            )
             index[key] = f"{c:06d}.torch"
         torch.save(examples, stage / f"{c:06d}.torch")
     (stage / "index.json").write_text(json.dumps(index))
@@ -97,18 +101,41 @@ def write_png_scenes(root: Path, scenes: int, frames: int, size: tuple[int, int]
                 path = folder / "images" / f"frame_{t:05d}.png"
                 Image.fromarray(frame(rng, *size, t + 7 * s)).save(path)
                 total += path.stat().st_size
-                records.append({"file_path": f"images/{path.name}", "transform_matrix": (c2w[t] @ np.diag([1, -1, -1, 1])).tolist()})
+                records.append(
+                    {
+                        "file_path": f"images/{path.name}",
+                        "transform_matrix": (c2w[t] @ np.diag([1, -1, -1, 1])).tolist(),
+                    }
+                )
             h, w = size
-            meta = {"camera_model": "OPENCV", "fl_x": 0.86 * w, "fl_y": 1.53 * h, "cx": w / 2, "cy": h / 2, "w": w, "h": h, "frames": records}
+            meta = {
+                "camera_model": "OPENCV",
+                "fl_x": 0.86 * w,
+                "fl_y": 1.53 * h,
+                "cx": w / 2,
+                "cy": h / 2,
+                "w": w,
+                "h": h,
+                "frames": records,
+            }
             (folder / "transforms.json").write_text(json.dumps(meta))
     return total / (scenes * frames)
 
 
 def measure(data: Path, workers: int, batches: int, size: int) -> float:
     config = ILRMDataManagerConfig(
-        data=data, image_height=size, image_width=size, num_context_views=2, num_target_views=4, scenes_per_batch=4,
-        min_frame_gap=20, max_frame_gap=40, num_workers=workers, cache_frames=0, eval_num_workers=0,
-    )  # fmt: skip
+        data=data,
+        image_height=size,
+        image_width=size,
+        num_context_views=2,
+        num_target_views=4,
+        scenes_per_batch=4,
+        min_frame_gap=20,
+        max_frame_gap=40,
+        num_workers=workers,
+        cache_frames=0,
+        eval_num_workers=0,
+    )
     dm = config.setup(device="cpu", test_mode="val")
     warmup = max(2, workers)  # let every worker start and read its first chunk
     for step in range(warmup):
@@ -136,11 +163,15 @@ def main() -> None:
         jpeg = write_chunks(tmp / "chunks", args.chunks, args.scenes_per_chunk, args.frames, (360, 640))
         png = write_png_scenes(tmp / "scenes", args.chunks * args.scenes_per_chunk // 2, args.frames // 2, (360, 640))
         chunk_mb = (tmp / "chunks" / "train" / "000000.torch").stat().st_size / 2**20
-        print(f"wrote the data in {time.perf_counter() - start:.0f} s: {args.chunks} chunks of {chunk_mb:.1f} MB "
-              f"(JPEG {jpeg / 1024:.0f} KB/frame), PNG scenes ({png / 1024:.0f} KB/frame); frames 360x640 -> {args.size}x{args.size}")  # fmt: skip
+        print(
+            f"wrote the data in {time.perf_counter() - start:.0f} s: {args.chunks} chunks of {chunk_mb:.1f} MB "
+            f"(JPEG {jpeg / 1024:.0f} KB/frame), PNG scenes ({png / 1024:.0f} KB/frame); frames 360x640 -> {args.size}x{args.size}"
+        )
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"torch {torch.__version__}, {os.cpu_count()} CPUs (load average {load:.1f}), {torch.get_num_threads()} intra-op threads, "
-              f"{args.batches} batches of 4 samples x 6 frames")  # fmt: skip
+        print(
+            f"torch {torch.__version__}, {os.cpu_count()} CPUs (load average {load:.1f}), {torch.get_num_threads()} intra-op threads, "
+            f"{args.batches} batches of 4 samples x 6 frames"
+        )
         print()
         print("| source | workers | samples/s | frames/s |")
         print("|---|---|---|---|")

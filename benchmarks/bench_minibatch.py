@@ -15,7 +15,18 @@ kernel (flash attention on CUDA, the fused CPU kernel here), which never stores 
 from __future__ import annotations
 
 import torch
-from bench_scaling import autocast, base_parser, count_flops, markdown_table, mb, peak_memory, report, scene_inputs, setup, time_interleaved
+from bench_scaling import (
+    autocast,
+    base_parser,
+    count_flops,
+    markdown_table,
+    mb,
+    peak_memory,
+    report,
+    scene_inputs,
+    setup,
+    time_interleaved,
+)
 
 from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
 
@@ -61,27 +72,55 @@ def main() -> None:
         iterations, memory, flops = {}, {}, {}
         for groups in (1, 2, 4):
             cfg = ILRMNetworkConfig(
-                width=args.width, num_heads=max(1, args.width // 64), num_layers=layers, cross_attention_groups=groups,
-                cross_attention_split=args.split, attention_backend=backend, gradient_checkpointing=args.checkpointing,
-            )  # fmt: skip
+                width=args.width,
+                num_heads=max(1, args.width // 64),
+                num_layers=layers,
+                cross_attention_groups=groups,
+                cross_attention_split=args.split,
+                attention_backend=backend,
+                gradient_checkpointing=args.checkpointing,
+            )
             torch.manual_seed(args.seed)
             model = ILRM(cfg).to(device).train()
-            iterations[groups] = training_iteration(model, torch.optim.AdamW(model.parameters(), lr=1e-4), images, c2w, K, device, bf16)
+            iterations[groups] = training_iteration(
+                model, torch.optim.AdamW(model.parameters(), lr=1e-4), images, c2w, K, device, bf16
+            )
             iterations[groups]()  # creates the optimizer state, so that it is not counted as activation memory
             memory[groups] = peak_memory(iterations[groups], device)
             flops[groups] = count_flops(model, images, c2w, K, backward=True)["total"]
             print(f"  {backend} G={groups}: {mb(memory[groups]):.0f} MiB", flush=True)
-        seconds = time_interleaved(iterations, device, repeats=args.repeats, warmup=0, budget_s=600.0)  # side by side, round-robin
+        seconds = time_interleaved(
+            iterations, device, repeats=args.repeats, warmup=0, budget_s=600.0
+        )  # side by side, round-robin
         for groups in (1, 2, 4):
-            rows.append([
-                backend, f"{NAMES[groups]} (G={groups})", flops[groups] / 1e12, flops[groups] / flops[1], seconds[groups],
-                seconds[groups] / seconds[1], mb(memory[groups]), memory[groups] / memory[1], *PAPER[groups],
-            ])  # fmt: skip
+            rows.append(
+                [
+                    backend,
+                    f"{NAMES[groups]} (G={groups})",
+                    flops[groups] / 1e12,
+                    flops[groups] / flops[1],
+                    seconds[groups],
+                    seconds[groups] / seconds[1],
+                    mb(memory[groups]),
+                    memory[groups] / memory[1],
+                    *PAPER[groups],
+                ]
+            )
         print(f"  {backend}: " + ", ".join(f"G={g} {t:.2f} s" for g, t in seconds.items()), flush=True)
         del iterations
 
-    columns = ["SDPA kernel", "cross-attention", "TFLOP (fwd+bwd)", "FLOP ratio", "time (s)", "time ratio",
-               "peak memory (MiB)", "memory ratio", "paper time", "paper memory"]  # fmt: skip
+    columns = [
+        "SDPA kernel",
+        "cross-attention",
+        "TFLOP (fwd+bwd)",
+        "FLOP ratio",
+        "time (s)",
+        "time ratio",
+        "peak memory (MiB)",
+        "memory ratio",
+        "paper time",
+        "paper memory",
+    ]
     report(
         args,
         device,

@@ -77,13 +77,19 @@ def main(argv=None) -> int:
         params = sum(p.numel() for p in net.parameters()) / 1e6
         cfg = net.config
         arch = f"({views}, {'F' if cfg.viewpoint_factor == 1 else 'H'}, F)"
-        rows.append((kind, arch, f"{height}x{width}", f"{out.means.shape[1]:,}", f"{params:.1f}M", statistics.median(times)))
+        rows.append(
+            (kind, arch, f"{height}x{width}", f"{out.means.shape[1]:,}", f"{params:.1f}M", statistics.median(times))
+        )
         print(f"{kind} {arch} {height}x{width}: {statistics.median(times):.2f} s", flush=True)
         del net, out
     print()
     cases = "" if not args.cases else " --cases " + " ".join(map(str, args.cases))
-    print(f"`OMP_NUM_THREADS={threads} .venv/bin/python benchmarks/bench_published_forward.py --repeats {args.repeats} --warmup {args.warmup} --device {args.device}{cases}`")
-    print(f"({platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, no grad, median of {args.repeats} after {args.warmup} warm-up)")
+    print(
+        f"`OMP_NUM_THREADS={threads} .venv/bin/python benchmarks/bench_published_forward.py --repeats {args.repeats} --warmup {args.warmup} --device {args.device}{cases}`"
+    )
+    print(
+        f"({platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, no grad, median of {args.repeats} after {args.warmup} warm-up)"
+    )
     print()
     print("| layout | (V, viewpoint, image) | input | Gaussians | parameters | forward (s) |")
     print("| --- | --- | --- | --- | --- | --- |")

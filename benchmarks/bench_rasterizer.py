@@ -67,9 +67,12 @@ def make_scene(n: int, width: int, height: int | None = None, views: int = 1, sh
     K = (sh_degree + 1) ** 2
     sh = 0.5 * torch.randn(n, K, 3, generator=gen) * torch.cat([torch.ones(1), torch.full((K - 1,), 0.2)])[:, None]
     gaussians = Gaussians(
-        means=means, scales=scales, quats=torch.randn(n, 4, generator=gen),
-        opacities=0.1 + 0.8 * torch.rand(n, generator=gen), sh=sh,
-    )  # fmt: skip
+        means=means,
+        scales=scales,
+        quats=torch.randn(n, 4, generator=gen),
+        opacities=0.1 + 0.8 * torch.rand(n, generator=gen),
+        sh=sh,
+    )
     Ks = torch.tensor([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]]).expand(views, 3, 3).clone()
     c2w = torch.eye(4).expand(views, 4, 4).clone()
     c2w[:, 0, 3] = torch.linspace(-0.1, 0.1, views) if views > 1 else 0.0  # sideways: mostly shared content
@@ -161,8 +164,14 @@ def run_case(case, reps: int, baseline: str | None, budget_s: float = float("inf
             loss(module.render(params, c2w, K, width, height, backend="torch")).backward()
             times[name]["fwd_bwd"].append(time.perf_counter() - t0)
             times[name]["cpu"].append(time.process_time() - c0)
-    result = {"case": list(case), "lane": lane, "drawn": drawn, "threads": torch.get_num_threads(),
-              "reps": len(times["new"]["fwd"]), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+    result = {
+        "case": list(case),
+        "lane": lane,
+        "drawn": drawn,
+        "threads": torch.get_num_threads(),
+        "reps": len(times["new"]["fwd"]),
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     for name, t in times.items():
         result[name] = {k: min(v) for k, v in t.items()}
     return result
@@ -208,10 +217,14 @@ def main() -> None:
     command += f" --baseline {args.baseline}" if args.baseline != BASELINE else ""
     command += " --old-all" if args.old_all else ""
     load = os.getloadavg()[0]
-    print(f"Command: `{command}` ({rows[0]['threads']} threads, min of up to {reps} alternating runs, "
-          f"old = {args.baseline or 'none'}, load average {load:.1f})\n")  # fmt: skip
-    print("| image | views | Gaussians | SH | old fwd (s) | new fwd (s) | fwd ratio | old fwd+bwd (s) | new fwd+bwd (s) "
-          "| fwd+bwd ratio | new fwd+bwd CPU (s) | pairs drawn | drawn pairs/s (new fwd+bwd) | lane pairs | peak RSS (MB) |")  # fmt: skip
+    print(
+        f"Command: `{command}` ({rows[0]['threads']} threads, min of up to {reps} alternating runs, "
+        f"old = {args.baseline or 'none'}, load average {load:.1f})\n"
+    )
+    print(
+        "| image | views | Gaussians | SH | old fwd (s) | new fwd (s) | fwd ratio | old fwd+bwd (s) | new fwd+bwd (s) "
+        "| fwd+bwd ratio | new fwd+bwd CPU (s) | pairs drawn | drawn pairs/s (new fwd+bwd) | lane pairs | peak RSS (MB) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         width, height, n, views, sh = r["case"]

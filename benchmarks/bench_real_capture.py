@@ -72,7 +72,14 @@ def run(name: str, data: Path, workdir: Path, epochs: int, curve: bool = False, 
         training_seconds = before - start - excluded[0]
         metrics = held_out_metrics(model, datamanager)
         excluded[0] += time.perf_counter() - before
-        points.append({"epoch": 0 if step is None else step + 1, "seconds": training_seconds, "gaussians": len(model.means), **metrics})
+        points.append(
+            {
+                "epoch": 0 if step is None else step + 1,
+                "seconds": training_seconds,
+                "gaussians": len(model.means),
+                **metrics,
+            }
+        )
 
     if curve:
         measure(None)
@@ -80,7 +87,14 @@ def run(name: str, data: Path, workdir: Path, epochs: int, curve: bool = False, 
     trainer.train()
     seconds = time.perf_counter() - start - excluded[0]
     final = held_out_metrics(model, datamanager)
-    result = {"name": name, "epochs": trainer.config.max_num_iterations, "seconds": seconds, "gaussians": len(model.means), **final, "curve": points}
+    result = {
+        "name": name,
+        "epochs": trainer.config.max_num_iterations,
+        "seconds": seconds,
+        "gaussians": len(model.means),
+        **final,
+        "curve": points,
+    }
     print(f"[bench] {name}: {result['epochs']} epochs, {seconds:.0f} s, PSNR {final['psnr']:.2f} dB", flush=True)
     return result
 
@@ -88,9 +102,16 @@ def run(name: str, data: Path, workdir: Path, epochs: int, curve: bool = False, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/captures/snowmiku"))
-    parser.add_argument("--ilrm-run", type=Path, default=None, help="an ilrm / ilrm-small run (or a published file) for the network rows")
+    parser.add_argument(
+        "--ilrm-run",
+        type=Path,
+        default=None,
+        help="an ilrm / ilrm-small run (or a published file) for the network rows",
+    )
     parser.add_argument("--minutes", type=float, default=8.0, help="refinement budget of the default and random rows")
-    parser.add_argument("--network-refinement", action="store_true", help="also the network start with the default budget")
+    parser.add_argument(
+        "--network-refinement", action="store_true", help="also the network start with the default budget"
+    )
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/real_capture.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -101,17 +122,33 @@ def main() -> None:
             rows.append(run("feed-forward", args.data, workdir, 0, ilrm_run=args.ilrm_run))
             rows.append(run("Ours_10", args.data, workdir, 10, ilrm_run=args.ilrm_run))
         rows.append(run("default (points start)", args.data, workdir, -1, curve=True, refine_minutes=args.minutes))
-        rows.append(run("random start, same budget", args.data, workdir, -1, init="random", refine_minutes=args.minutes))
+        rows.append(
+            run("random start, same budget", args.data, workdir, -1, init="random", refine_minutes=args.minutes)
+        )
         if args.ilrm_run is not None and args.network_refinement:
-            rows.append(run("network start, same budget", args.data, workdir, -1, ilrm_run=args.ilrm_run, refine_minutes=args.minutes))
+            rows.append(
+                run(
+                    "network start, same budget",
+                    args.data,
+                    workdir,
+                    -1,
+                    ilrm_run=args.ilrm_run,
+                    refine_minutes=args.minutes,
+                )
+            )
     command = "python benchmarks/bench_real_capture.py " + " ".join(sys.argv[1:])
     threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
     lpips = all("lpips" in r for r in rows)
-    print(f"\n`{command}` ({platform.processor() or platform.machine()}, {threads} threads, held-out: every 8th frame)\n")
+    print(
+        f"\n`{command}` ({platform.processor() or platform.machine()}, {threads} threads, held-out: every 8th frame)\n"
+    )
     print("| run | epochs | Gaussians | seconds | PSNR | SSIM |" + (" LPIPS |" if lpips else ""))
     print("| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if lpips else ""))
     for r in rows:
-        print(f"| {r['name']} | {r['epochs']} | {r['gaussians']:,} | {r['seconds']:.0f} | {r['psnr']:.2f} | {r['ssim']:.3f} |" + (f" {r['lpips']:.3f} |" if lpips else ""))
+        print(
+            f"| {r['name']} | {r['epochs']} | {r['gaussians']:,} | {r['seconds']:.0f} | {r['psnr']:.2f} | {r['ssim']:.3f} |"
+            + (f" {r['lpips']:.3f} |" if lpips else "")
+        )
     curve = next(r["curve"] for r in rows if r["name"].startswith("default"))
     print("\nDefault run, held-out PSNR after each epoch:\n")
     print("| epoch | seconds | Gaussians | PSNR |\n| ---: | ---: | ---: | ---: |")

@@ -28,8 +28,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler's start/stop lines
 
@@ -48,9 +48,11 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch CPU threads; 1 by default: on a shared machine, 2 threads stall for up to a second at thread barriers whenever a neighbour holds a core",
-    )  # fmt: skip
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     parser.add_argument("--output-dir", type=Path, default=None, help="also write the table there as markdown")
     parser.add_argument("--seed", type=int, default=0)
@@ -81,12 +83,22 @@ def describe_machine(device: torch.device, threads: int) -> str:
 
 
 def command_line() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0]) if os.path.exists(sys.argv[0]) else sys.argv[0], *sys.argv[1:]])
+    return "python " + " ".join(
+        [os.path.relpath(sys.argv[0]) if os.path.exists(sys.argv[0]) else sys.argv[0], *sys.argv[1:]]
+    )
 
 
-def report(args: argparse.Namespace, device: torch.device, title: str, sections: list[tuple[str, str]], notes: list[str] = ()) -> None:
+def report(
+    args: argparse.Namespace, device: torch.device, title: str, sections: list[tuple[str, str]], notes: list[str] = ()
+) -> None:
     """Print (and with --output-dir also save) the command, the machine and the tables."""
-    lines = [f"## {title}", "", f"command: `{command_line()}`", f"machine: {describe_machine(device, args.threads)}", ""]
+    lines = [
+        f"## {title}",
+        "",
+        f"command: `{command_line()}`",
+        f"machine: {describe_machine(device, args.threads)}",
+        "",
+    ]
     for heading, table in sections:
         lines += [f"### {heading}", "", table, ""] if heading else [table, ""]
     lines += [f"- {note}" for note in notes]
@@ -115,7 +127,9 @@ def scene_inputs(B: int, V: int, H: int, W: int, device: torch.device, seed: int
     angles = torch.linspace(0, 2 * math.pi, V + 1)[:V]
     centers = torch.stack([2 * torch.sin(angles), torch.full_like(angles, -0.5), -2 * torch.cos(angles)], -1)
     forward = torch.nn.functional.normalize(-centers, dim=-1)
-    right = torch.nn.functional.normalize(torch.cross(torch.tensor([0.0, 1.0, 0.0]).expand_as(forward), forward, dim=-1), dim=-1)
+    right = torch.nn.functional.normalize(
+        torch.cross(torch.tensor([0.0, 1.0, 0.0]).expand_as(forward), forward, dim=-1), dim=-1
+    )
     down = torch.cross(forward, right, dim=-1)
     c2w = torch.eye(4).repeat(V, 1, 1)
     c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = right, down, forward, centers
@@ -129,7 +143,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1, budget_s: float = 20.0) -> float:
+def time_call(
+    fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1, budget_s: float = 20.0
+) -> float:
     """Median wall time of fn() in seconds, after warm-up; fewer repeats when a call is slow."""
     for _ in range(warmup):
         fn()
@@ -146,7 +162,11 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 3, 
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 3, warmup: int = 1, budget_s: float = 120.0
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    repeats: int = 3,
+    warmup: int = 1,
+    budget_s: float = 120.0,
 ) -> dict[str, float]:
     """Median wall time of each fn, measured round-robin (fn1, fn2, ..., fn1, fn2, ...) so that a
     change in the machine's background load hits every candidate alike. Stops after the first
@@ -184,7 +204,11 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
         trace = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(trace))
         events = json.loads(trace.read_text())["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0]
+    totals = [
+        e["args"]["Total Allocated"]
+        for e in events
+        if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0
+    ]
     return max([0, *totals])
 
 
@@ -237,7 +261,9 @@ def mb(nbytes: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def model_configs(width: int, heads: int, layers: int, patch: int, backend: str) -> dict[str, tuple[type, ILRMNetworkConfig]]:
+def model_configs(
+    width: int, heads: int, layers: int, patch: int, backend: str
+) -> dict[str, tuple[type, ILRMNetworkConfig]]:
     common = dict(patch_size=patch, width=width, num_heads=heads, num_layers=layers, attention_backend=backend)
     return {
         "iLRM (V,H,F)": (ILRM, ILRMNetworkConfig(viewpoint_factor=2, **common)),
@@ -250,17 +276,33 @@ def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--heads", type=int, default=None, help="default: width / 64")
-    parser.add_argument("--layers", type=int, default=None, help="update layers (baseline: twice as many blocks); default 1 on CPU, 12 on CUDA")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="update layers (baseline: twice as many blocks); default 1 on CPU, 12 on CUDA",
+    )
     parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--views", type=int, nargs="+", default=[2, 4, 8, 16, 32])
-    parser.add_argument("--views-resolution", type=int, default=None, help="square resolution of the views sweep; default 128 on CPU, 256 on CUDA")
-    parser.add_argument("--resolutions", type=int, nargs="+", default=None, help="default 64 128 256 512 (CUDA: 128 256 512 1024)")
+    parser.add_argument(
+        "--views-resolution",
+        type=int,
+        default=None,
+        help="square resolution of the views sweep; default 128 on CPU, 256 on CUDA",
+    )
+    parser.add_argument(
+        "--resolutions", type=int, nargs="+", default=None, help="default 64 128 256 512 (CUDA: 128 256 512 1024)"
+    )
     parser.add_argument("--resolution-views", type=int, default=4, help="views of the resolution sweep")
     parser.add_argument("--attention-backend", default="auto", choices=["auto", "flash", "efficient", "cudnn", "math"])
     parser.add_argument("--fp32", action="store_true", help="on CUDA: no bf16 autocast")
-    parser.add_argument("--max-gflop", type=float, default=None, help="skip points above this forward cost (default 4000 on CPU)")
+    parser.add_argument(
+        "--max-gflop", type=float, default=None, help="skip points above this forward cost (default 4000 on CPU)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds per point")
-    parser.add_argument("--budget-s", type=float, default=float("inf"), help="stop a point's rounds once its timings exceed this")
+    parser.add_argument(
+        "--budget-s", type=float, default=float("inf"), help="stop a point's rounds once its timings exceed this"
+    )
     args = parser.parse_args()
     device = setup(args)
     cuda = device.type == "cuda"
@@ -273,7 +315,12 @@ def main() -> None:
     resolutions = args.resolutions or ([128, 256, 512, 1024] if cuda else [64, 128, 256, 512])
     max_gflop = args.max_gflop or (float("inf") if cuda else 4000.0)
     bf16 = cuda and not args.fp32
-    models = {name: cls(cfg).to(device).eval() for name, (cls, cfg) in model_configs(args.width, heads, layers, args.patch_size, args.attention_backend).items()}
+    models = {
+        name: cls(cfg).to(device).eval()
+        for name, (cls, cfg) in model_configs(
+            args.width, heads, layers, args.patch_size, args.attention_backend
+        ).items()
+    }
 
     def measure(V: int, R: int) -> list[list]:
         images, c2w, K = scene_inputs(1, V, R, R, device, args.seed)
@@ -291,7 +338,9 @@ def main() -> None:
             memory[name] = peak_memory(forward, device)  # also a first warm-up
             slow = slow or time.perf_counter() - start > 5.0
             forwards[name] = forward
-        seconds = time_interleaved(forwards, device, repeats=args.repeats, warmup=0 if slow else 1, budget_s=args.budget_s)  # side by side
+        seconds = time_interleaved(
+            forwards, device, repeats=args.repeats, warmup=0 if slow else 1, budget_s=args.budget_s
+        )  # side by side
         rows, reference = [], None
         for name, model in models.items():
             row = [V, f"{R}x{R}", name, model.num_gaussians(V, R, R), flops[name] / 1e9]
@@ -299,11 +348,27 @@ def main() -> None:
                 rows.append(row + [f"skipped (> {max_gflop:.0f} GFLOP)", "", "", ""])
                 continue
             reference = reference or (seconds[name], memory[name])
-            rows.append(row + [seconds[name] * 1e3, seconds[name] / reference[0], mb(memory[name]), memory[name] / reference[1]])
-            print(f"  V={V} {R}x{R} {name}: {seconds[name] * 1e3:.1f} ms, {mb(memory[name]):.1f} MiB", file=sys.stderr, flush=True)
+            rows.append(
+                row + [seconds[name] * 1e3, seconds[name] / reference[0], mb(memory[name]), memory[name] / reference[1]]
+            )
+            print(
+                f"  V={V} {R}x{R} {name}: {seconds[name] * 1e3:.1f} ms, {mb(memory[name]):.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
         return rows
 
-    columns = ["views", "resolution", "model", "Gaussians", "GFLOP", "time (ms)", "time / (V,H,F)", "peak memory (MiB)", "memory / (V,H,F)"]
+    columns = [
+        "views",
+        "resolution",
+        "model",
+        "Gaussians",
+        "GFLOP",
+        "time (ms)",
+        "time / (V,H,F)",
+        "peak memory (MiB)",
+        "memory / (V,H,F)",
+    ]
     view_rows = [row for V in args.views for row in measure(V, views_resolution)]
     resolution_rows = [row for R in resolutions for row in measure(args.resolution_views, R)]
     report(

@@ -108,17 +108,40 @@ def main() -> None:
             forward()
             synchronize(device)
             best[name] = min(best[name], time.perf_counter() - start)
-        print(f"  round {round_ + 1}: matmul {2 * n**3 / best_matmul / 1e9:.1f} GFLOP/s, "
-              + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in best.items()), flush=True)  # fmt: skip
+        print(
+            f"  round {round_ + 1}: matmul {2 * n**3 / best_matmul / 1e9:.1f} GFLOP/s, "
+            + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in best.items()),
+            flush=True,
+        )
     peak = 2 * n**3 / best_matmul
     rows = []
     for name, forward in forwards.items():
         shares = time_breakdown(forward, device)
         achieved = flops[name] / best[name]
-        rows.append([name, flops[name] / 1e9, best[name] * 1e3, achieved / 1e9, peak / 1e9, achieved / peak,
-                     shares["matmul"], shares["attention"], shares["other"]])  # fmt: skip
-    columns = ["network", "GFLOP", "best forward (ms)", "achieved GFLOP/s", f"matmul GFLOP/s (n={n}, best)", "fraction of matmul",
-               "time in matmuls", "time in attention", "time elsewhere"]  # fmt: skip
+        rows.append(
+            [
+                name,
+                flops[name] / 1e9,
+                best[name] * 1e3,
+                achieved / 1e9,
+                peak / 1e9,
+                achieved / peak,
+                shares["matmul"],
+                shares["attention"],
+                shares["other"],
+            ]
+        )
+    columns = [
+        "network",
+        "GFLOP",
+        "best forward (ms)",
+        "achieved GFLOP/s",
+        f"matmul GFLOP/s (n={n}, best)",
+        "fraction of matmul",
+        "time in matmuls",
+        "time in attention",
+        "time elsewhere",
+    ]
     report(
         args,
         device,

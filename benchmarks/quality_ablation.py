@@ -44,20 +44,53 @@ DEFAULT_VARIANTS = ["full", "quarter", "no-refinement", "no-decoupling", "no-upl
 
 
 def train_command(args: argparse.Namespace, variant: str) -> list[str]:
-    overrides = [item for key, value in VARIANTS[variant][1].items() for item in (f"--pipeline.model.network.{key}", value)]
+    overrides = [
+        item for key, value in VARIANTS[variant][1].items() for item in (f"--pipeline.model.network.{key}", value)
+    ]
     return [
-        str(BIN / "ns-train"), "ilrm-small", "--data", str(args.data), "--machine.device-type", "cpu", "--machine.seed", str(args.seed),
-        "--vis", "tensorboard", "--output-dir", str(args.output_dir / "runs"), "--experiment-name", "quality", "--timestamp", variant,
-        "--max-num-iterations", str(args.steps), "--steps-per-save", str(args.steps),
-        "--steps-per-eval-batch", "0", "--steps-per-eval-image", "0", "--steps-per-eval-all-images", "0",
-        "--pipeline.datamanager.image-height", str(args.resolution), "--pipeline.datamanager.image-width", str(args.resolution),
+        str(BIN / "ns-train"),
+        "ilrm-small",
+        "--data",
+        str(args.data),
+        "--machine.device-type",
+        "cpu",
+        "--machine.seed",
+        str(args.seed),
+        "--vis",
+        "tensorboard",
+        "--output-dir",
+        str(args.output_dir / "runs"),
+        "--experiment-name",
+        "quality",
+        "--timestamp",
+        variant,
+        "--max-num-iterations",
+        str(args.steps),
+        "--steps-per-save",
+        str(args.steps),
+        "--steps-per-eval-batch",
+        "0",
+        "--steps-per-eval-image",
+        "0",
+        "--steps-per-eval-all-images",
+        "0",
+        "--pipeline.datamanager.image-height",
+        str(args.resolution),
+        "--pipeline.datamanager.image-width",
+        str(args.resolution),
         *overrides,
-    ]  # fmt: skip
+    ]
 
 
 def eval_command(args: argparse.Namespace, variant: str) -> list[str]:
     run = args.output_dir / "runs" / "quality" / "ilrm-small" / variant
-    return [str(BIN / "ns-eval"), "--load-config", str(run / "config.yml"), "--output-path", str(args.output_dir / f"{variant}.json")]
+    return [
+        str(BIN / "ns-eval"),
+        "--load-config",
+        str(run / "config.yml"),
+        "--output-path",
+        str(args.output_dir / f"{variant}.json"),
+    ]
 
 
 def run_variant(args: argparse.Namespace, variant: str) -> dict:
@@ -78,7 +111,9 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "synthetic")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/quality_ablation"))
     parser.add_argument("--steps", type=int, default=300)
@@ -89,13 +124,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at the same time")
     parser.add_argument("--quick", action="store_true", help="8 steps per variant")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and an empty table")
-    parser.add_argument("--fresh", action="store_true", help="retrain variants that already have results in --output-dir")
+    parser.add_argument(
+        "--fresh", action="store_true", help="retrain variants that already have results in --output-dir"
+    )
     args = parser.parse_args()
     if args.quick:
         args.steps = 8
     args.output_dir = args.output_dir.resolve()
 
     print(f"command: python {' '.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])}")
+
     def shown(command: list[str]) -> str:  # as typed in the activated venv
         return shlex.join(command).replace(f"{BIN}/", "")
 
@@ -115,7 +153,10 @@ def main() -> None:
                     failed[variant] = str(error)
                     print(f"  FAILED {variant}: {error}", file=sys.stderr, flush=True)
                     continue
-                print(f"  done {variant}: PSNR {results[variant]['psnr']:.2f} ({results[variant]['minutes']:.1f} min)", flush=True)
+                print(
+                    f"  done {variant}: PSNR {results[variant]['psnr']:.2f} ({results[variant]['minutes']:.1f} min)",
+                    flush=True,
+                )
 
     lines = [
         f"## Quality at a small budget: {args.steps} steps, {args.resolution}x{args.resolution}, ilrm-small, seed {args.seed}",
@@ -131,7 +172,9 @@ def main() -> None:
             continue
         r = results[variant]
         delta = f"{r['psnr'] - full:+.2f}" if full is not None else ""
-        lines.append(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['baseline_nearest_view_psnr']:.2f} | {delta} | {r['minutes']:.1f} |")
+        lines.append(
+            f"| {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['baseline_nearest_view_psnr']:.2f} | {delta} | {r['minutes']:.1f} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.dry_run:

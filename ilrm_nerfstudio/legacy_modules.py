@@ -39,7 +39,9 @@ class _LegacyModule(types.ModuleType):
                 continue
             if hasattr(module, name):
                 return getattr(module, name)
-        raise AttributeError(f"{name!r} is not in {self.__name__} (moved to {', '.join(LEGACY_MODULES[self.__name__])})")
+        raise AttributeError(
+            f"{name!r} is not in {self.__name__} (moved to {', '.join(LEGACY_MODULES[self.__name__])})"
+        )
 
 
 class _LegacyFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

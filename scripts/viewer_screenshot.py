@@ -28,9 +28,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -102,7 +101,9 @@ class DevTools:
         import re
 
         try:
-            text = self.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)["result"].get("value", "")
+            text = self.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)[
+                "result"
+            ].get("value", "")
         except RuntimeError:
             return None
         match = re.search(r"Resolution:\s*(\d+)\s*[x\u00d7]\s*(\d+)", text or "")
@@ -153,7 +154,9 @@ def difference(a: Image.Image, b: Image.Image) -> float:
     return float(np.abs(canvas_region(a) - canvas_region(b)).mean())
 
 
-def wait_for_render(tools: DevTools, timeout: float, previous: Image.Image | None = None, min_width: int = 256) -> tuple[Image.Image, tuple[int, int] | None]:
+def wait_for_render(
+    tools: DevTools, timeout: float, previous: Image.Image | None = None, min_width: int = 256
+) -> tuple[Image.Image, tuple[int, int] | None]:
     """Poll screenshots until the canvas shows a full-resolution render (different from
     `previous` when given) that is still there a second later; returns the last screenshot and
     the resolution read with it, either way."""
@@ -215,19 +218,41 @@ def run(load_config: Path, output: Path, wait: float = 240.0, settle: float = 8.
     result: dict = {"port": port}
     try:
         viewer = subprocess.Popen(
-            [ns_viewer, "--load-config", str(load_config), "--viewer.websocket-port", str(port),
-             "--viewer.websocket-host", "127.0.0.1"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
+            [
+                ns_viewer,
+                "--load-config",
+                str(load_config),
+                "--viewer.websocket-port",
+                str(port),
+                "--viewer.websocket-host",
+                "127.0.0.1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         if not wait_http(f"http://127.0.0.1:{port}/", wait, viewer):
             raise RuntimeError(f"ns-viewer did not come up on port {port} (see {log.name})")
         chrome = subprocess.Popen(
-            [chromium, "--headless=new", "--no-sandbox", "--no-first-run", "--disable-dev-shm-usage",
-             "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
-             f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--remote-debugging-port={debug_port}",
-             f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--use-angle=swiftshader",
+                "--enable-unsafe-swiftshader",
+                "--ignore-gpu-blocklist",
+                f"--window-size={WINDOW[0]},{WINDOW[1]}",
+                f"--remote-debugging-port={debug_port}",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         if not wait_http(f"http://127.0.0.1:{debug_port}/json/version", 60, chrome):
             raise RuntimeError("chromium did not start")
         tools = DevTools(debug_port)

@@ -29,8 +29,12 @@ def quick_report(tmp_path_factory) -> str:
     output = tmp_path_factory.mktemp("bench_gpu")
     result = subprocess.run(
         [sys.executable, "benchmarks/bench_gpu.py", "--device", "cpu", "--quick", "--output-dir", str(output)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = (output / "bench_gpu.md").read_text()
     assert text in result.stdout  # what it prints is what it saves
@@ -81,8 +85,14 @@ def test_ddp_section_command_is_accepted_by_the_ns_train_cli(device, method, tmp
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_gpu
 
-    ctx = SimpleNamespace(quick=device == "cpu", cuda=device == "cuda", device=torch.device(device), resolution=32 if device == "cpu" else 256,
-                          net=dict(width=32, num_heads=2, num_layers=1) if device == "cpu" else {}, dataset=lambda: tmp_path / "data")  # fmt: skip
+    ctx = SimpleNamespace(
+        quick=device == "cpu",
+        cuda=device == "cuda",
+        device=torch.device(device),
+        resolution=32 if device == "cpu" else 256,
+        net=dict(width=32, num_heads=2, num_layers=1) if device == "cpu" else {},
+        dataset=lambda: tmp_path / "data",
+    )
     command = bench_gpu.ddp_command(ctx, tmp_path / "out", steps=2)
     assert command[:4] == [sys.executable, "-m", "ilrm_nerfstudio.tools.train", method]
     config = tyro.cli(AnnotatedBaseConfigUnion, args=command[3:])

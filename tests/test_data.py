@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from ilrm_nerfstudio.core.cameras import average_camera, normalize_poses, resize_and_crop_intrinsics
-from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import sample_views
-from ilrm_nerfstudio.data.scene import load_nerfstudio_scene, load_view
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.data.scene import load_nerfstudio_scene, load_view
+from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import sample_views
 from tests.test_network import random_c2w
 
 
@@ -28,7 +28,16 @@ def write_scene(root, num_frames=6, size=(30, 40), corrupt=None, pose_override=N
         frames.append({"file_path": name, "transform_matrix": pose})
     if corrupt is not None:
         (root / frames[corrupt]["file_path"]).write_bytes(b"not a png")
-    meta = {"camera_model": "OPENCV", "fl_x": 35.0, "fl_y": 36.0, "cx": 21.5, "cy": 14.0, "w": size[1], "h": size[0], "frames": frames}
+    meta = {
+        "camera_model": "OPENCV",
+        "fl_x": 35.0,
+        "fl_y": 36.0,
+        "cx": 21.5,
+        "cy": 14.0,
+        "w": size[1],
+        "h": size[0],
+        "frames": frames,
+    }
     (root / "transforms.json").write_text(json.dumps(meta))
     return root
 
@@ -46,7 +55,9 @@ def test_resize_and_crop_intrinsics_are_exact(in_hw, out_hw):
     points = torch.randn(50, 3, dtype=torch.float64) + torch.tensor([0, 0, 5.0], dtype=torch.float64)
     original = project(K, points)
     # the image-plane map of resize + crop: scale each axis by the resized/original size, shift
-    expected = original * torch.tensor([rw / in_hw[1], rh / in_hw[0]], dtype=torch.float64) - torch.tensor([left, top], dtype=torch.float64)
+    expected = original * torch.tensor([rw / in_hw[1], rh / in_hw[0]], dtype=torch.float64) - torch.tensor(
+        [left, top], dtype=torch.float64
+    )
     torch.testing.assert_close(project(new_K, points), expected)
 
 
@@ -55,8 +66,12 @@ def test_load_view_resizes_crops_and_rescales(tmp_path):
     image, K = load_view(scene, 1, 16, 16)
     assert image.shape == (3, 16, 16) and 0 <= image.min() and image.max() <= 1
     # resized to 16 x 21 (covering 16 x 16), cropped 2 columns from the left
-    assert torch.allclose(K[0, 0], torch.tensor(35.0 * 21 / 40)) and torch.allclose(K[1, 1], torch.tensor(36.0 * 16 / 30))
-    assert torch.allclose(K[0, 2], torch.tensor(21.5 * 21 / 40 - 2)) and torch.allclose(K[1, 2], torch.tensor(14.0 * 16 / 30))
+    assert torch.allclose(K[0, 0], torch.tensor(35.0 * 21 / 40)) and torch.allclose(
+        K[1, 1], torch.tensor(36.0 * 16 / 30)
+    )
+    assert torch.allclose(K[0, 2], torch.tensor(21.5 * 21 / 40 - 2)) and torch.allclose(
+        K[1, 2], torch.tensor(14.0 * 16 / 30)
+    )
 
 
 def test_opengl_poses_become_opencv(tmp_path):

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from ilrm_nerfstudio.data.synthetic import generate_dataset
-
 from tests.test_training import TINY
 
 WORLD = 2
@@ -81,7 +80,11 @@ def instrumented_train_loop(local_rank: int, world_size: int, config, global_ran
         record["evaluated"].append([scene["scene"] for _, scene in per_scene])
         return per_scene
 
-    Trainer.setup, Trainer.train_iteration, Trainer._after_train = setup_recorded, train_iteration_recorded, after_train_recorded
+    Trainer.setup, Trainer.train_iteration, Trainer._after_train = (
+        setup_recorded,
+        train_iteration_recorded,
+        after_train_recorded,
+    )
     ILRMPipeline.get_average_eval_image_metrics = average_recorded
     ILRMPipeline._evaluate_scenes = evaluate_scenes_recorded
     ns_train.train_loop(local_rank, world_size, config, global_rank)
@@ -121,7 +124,9 @@ def run_distributed(config) -> list[dict]:
     from ilrm_nerfstudio.tools.train import launch
 
     launch(main_func=instrumented_train_loop, num_devices_per_machine=WORLD, device_type="cpu", config=config)
-    return [torch.load(Path(config.output_dir) / f"{config.timestamp}-rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return [
+        torch.load(Path(config.output_dir) / f"{config.timestamp}-rank{r}.pt", weights_only=False) for r in range(WORLD)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -191,13 +196,37 @@ def test_ilrm_train_cli_resumes_the_run_with_two_cpu_processes(ddp_runs, dataset
     """The user command: ilrm-train (= ns-train's CLI) with --machine.num-devices 2 on the CPU,
     resuming the run above with --load-dir: both ranks load the checkpoint, rank 0 writes one."""
     command = [
-        sys.executable, "-m", "ilrm_nerfstudio.tools.train", "ilrm-small", "--data", str(dataset),
-        "--machine.device-type", "cpu", "--machine.num-devices", "2", "--vis", "tensorboard",
-        "--output-dir", str(tmp_path), "--experiment-name", "cli", "--timestamp", "run",
-        "--max-num-iterations", "1", "--load-dir", str(ddp_runs["fresh_dir"]),
-        "--pipeline.datamanager.num-workers", "0", "--pipeline.datamanager.scenes-per-batch", "1", *TINY,
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        sys.executable,
+        "-m",
+        "ilrm_nerfstudio.tools.train",
+        "ilrm-small",
+        "--data",
+        str(dataset),
+        "--machine.device-type",
+        "cpu",
+        "--machine.num-devices",
+        "2",
+        "--vis",
+        "tensorboard",
+        "--output-dir",
+        str(tmp_path),
+        "--experiment-name",
+        "cli",
+        "--timestamp",
+        "run",
+        "--max-num-iterations",
+        "1",
+        "--load-dir",
+        str(ddp_runs["fresh_dir"]),
+        "--pipeline.datamanager.num-workers",
+        "0",
+        "--pipeline.datamanager.scenes-per-batch",
+        "1",
+        *TINY,
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout + result.stderr
     assert "rank 0/2" in out and "rank 1/2" in out  # both ranks built their data shard
@@ -207,7 +236,9 @@ def test_ilrm_train_cli_resumes_the_run_with_two_cpu_processes(ddp_runs, dataset
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert checkpoint.name == f"step-{STEPS:09d}.ckpt" and state["step"] == STEPS  # one step after step 1
     assert state["schedulers"]["network"]["last_epoch"] == STEPS + 1
-    saved = torch.load(ddp_runs["fresh_dir"] / f"step-{STEPS - 1:09d}.ckpt", map_location="cpu", weights_only=True)["pipeline"]
+    saved = torch.load(ddp_runs["fresh_dir"] / f"step-{STEPS - 1:09d}.ckpt", map_location="cpu", weights_only=True)[
+        "pipeline"
+    ]
     changed = [k for k in saved if k.startswith("_model.network.") and not torch.equal(saved[k], state["pipeline"][k])]
     assert changed  # the resumed step trained
     assert (run / "config.yml").is_file()

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from ilrm_nerfstudio.tools.eval import main as ilrm_eval
 from ilrm_nerfstudio.data.sources import chunk_entries
+from ilrm_nerfstudio.tools.eval import main as ilrm_eval
 from tests.test_sources import write_chunk_dataset
 from tests.test_training import checkpoint_of, ns_train
 
@@ -20,11 +20,15 @@ def chunk_data(tmp_path_factory):
     root = write_chunk_dataset(tmp_path_factory.mktemp("re10k") / "re10k", num_train=6, num_test=3, num_frames=10)
     keys = [e.name for e in chunk_entries(root, "test")]
     index = root / "evaluation_index.json"
-    index.write_text(json.dumps({
-        keys[0]: {"context": [0, 8], "target": [2, 4, 6]},
-        keys[1]: None,  # skipped, as in RE10K's index
-        keys[2]: {"context": [1, 9], "target": [3, 5, 7]},
-    }))  # fmt: skip
+    index.write_text(
+        json.dumps(
+            {
+                keys[0]: {"context": [0, 8], "target": [2, 4, 6]},
+                keys[1]: None,  # skipped, as in RE10K's index
+                keys[2]: {"context": [1, 9], "target": [3, 5, 7]},
+            }
+        )
+    )
     return root, index, keys
 
 
@@ -48,7 +52,18 @@ def test_ns_train_on_torch_chunks(chunk_run):
 def test_ilrm_eval_with_an_index_writes_per_scene_and_mean_json(chunk_run, chunk_data, tmp_path, capsys):
     root, index, keys = chunk_data
     output, renders = tmp_path / "results.json", tmp_path / "renders"
-    code = ilrm_eval(["--load-config", str(chunk_run / "config.yml"), "--index", str(index), "--output", str(output), "--render-dir", str(renders)])
+    code = ilrm_eval(
+        [
+            "--load-config",
+            str(chunk_run / "config.yml"),
+            "--index",
+            str(index),
+            "--output",
+            str(output),
+            "--render-dir",
+            str(renders),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     results = json.loads(output.read_text())
     assert results["protocol"] == "index" and results["source"] == "chunks"
@@ -66,7 +81,18 @@ def test_ilrm_eval_with_an_index_writes_per_scene_and_mean_json(chunk_run, chunk
 
 def test_ilrm_eval_wide_protocol(chunk_run, tmp_path, capsys):
     output = tmp_path / "wide.json"
-    code = ilrm_eval(["--load-config", str(chunk_run / "config.yml"), "--protocol", "wide", "--context-views", "3", "--output", str(output)])
+    code = ilrm_eval(
+        [
+            "--load-config",
+            str(chunk_run / "config.yml"),
+            "--protocol",
+            "wide",
+            "--context-views",
+            "3",
+            "--output",
+            str(output),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     results = json.loads(output.read_text())
     assert results["protocol"] == "wide" and results["results"]["num_scenes"] == 3
@@ -78,7 +104,9 @@ def test_ilrm_eval_names_the_scene_and_the_problem(chunk_run, chunk_data, tmp_pa
     _, _, keys = chunk_data
     index = tmp_path / "bad_index.json"
     index.write_text(json.dumps({keys[0]: {"context": [0, 8], "target": [99]}}))
-    code = ilrm_eval(["--load-config", str(chunk_run / "config.yml"), "--index", str(index), "--output", str(tmp_path / "r.json")])
+    code = ilrm_eval(
+        ["--load-config", str(chunk_run / "config.yml"), "--index", str(index), "--output", str(tmp_path / "r.json")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"scene {keys[0]}: the view list asks for frame 99, but the scene has 10 frames" in err
     assert "Traceback" not in err
@@ -92,7 +120,9 @@ def test_ns_train_and_ilrm_eval_on_a_single_colmap_capture(tmp_path, capsys):
 
     c2w, K = ground_truth(24, 36, 48, seed=11)
     capture = write_colmap(tmp_path / "my_capture", c2w, K, frame_images(24, 36, 48), binary=True)
-    result = ns_train(capture, tmp_path / "runs", "--max-num-iterations", "2", "--pipeline.datamanager.holdout-interval", "4")
+    result = ns_train(
+        capture, tmp_path / "runs", "--max-num-iterations", "2", "--pipeline.datamanager.holdout-interval", "4"
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "training data: 1 scene(s)" in result.stdout and "(single-scene)" in result.stdout
     run = tmp_path / "runs" / "test" / "ilrm-small" / "run"

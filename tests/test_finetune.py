@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from gsplat.utils import normalized_quat_to_rotmat
 import yaml
+from gsplat.utils import normalized_quat_to_rotmat
 
 from ilrm_nerfstudio.core.cameras import intrinsics_matrix, normalize_poses
 from ilrm_nerfstudio.core.frames import normalized_to_world, quat_multiply, rotmat_to_quat, transform_gaussians
 from ilrm_nerfstudio.core.gaussians import Gaussians
-from ilrm_nerfstudio.render.rendering import render
 from ilrm_nerfstudio.data.synthetic import generate_dataset
+from ilrm_nerfstudio.render.rendering import render
 
 torch.set_num_threads(1)
 
@@ -38,7 +38,9 @@ def look_at_cameras(count: int, radius: float = 3.0) -> torch.Tensor:
         angle = -0.4 + 0.8 * i / max(1, count - 1)
         position = torch.tensor([radius * math.sin(angle), -0.3, -radius * math.cos(angle)], dtype=torch.float64)
         forward = torch.nn.functional.normalize(-position, dim=0)
-        right = torch.nn.functional.normalize(torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), forward), dim=0)
+        right = torch.nn.functional.normalize(
+            torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), forward), dim=0
+        )
         down = torch.linalg.cross(forward, right)
         c2w = torch.eye(4, dtype=torch.float64)
         c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, position
@@ -65,7 +67,9 @@ def test_rotmat_to_quat_round_trip():
         torch.testing.assert_close(quat_to_rotmat(q), R, atol=1e-10, rtol=0)
     # Product of quaternions = product of rotations.
     a, b = rotmat_to_quat(random_rotation(generator)), rotmat_to_quat(random_rotation(generator))
-    torch.testing.assert_close(quat_to_rotmat(quat_multiply(a, b)), quat_to_rotmat(a) @ quat_to_rotmat(b), atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        quat_to_rotmat(quat_multiply(a, b)), quat_to_rotmat(a) @ quat_to_rotmat(b), atol=1e-10, rtol=0
+    )
 
 
 @pytest.mark.parametrize("sh_degree", [0, 2])
@@ -98,7 +102,9 @@ def test_normalized_to_world_undoes_the_pose_normalization():
     world[:, :3, 3] += torch.tensor([3.0, 1.0, -2.0], dtype=torch.float64)
     normalized, _, _ = normalize_poses(world)
     g = random_gaussians(200, 1)
-    g = dataclasses.replace(g, means=g.means + normalized[:, :3, 3].mean(0).float() + 2.0 * normalized[0, :3, 2].float())
+    g = dataclasses.replace(
+        g, means=g.means + normalized[:, :3, 3].mean(0).float() + 2.0 * normalized[0, :3, 2].float()
+    )
     K = intrinsics_matrix(*(torch.tensor([40.0, 40.0, 24.0, 20.0]).expand(4, 4).unbind(-1)))
     a = render(g, normalized.float(), K, 48, 40, torch.ones(3), backend="torch").rgb
     b = render(normalized_to_world(g, world), world.float(), K, 48, 40, torch.ones(3), backend="torch").rgb
@@ -116,7 +122,8 @@ def tiny_trainer_config(tmp_path: Path):
     config.pipeline = dataclasses.replace(config.pipeline)
     config.pipeline.datamanager = dataclasses.replace(config.pipeline.datamanager, image_height=32, image_width=32)
     config.pipeline.model = dataclasses.replace(
-        config.pipeline.model, network=dataclasses.replace(config.pipeline.model.network, width=32, num_heads=2, num_layers=1)
+        config.pipeline.model,
+        network=dataclasses.replace(config.pipeline.model.network, width=32, num_heads=2, num_layers=1),
     )
     return config
 
@@ -159,8 +166,8 @@ def test_load_trained_network_from_run_folder_config_or_checkpoint(fake_run):
 
 
 def test_missing_run_is_a_clear_error(tmp_path):
-    from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network
     from ilrm_nerfstudio.core.errors import ILRMError
+    from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network
 
     with pytest.raises(ILRMError, match="ilrm run not found"):
         load_trained_network(tmp_path / "nowhere")
@@ -280,7 +287,9 @@ def test_feed_forward_start_lands_in_the_dataparser_frame(scene_dir, fake_run):
     normalized, _, _ = normalize_poses(c2w)
     with torch.no_grad():
         g = trained.network(images[None], normalized[None].float(), K[None])
-        expected = render(g.map(lambda t: t[0]), normalized.float(), K, 32, 32, torch.ones(3), backend="torch").rgb.clamp(0, 1)
+        expected = render(
+            g.map(lambda t: t[0]), normalized.float(), K, 32, 32, torch.ones(3), backend="torch"
+        ).rgb.clamp(0, 1)
         cameras, _ = dm.input_views
         ours = model.render_camera_batch(cameras)["rgb"]
     torch.testing.assert_close(ours, expected, atol=2e-3, rtol=0)
@@ -342,7 +351,10 @@ def test_nerfstudio_trainer_runs_the_published_recipe(scene_dir, tmp_path, fake_
     reference = finetune_model(pipeline.datamanager)
     for name, value in start.items():
         reference.gauss_params[name] = torch.nn.Parameter(value.clone())
-    optimizers = {n: torch.optim.Adam([p], lr=6e-4 if n == "means" else 1e-3, eps=1e-15) for n, p in reference.gauss_params.items()}
+    optimizers = {
+        n: torch.optim.Adam([p], lr=6e-4 if n == "means" else 1e-3, eps=1e-15)
+        for n, p in reference.gauss_params.items()
+    }
     cameras, items = pipeline.datamanager.input_views
     c2w, K = reference.opencv_cameras(cameras)
     target = torch.stack([i["image"] for i in items]).float() / 255
@@ -355,7 +367,9 @@ def test_nerfstudio_trainer_runs_the_published_recipe(scene_dir, tmp_path, fake_
         for optimizer in optimizers.values():
             optimizer.step()
     for name in start:
-        torch.testing.assert_close(pipeline.model.gauss_params[name].detach(), reference.gauss_params[name].detach(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            pipeline.model.gauss_params[name].detach(), reference.gauss_params[name].detach(), atol=1e-5, rtol=1e-4
+        )
         if name != "features_rest":
             assert not torch.equal(start[name], reference.gauss_params[name].detach())
 
@@ -363,7 +377,17 @@ def test_nerfstudio_trainer_runs_the_published_recipe(scene_dir, tmp_path, fake_
 def test_refinement_densifies_and_keeps_the_optimizer_consistent(scene_dir, tmp_path):
     """A points start: every epoch is a refinement epoch (one Adam step per frame), gsplat's
     strategy grows and prunes, and nerfstudio's optimizers follow the new parameters."""
-    trainer = finetune_trainer(scene_dir, tmp_path, epochs=3, init="random", random_init_count=300, densify_every=3, densify_grad=1e-6, densify_start=0.0, densify_stop=0.9)
+    trainer = finetune_trainer(
+        scene_dir,
+        tmp_path,
+        epochs=3,
+        init="random",
+        random_init_count=300,
+        densify_every=3,
+        densify_grad=1e-6,
+        densify_start=0.0,
+        densify_stop=0.9,
+    )
     model = trainer.pipeline.model
     assert model.plan.paper_epochs == 0 and model.plan.steps_per_epoch == 9
     before = len(model.means)
@@ -394,7 +418,9 @@ def test_the_first_refinement_step_keeps_the_opacities(scene_dir, tmp_path):
 def test_auto_budget_fits_the_time(scene_dir, tmp_path, monkeypatch):
     """-1 epochs: the refinement epochs come from a timed probe and the time budget; an epoch that
     would overrun the budget renders fewer frames."""
-    trainer = finetune_trainer(scene_dir, tmp_path, epochs=-1, init="random", random_init_count=200, refine_minutes=0.05)
+    trainer = finetune_trainer(
+        scene_dir, tmp_path, epochs=-1, init="random", random_init_count=200, refine_minutes=0.05
+    )
     model = trainer.pipeline.model
     epochs = trainer.config.max_num_iterations
     assert epochs >= 1 and model.time_budget == pytest.approx(3.0)
@@ -409,11 +435,13 @@ def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
     targets (normalized cameras); the viewer's dataset has the same cameras."""
     import json
 
-    from ilrm_nerfstudio.nerfstudio.viewer_scene import episode_scene, hold_eval_scene, to_viewer_frame
     from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModel
+    from ilrm_nerfstudio.nerfstudio.viewer_scene import episode_scene, hold_eval_scene, to_viewer_frame
 
     root = tmp_path / "data"
-    generate_dataset(root, num_scenes=3, seed=2, height=32, width=32, frames_per_scene=12, test_fraction=0.34, workers=1)
+    generate_dataset(
+        root, num_scenes=3, seed=2, height=32, width=32, frames_per_scene=12, test_fraction=0.34, workers=1
+    )
     config = tiny_trainer_config(tmp_path).pipeline
     config.datamanager.data = root
     config.datamanager.num_workers = 0
@@ -479,9 +507,14 @@ def test_inference_mode_needs_no_data(tmp_path):
     config.datamanager.data = tmp_path / "moved_away"
     pipeline = config.setup(device="cpu", test_mode="inference")
     assert len(pipeline.datamanager.train_dataset) == 0 and len(pipeline.model.means) == 0
-    state = {"_model.gauss_params.means": torch.zeros(5, 3), "_model.gauss_params.scales": torch.zeros(5, 3),
-             "_model.gauss_params.quats": torch.ones(5, 4), "_model.gauss_params.features_dc": torch.zeros(5, 3),
-             "_model.gauss_params.features_rest": torch.zeros(5, 0, 3), "_model.gauss_params.opacities": torch.zeros(5, 1)}  # fmt: skip
+    state = {
+        "_model.gauss_params.means": torch.zeros(5, 3),
+        "_model.gauss_params.scales": torch.zeros(5, 3),
+        "_model.gauss_params.quats": torch.ones(5, 4),
+        "_model.gauss_params.features_dc": torch.zeros(5, 3),
+        "_model.gauss_params.features_rest": torch.zeros(5, 0, 3),
+        "_model.gauss_params.opacities": torch.zeros(5, 1),
+    }
     pipeline.load_pipeline(state | {"_model.device_indicator_param": torch.empty(0)}, step=0)
     assert len(pipeline.model.means) == 5
 
@@ -489,8 +522,8 @@ def test_inference_mode_needs_no_data(tmp_path):
 def test_a_published_checkpoint_starts_the_per_scene_stage(scene_dir, tmp_path):
     """--pipeline.model.ilrm-run takes the authors' files too: their protocol (views in pairs for
     the 2-view RE10K model, their pose normalization), Gaussians in the dataparser's frame."""
-    from ilrm_nerfstudio.nerfstudio.run_network import load_network, predict_gaussians
     from ilrm_nerfstudio.core.published import published_normalize_poses
+    from ilrm_nerfstudio.nerfstudio.run_network import load_network, predict_gaussians
     from tests.test_published import RE10K, SMALL, random_state, their_shapes, write_re10k
 
     path = write_re10k(tmp_path / "re10k_2view.ckpt", random_state(their_shapes(RE10K, **SMALL), seed=3))
@@ -518,11 +551,32 @@ def test_help_lists_only_options_the_method_uses():
     import sys
 
     ns_train = Path(sys.executable).parent / "ns-train"
-    result = subprocess.run([ns_train, "ilrm-finetune", "--help"], capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        [ns_train, "ilrm-finetune", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "COLUMNS": "200"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    for ignored in ("use-bilateral-grid", "cull-alpha-thresh", "resolution-schedule", "num-random", "densify-grad-thresh",
-                    "ssim-lambda", "train-num-rays-per-batch", "pixel-sampler", "enable-collider", "eval-num-rays-per-chunk",
-                    "--prompt"):  # fmt: skip
+    for ignored in (
+        "use-bilateral-grid",
+        "cull-alpha-thresh",
+        "resolution-schedule",
+        "num-random",
+        "densify-grad-thresh",
+        "ssim-lambda",
+        "train-num-rays-per-batch",
+        "pixel-sampler",
+        "enable-collider",
+        "eval-num-rays-per-chunk",
+        "--prompt",
+    ):
         assert ignored not in result.stdout, ignored
-    for ours in ("pipeline.model.refine-minutes", "pipeline.model.init", "pipeline.datamanager.image-size", "pipeline.model.paper-epochs"):
+    for ours in (
+        "pipeline.model.refine-minutes",
+        "pipeline.model.init",
+        "pipeline.datamanager.image-size",
+        "pipeline.model.paper-epochs",
+    ):
         assert ours in result.stdout, ours

@@ -38,7 +38,9 @@ def test_pure_parts_import_without_nerfstudio():
     assert out.stdout.strip() == "[]", f"nerfstudio modules imported by the pure parts: {out.stdout}"
 
 
-UPWARD_IMPORT = re.compile(r"^\s*(?:from|import) ((?:nerfstudio|ilrm_nerfstudio\.nerfstudio|ilrm_nerfstudio\.tools)\b[\w.]*)", re.M)
+UPWARD_IMPORT = re.compile(
+    r"^\s*(?:from|import) ((?:nerfstudio|ilrm_nerfstudio\.nerfstudio|ilrm_nerfstudio\.tools)\b[\w.]*)", re.M
+)
 
 
 def test_glue_imports_only_downwards():
@@ -54,17 +56,23 @@ def test_configs_of_earlier_runs_load():
     """config.yml of runs made before the restructure names classes by their old module paths."""
     code = (
         "import yaml, sys\n"
-        f"config = yaml.load(open(sys.argv[1]).read(), Loader=yaml.Loader)\n"
+        "config = yaml.load(open(sys.argv[1]).read(), Loader=yaml.Loader)\n"
         "print(type(config.pipeline).__module__, type(config.pipeline.model).__name__, config.pipeline.model._target.__name__)"
     )
     runs = LEGACY / "runs" / "legacy"
     found = {}
     for run in (runs / "ilrm-small" / "ilrm", runs / "ilrm-finetune" / "finetune"):
-        out = subprocess.run([sys.executable, "-c", code, str(run / "config.yml")], capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(run / "config.yml")], capture_output=True, text=True, timeout=300
+        )
         assert out.returncode == 0, out.stderr
         found[run.parent.name] = out.stdout.split()
     assert found["ilrm-small"] == ["ilrm_nerfstudio.nerfstudio.ilrm_pipeline", "ILRMModelConfig", "ILRMModel"]
-    assert found["ilrm-finetune"] == ["ilrm_nerfstudio.nerfstudio.finetune_pipeline", "ILRMFinetuneModelConfig", "ILRMFinetuneModel"]
+    assert found["ilrm-finetune"] == [
+        "ilrm_nerfstudio.nerfstudio.finetune_pipeline",
+        "ILRMFinetuneModelConfig",
+        "ILRMFinetuneModel",
+    ]
 
 
 def test_an_earlier_ilrm_run_starts_the_per_scene_stage_and_exports(tmp_path):
@@ -78,8 +86,12 @@ def test_an_earlier_ilrm_run_starts_the_per_scene_stage_and_exports(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [BIN / "ns-export", "gaussian-splat", "--load-config", config, "--output-dir", tmp_path / "export"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     ply = tmp_path / "export" / "splat.ply"
     state = torch.load(next((config.parent / "nerfstudio_models").glob("*.ckpt")), weights_only=True)

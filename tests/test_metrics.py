@@ -98,7 +98,9 @@ def test_ssim_matches_skimage(hw, use_sample_covariance):
     rand_t = torch.rand(2, 3, h, w, generator=g, dtype=torch.float64)
     rand_p = (rand_t + 0.3 * torch.randn(2, 3, h, w, generator=g, dtype=torch.float64)).clamp(0, 1)
     str_t = _structured(2, h, w, seed=1)
-    str_p = (0.8 * str_t.roll(2, dims=-1) + 0.1 + 0.05 * torch.randn(str_t.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    str_p = (
+        0.8 * str_t.roll(2, dims=-1) + 0.1 + 0.05 * torch.randn(str_t.shape, generator=g, dtype=torch.float64)
+    ).clamp(0, 1)
     for pred, target in [(rand_p, rand_t), (str_p, str_t), (str_t, _structured(2, h, w, seed=2))]:
         ref = _skimage_ssim(pred, target, use_sample_covariance=use_sample_covariance)
         ours64 = M.ssim(pred, target, use_sample_covariance=use_sample_covariance)
@@ -382,7 +384,9 @@ def test_training_ssim_is_pytorch_msssim_and_differentiable():
     a = torch.rand(2, 3, 40, 52, generator=generator)
     b = (a + 0.1 * torch.randn(2, 3, 40, 52, generator=generator)).clamp(0, 1)
     for x, y in ((a, b), (a, torch.rand(2, 3, 40, 52, generator=generator))):
-        torch.testing.assert_close(training_ssim(x, y), reference(x, y, data_range=1.0, size_average=False), atol=2e-5, rtol=0)
+        torch.testing.assert_close(
+            training_ssim(x, y), reference(x, y, data_range=1.0, size_average=False), atol=2e-5, rtol=0
+        )
     x = a.clone().requires_grad_(True)
     training_ssim(x, b).sum().backward()
     assert x.grad is not None and bool(x.grad.abs().sum() > 0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ilrm_nerfstudio.core.cameras import opengl_to_opencv, pixel_rays, plucker, intrinsics_matrix
+from ilrm_nerfstudio.core.cameras import intrinsics_matrix, opengl_to_opencv, pixel_rays, plucker
 from ilrm_nerfstudio.core.network import ILRM, Attention, ILRMNetworkConfig, patchify, unpatchify
 
 
@@ -16,9 +16,15 @@ def random_c2w(n: int, generator: torch.Generator) -> torch.Tensor:
     w, x, y, z = q.unbind(-1)
     R = torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
     ).reshape(n, 3, 3)
@@ -183,7 +189,9 @@ def test_views_are_exchangeable():
     torch.testing.assert_close(g_perm.means.reshape(1, 3, -1, 3), per_view[:, perm], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"viewpoint_factor": 1}, {"image_ray_origins": True, "gradient_checkpointing": True}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"viewpoint_factor": 1}, {"image_ray_origins": True, "gradient_checkpointing": True}]
+)
 def test_gradients_reach_every_parameter(overrides):
     net = ILRM(tiny_config(**overrides)).train()
     images, c2w, K = random_inputs(B=1, V=2, H=16, W=16)

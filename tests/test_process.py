@@ -27,7 +27,9 @@ SIZE = (504, 378)  # the capture's 1008 x 756 halved
 FRAMES = np.round(np.linspace(0, 23, 16)).astype(int)  # 16 photos along the first, smooth arc of the capture
 VIDEO_FRAMES = 24  # the same arc, every frame, as a 4 fps clip
 
-pytestmark = pytest.mark.skipif(not (CAPTURE / "transforms.json").is_file(), reason=f"{CAPTURE}: the shared capture is not here")
+pytestmark = pytest.mark.skipif(
+    not (CAPTURE / "transforms.json").is_file(), reason=f"{CAPTURE}: the shared capture is not here"
+)
 
 
 def umeyama(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -47,7 +49,10 @@ def center_error(dataset: Path, originals: list[str]) -> tuple[np.ndarray, float
     """Per-camera distance between COLMAP's camera centers (after the best similarity) and the
     shared ones, and the camera spread (mean distance to the mean center) of the shared ones.
     `originals[i]` is the capture frame nerfstudio renamed frame_{i+1:05d}."""
-    shared = {Path(f["file_path"]).name: np.asarray(f["transform_matrix"]) for f in json.loads((CAPTURE / "transforms.json").read_text())["frames"]}
+    shared = {
+        Path(f["file_path"]).name: np.asarray(f["transform_matrix"])
+        for f in json.loads((CAPTURE / "transforms.json").read_text())["frames"]
+    }
     ours, theirs = [], []
     for frame in json.loads((dataset / "transforms.json").read_text())["frames"]:
         number = int(re.search(r"(\d+)\.\w+$", frame["file_path"]).group(1))
@@ -60,12 +65,16 @@ def center_error(dataset: Path, originals: list[str]) -> tuple[np.ndarray, float
 
 
 def ilrm_process(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ilrm-process"), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env or ENV)
+    return subprocess.run(
+        [str(BIN / "ilrm-process"), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env or ENV
+    )
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
     """The failure contract: exit status 1, no traceback, one `ilrm-process: error:` line last."""
-    assert result.returncode == 1, f"{result.args}: exit status {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    assert result.returncode == 1, (
+        f"{result.args}: exit status {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    )
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ilrm-process: error: "), result.stderr[-2000:]
@@ -86,7 +95,9 @@ def colmap() -> str:
     if shutil.which("colmap") is None and shutil.which("apt-get") and os.geteuid() == 0:
         subprocess.run(["make", "-C", str(ROOT), "system-deps"], capture_output=True, timeout=900)
     if shutil.which("colmap") is None:
-        pytest.skip("colmap is not installed and cannot be here (not root, or no apt-get): `make setup` as root installs it")
+        pytest.skip(
+            "colmap is not installed and cannot be here (not root, or no apt-get): `make setup` as root installs it"
+        )
     return shutil.which("colmap")
 
 
@@ -130,7 +141,9 @@ def test_photos_get_the_shared_poses_back(scene, photos):
     assert "exhaustive matching" in line  # 16 photos: every pair is matched
     assert len(json.loads((dataset / "transforms.json").read_text())["frames"]) == registered
     error, spread = center_error(dataset, photos[1])
-    print(f"camera centers after a similarity alignment: mean error {error.mean():.3f}, max {error.max():.3f}, camera spread {spread:.3f} (shared units): {error.mean() / spread:.2%} of the spread")
+    print(
+        f"camera centers after a similarity alignment: mean error {error.mean():.3f}, max {error.max():.3f}, camera spread {spread:.3f} (shared units): {error.mean() / spread:.2%} of the spread"
+    )
     assert error.mean() < 0.05 * spread and error.max() < 0.10 * spread
     logs = {p.name for p in (dataset / "colmap").glob("*.log")}
     assert {"feature_extractor.log", "exhaustive_matcher.log", "mapper.log"} <= logs
@@ -145,13 +158,42 @@ def test_finetune_and_export_on_the_recovered_poses(scene, workdir):
     dataset, result = scene
     check(result)
     runs = workdir / "runs"
-    check(subprocess.run(
-        [BIN / "ns-train", "ilrm-finetune", "--data", dataset, "--pipeline.model.init", "random", "--max-num-iterations", "1",
-         "--vis", "tensorboard", "--machine.device-type", "cpu", "--output-dir", runs, "--timestamp", "process"],
-        capture_output=True, text=True, timeout=900, env=ENV,
-    ))  # fmt: skip
+    check(
+        subprocess.run(
+            [
+                BIN / "ns-train",
+                "ilrm-finetune",
+                "--data",
+                dataset,
+                "--pipeline.model.init",
+                "random",
+                "--max-num-iterations",
+                "1",
+                "--vis",
+                "tensorboard",
+                "--machine.device-type",
+                "cpu",
+                "--output-dir",
+                runs,
+                "--timestamp",
+                "process",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=ENV,
+        )
+    )
     (config,) = runs.glob("*/ilrm-finetune/process/config.yml")
-    check(subprocess.run([BIN / "ns-export", "gaussian-splat", "--load-config", config, "--output-dir", workdir / "export"], capture_output=True, text=True, timeout=600, env=ENV))
+    check(
+        subprocess.run(
+            [BIN / "ns-export", "gaussian-splat", "--load-config", config, "--output-dir", workdir / "export"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=ENV,
+        )
+    )
     ply = workdir / "export" / "splat.ply"
     assert ply.is_file(), f"{ply}: ns-export wrote no PLY"
     vertex = PlyData.read(str(ply))["vertex"]
@@ -164,12 +206,33 @@ def test_a_video_gets_poses_through_nerfstudios_video_path(colmap, capture_names
     for i, name in enumerate(frames):
         (workdir / "clip_frames" / name).rename(workdir / "clip_frames" / f"{i:03d}.jpg")
     clip = workdir / "my_clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-framerate", "4", "-i", workdir / "clip_frames" / "%03d.jpg", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", clip], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-framerate",
+            "4",
+            "-i",
+            workdir / "clip_frames" / "%03d.jpg",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-crf",
+            "18",
+            clip,
+        ],
+        check=True,
+    )
     result = ilrm_process(clip, workdir / "video_scene")
     registered, total, line = summary_line(result)
     print(line)
     assert "video frames" in line and "sequential matching" in line
-    assert total == VIDEO_FRAMES and registered >= VIDEO_FRAMES - 2, line  # every frame extracted (fewer than --num-frames-target)
+    assert total == VIDEO_FRAMES and registered >= VIDEO_FRAMES - 2, (
+        line
+    )  # every frame extracted (fewer than --num-frames-target)
     error, spread = center_error(workdir / "video_scene", frames)
     print(f"video: camera centers after a similarity alignment: mean error {error.mean() / spread:.2%} of the spread")
     assert error.mean() < 0.05 * spread
@@ -183,7 +246,9 @@ def partial_photos(capture_names, workdir) -> Path:
     folder = workdir / "partial"
     copy_photos([capture_names[i] for i in FRAMES[:12]], folder)
     for i, name in enumerate(("20240212_003930_noise.jpg", "zz_noise.jpg")):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8)).save(folder / name)
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8)).save(
+            folder / name
+        )
     return folder
 
 
@@ -206,10 +271,14 @@ def test_unrelated_photos_fail_in_one_line(colmap, workdir):
     folder = workdir / "noise"
     folder.mkdir()
     for i in range(3):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(folder / f"noise_{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(
+            folder / f"noise_{i}.png"
+        )
     line = one_line_error(ilrm_process(folder, workdir / "noise_scene"))
     print(line)
-    assert f"mapper made no model of {folder}" in line and "no two of the 3 images share enough matching features" in line, line
+    assert (
+        f"mapper made no model of {folder}" in line and "no two of the 3 images share enough matching features" in line
+    ), line
     assert "mapper.log" in line
 
 
@@ -242,7 +311,18 @@ def test_the_largest_of_several_colmap_models_becomes_sparse_0(tmp_path):
 
     for model, count in (("0", 3), ("1", 9), ("2", 5)):
         (tmp_path / model).mkdir()
-        images = {i: Image(id=i, qvec=np.array([1.0, 0, 0, 0]), tvec=np.zeros(3), camera_id=1, name=f"{model}_{i}.jpg", xys=np.zeros((0, 2)), point3D_ids=np.zeros(0, dtype=int)) for i in range(1, count + 1)}
+        images = {
+            i: Image(
+                id=i,
+                qvec=np.array([1.0, 0, 0, 0]),
+                tvec=np.zeros(3),
+                camera_id=1,
+                name=f"{model}_{i}.jpg",
+                xys=np.zeros((0, 2)),
+                point3D_ids=np.zeros(0, dtype=int),
+            )
+            for i in range(1, count + 1)
+        }
         write_images_binary(images, tmp_path / model / "images.bin")
     assert largest_model_first(tmp_path) == 3
     sizes = {model: len(read_images_binary(tmp_path / model / "images.bin")) for model in ("0", "1", "2")}

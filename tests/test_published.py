@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ilrm_nerfstudio import load_published_network
+from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.core.network import ILRM, Attention, ILRMNetworkConfig, decode_gaussians
 from ilrm_nerfstudio.core.published import (
     DL3DV,
@@ -32,14 +32,15 @@ from ilrm_nerfstudio.core.published import (
     published_normalize_poses,
     published_protocol,
 )
-from ilrm_nerfstudio.core.errors import ILRMError
 
 # ---------------------------------------------------------------------------------------------
 # Files in the published layouts
 # ---------------------------------------------------------------------------------------------
 
 
-def their_shapes(kind: str, d: int, head_dim: int, blocks: int, p: int, sh_degree: int = 0) -> "OrderedDict[str, tuple]":
+def their_shapes(
+    kind: str, d: int, head_dim: int, blocks: int, p: int, sh_degree: int = 0
+) -> OrderedDict[str, tuple]:
     """Key -> shape, in module registration order, as their modules name them."""
     shapes: OrderedDict[str, tuple] = OrderedDict()
     k = 1 if kind == RE10K else 2  # query uplifting
@@ -59,11 +60,25 @@ def their_shapes(kind: str, d: int, head_dim: int, blocks: int, p: int, sh_degre
     for b in range(blocks):
         pre = f"processor.blocks.{b}."
         if b % 2 == 0:  # read block
-            for name, shape in (("norm", (d,)), ("q_norm", (head_dim,)), ("k_norm", (head_dim,)), ("q", (k * d, d)), ("k", (d, d)), ("v", (d, d)), ("proj", (d, k * d))):
+            for name, shape in (
+                ("norm", (d,)),
+                ("q_norm", (head_dim,)),
+                ("k_norm", (head_dim,)),
+                ("q", (k * d, d)),
+                ("k", (d, d)),
+                ("v", (d, d)),
+                ("proj", (d, k * d)),
+            ):
                 shapes[f"{pre}read_cross.{name}.weight"] = shape
             mlp = "read_ff"
         else:
-            for name, shape in (("norm", (d,)), ("qkv", (3 * d, d)), ("proj", (d, d)), ("q_norm", (head_dim,)), ("k_norm", (head_dim,))):
+            for name, shape in (
+                ("norm", (d,)),
+                ("qkv", (3 * d, d)),
+                ("proj", (d, d)),
+                ("q_norm", (head_dim,)),
+                ("k_norm", (head_dim,)),
+            ):
                 shapes[f"{pre}attn.{name}.weight"] = shape
             mlp = "mlp"
         shapes[f"{pre}{mlp}.norm.weight"] = (d,)
@@ -75,7 +90,7 @@ def their_shapes(kind: str, d: int, head_dim: int, blocks: int, p: int, sh_degre
     return shapes
 
 
-def random_state(shapes: dict, seed: int, linear_std: float = 0.02) -> "OrderedDict[str, torch.Tensor]":
+def random_state(shapes: dict, seed: int, linear_std: float = 0.02) -> OrderedDict[str, torch.Tensor]:
     """Linears N(0, std); norm weights near (not at) 1 so that a swapped norm is noticed."""
     g = torch.Generator().manual_seed(seed)
     state = OrderedDict()
@@ -89,16 +104,19 @@ def random_state(shapes: dict, seed: int, linear_std: float = 0.02) -> "OrderedD
 
 def write_re10k(path: Path, state: dict) -> Path:
     """A PyTorch Lightning checkpoint of their ModelWrapper (network under encoder.scaler.)."""
-    torch.save({
-        "epoch": 3,
-        "global_step": 100_000,
-        "pytorch-lightning_version": "2.2.1",
-        "state_dict": OrderedDict((f"encoder.scaler.{k}", v) for k, v in state.items()),
-        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 3}}}},
-        "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_path": "", "dirpath": "/checkpoints"}},
-        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4e-4, "params": [0]}]}],
-        "lr_schedulers": [{"last_epoch": 100_000}],
-    }, path)  # fmt: skip
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": 100_000,
+            "pytorch-lightning_version": "2.2.1",
+            "state_dict": OrderedDict((f"encoder.scaler.{k}", v) for k, v in state.items()),
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 3}}}},
+            "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_path": "", "dirpath": "/checkpoints"}},
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4e-4, "params": [0]}]}],
+            "lr_schedulers": [{"last_epoch": 100_000}],
+        },
+        path,
+    )
     return path
 
 
@@ -154,7 +172,10 @@ def their_rays(fx, fy, cx, cy, c2w, h, w, offset=None):
     xs, ys = xs.expand(B, V, -1), ys.expand(B, V, -1)
     if offset is not None:  # [B, V, h*w, 2]: x then y
         xs, ys = xs + offset[..., 0], ys + offset[..., 1]
-    cam = torch.stack([(xs + 0.5 - cx[..., None]) / fx[..., None], (ys + 0.5 - cy[..., None]) / fy[..., None], torch.ones_like(xs)], -1)
+    cam = torch.stack(
+        [(xs + 0.5 - cx[..., None]) / fx[..., None], (ys + 0.5 - cy[..., None]) / fy[..., None], torch.ones_like(xs)],
+        -1,
+    )
     d = torch.einsum("bvij,bvnj->bvni", c2w[..., :3, :3], cam)
     d = d / d.norm(dim=-1, keepdim=True)
     o = c2w[:, :, None, :3, 3].expand_as(d)
@@ -184,7 +205,14 @@ def reference_forward(kind: str, sd: dict, images, c2w, intrinsics, p: int, head
         o, d = their_rays(fx, fy, cx, cy, c2w, H, W)
         vp_in = to_patches(torch.cat([torch.cross(o, d, dim=-1), d], -1), H, W, p)
         img_in = to_patches(torch.cat([rgb, torch.cross(o, d, dim=-1), d], -1), H, W, p)
-        names = dict(vt="input_tokenizer", vn="input_layernorm", it="support_tokenizer", inn="support_layernorm", hn="token_decoder.0", hl="token_decoder.1")
+        names = dict(
+            vt="input_tokenizer",
+            vn="input_layernorm",
+            it="support_tokenizer",
+            inn="support_layernorm",
+            hn="token_decoder.0",
+            hl="token_decoder.1",
+        )
         h, w, k = H, W, 1
     else:
         fx, fy, cx, cy = intrinsics.unbind(-1)
@@ -193,7 +221,14 @@ def reference_forward(kind: str, sd: dict, images, c2w, intrinsics, p: int, head
         h, w, k = H // factor, W // factor, 2
         vo, vd = their_rays(fx / factor, fy / factor, cx / factor, cy / factor, c2w, h, w)
         vp_in = to_patches(torch.cat([vo, vd, torch.cross(vo, vd, dim=-1)], -1), h, w, p)
-        names = dict(vt="viewpoint_tokenizer.1", vn="viewpoint_tokenizer.2", it="image_tokenizer.1", inn="image_tokenizer.2", hn="viewpoint_token_decoder.0", hl="viewpoint_token_decoder.1")
+        names = dict(
+            vt="viewpoint_tokenizer.1",
+            vn="viewpoint_tokenizer.2",
+            it="image_tokenizer.1",
+            inn="image_tokenizer.2",
+            hn="viewpoint_token_decoder.0",
+            hl="viewpoint_token_decoder.1",
+        )
     x = layer_norm(vp_in @ sd[f"{names['vt']}.weight"].T, sd[f"{names['vn']}.weight"])
     s = layer_norm(img_in @ sd[f"{names['it']}.weight"].T, sd[f"{names['inn']}.weight"])
     d_model = x.shape[-1]
@@ -211,7 +246,9 @@ def reference_forward(kind: str, sd: dict, images, c2w, intrinsics, p: int, head
             kk = (sv @ sd[a + "k.weight"].T).reshape(B * V, -1, nh, head_dim)
             vv = (sv @ sd[a + "v.weight"].T).reshape(B * V, -1, nh, head_dim)
             out = attend(rms_norm(q, sd[a + "q_norm.weight"]), rms_norm(kk, sd[a + "k_norm.weight"]), vv)
-            out = out.reshape(B * V, L, k, nh, head_dim).permute(0, 1, 3, 4, 2).reshape(B, V * L, k * d_model)  # "(nh dh s)"
+            out = (
+                out.reshape(B * V, L, k, nh, head_dim).permute(0, 1, 3, 4, 2).reshape(B, V * L, k * d_model)
+            )  # "(nh dh s)"
             x = x + out @ sd[a + "proj.weight"].T
             mlp = f"{pre}read_ff."
         else:  # self-attention over all views' tokens
@@ -357,7 +394,9 @@ def test_uplift_split_is_head_channel_s_with_s_fastest():
     attn = Attention(d, heads, uplift=k, uplift_layout="interleaved")
     with torch.no_grad():
         for param in attn.parameters():
-            param.copy_(torch.randn_like(param) * (0.5 if param.dim() > 1 else 0.2) + (1.0 if param.dim() == 1 else 0.0))
+            param.copy_(
+                torch.randn_like(param) * (0.5 if param.dim() > 1 else 0.2) + (1.0 if param.dim() == 1 else 0.0)
+            )
     x, ctx = torch.randn(1, L, d), torch.randn(1, Ls, d)
     qp = x @ attn.to_q.weight.T  # [1, L, k*d]
     q = torch.zeros(1, L * k, heads, hd)
@@ -386,7 +425,17 @@ def test_uplift_split_is_head_channel_s_with_s_fastest():
     "kind, layout",
     [
         (RE10K, {"distance": (0, 3), "sh": (3, 6), "scale": (6, 9), "rotation": (9, 13), "opacity": (13, 14)}),
-        (DL3DV, {"offset": (0, 2), "distance": (2, 5), "sh": (5, 8), "scale": (8, 11), "rotation": (11, 15), "opacity": (15, 16)}),
+        (
+            DL3DV,
+            {
+                "offset": (0, 2),
+                "distance": (2, 5),
+                "sh": (5, 8),
+                "scale": (8, 11),
+                "rotation": (11, 15),
+                "opacity": (15, 16),
+            },
+        ),
     ],
 )
 def test_head_channel_order_and_activations(kind, layout, files):
@@ -419,8 +468,18 @@ def test_full_size_key_structure_maps_exactly():
         shapes = their_shapes(kind, d=768, head_dim=64, blocks=24, p=8)
         state = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
         config = published_network_config(kind, state)
-        assert (config.width, config.num_heads, config.num_layers, config.patch_size, config.mlp_ratio) == (768, 12, 12, 8, 4.0)
-        assert (config.viewpoint_factor, config.uplift_factor, sum(config.gaussian_channels.values())) == (factor, uplift, channels)
+        assert (config.width, config.num_heads, config.num_layers, config.patch_size, config.mlp_ratio) == (
+            768,
+            12,
+            12,
+            8,
+            4.0,
+        )
+        assert (config.viewpoint_factor, config.uplift_factor, sum(config.gaussian_channels.values())) == (
+            factor,
+            uplift,
+            channels,
+        )
         with torch.device("meta"):
             net = ILRM(config)
         mapped = map_state_dict(kind, state, net)
@@ -437,10 +496,22 @@ def test_full_size_key_structure_maps_exactly():
 
 def test_protocols(files):
     re10k = published_protocol(files[RE10K][0])
-    assert (re10k.name, re10k.image_size, re10k.num_views, re10k.far, re10k.background_name) == ("re10k", (256, 256), 2, 500.0, "white")
+    assert (re10k.name, re10k.image_size, re10k.num_views, re10k.far, re10k.background_name) == (
+        "re10k",
+        (256, 256),
+        2,
+        500.0,
+        "white",
+    )
     assert (re10k.near, re10k.sh_degree, re10k.patch_multiple) == (0.01, 0, SMALL["p"])
     dl3dv = published_protocol(load_published_network(files[DL3DV][0]))
-    assert (dl3dv.name, dl3dv.image_size, dl3dv.num_views, dl3dv.far, dl3dv.patch_multiple) == ("dl3dv", (544, 960), 32, 1e6, 2 * SMALL["p"])
+    assert (dl3dv.name, dl3dv.image_size, dl3dv.num_views, dl3dv.far, dl3dv.patch_multiple) == (
+        "dl3dv",
+        (544, 960),
+        32,
+        1e6,
+        2 * SMALL["p"],
+    )
     assert published_protocol(files["dl3dv16"]).num_views == 16
     assert is_published_checkpoint(files[RE10K][0]) and is_published_checkpoint(files["dl3dv16"])
     with pytest.raises(ILRMError, match="not loaded from a published"):
@@ -460,7 +531,10 @@ def test_error_cases_name_the_file(tmp_path, files):
     random_pt = tmp_path / "random.pt"
     torch.save({"weights": torch.randn(3, 3)}, random_pt)
     ns_ckpt = tmp_path / "step-000000100.ckpt"
-    torch.save({"step": 100, "pipeline": {"_model.network.head.weight": torch.zeros(2, 2)}, "optimizers": {}, "scalers": {}}, ns_ckpt)
+    torch.save(
+        {"step": 100, "pipeline": {"_model.network.head.weight": torch.zeros(2, 2)}, "optimizers": {}, "scalers": {}},
+        ns_ckpt,
+    )
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(files[RE10K][0].read_bytes()[:5000])
     tensor_file = tmp_path / "tensor.pt"
@@ -516,14 +590,18 @@ def build_model(**overrides):
     from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
 
     config = ILRMModelConfig(lpips_weight=0.0, viewer_scene="none", **overrides)
-    return config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1, metadata={}, device="cpu")
+    return config.setup(
+        scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1, metadata={}, device="cpu"
+    )
 
 
 def test_model_init_from_a_published_file(files, capsys):
     path, _ = files[DL3DV]
     model = build_model(init_from=path, network=ILRMNetworkConfig(width=128, num_heads=4, gradient_checkpointing=True))
     published = load_published_network(path)
-    assert model.network.config.width == SMALL["d"] and model.network.config.gradient_checkpointing  # run-time field kept
+    assert (
+        model.network.config.width == SMALL["d"] and model.network.config.gradient_checkpointing
+    )  # run-time field kept
     assert model.network.config.uplift_layout == "interleaved" and "width 128 -> 32" in capsys.readouterr().out
     ours, theirs = model.network.state_dict(), published.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
@@ -558,7 +636,21 @@ def test_ilrm_eval_published_re10k_with_an_index(files, chunk_data, tmp_path, ca
 
     root, index, keys = chunk_data
     output = tmp_path / "results.json"
-    code = ilrm_eval(["--published", str(files[RE10K][0]), "--data", str(root), "--index", str(index), "--image-size", "32", "32", "--output", str(output)])
+    code = ilrm_eval(
+        [
+            "--published",
+            str(files[RE10K][0]),
+            "--data",
+            str(root),
+            "--index",
+            str(index),
+            "--image-size",
+            "32",
+            "32",
+            "--output",
+            str(output),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     results = json.loads(output.read_text())
     assert results["model"] == "re10k" and results["protocol"] == "index" and results["image_size"] == [32, 32]
@@ -572,7 +664,19 @@ def test_ilrm_eval_published_dl3dv_wide_protocol(files, chunk_data, tmp_path, ca
 
     root, _, _ = chunk_data
     output = tmp_path / "wide.json"
-    argv = ["--published", str(files[DL3DV][0]), "--data", str(root), "--context-views", "3", "--image-size", "32", "48", "--output", str(output)]
+    argv = [
+        "--published",
+        str(files[DL3DV][0]),
+        "--data",
+        str(root),
+        "--context-views",
+        "3",
+        "--image-size",
+        "32",
+        "48",
+        "--output",
+        str(output),
+    ]
     assert ilrm_eval(argv) == 0, capsys.readouterr().err
     results = json.loads(output.read_text())
     assert results["model"] == "dl3dv" and results["protocol"] == "wide" and results["context_views"] == 3
@@ -592,5 +696,13 @@ def test_ns_train_ilrm_init_from_a_published_file(files, chunk_data, tmp_path):
     result = ns_train(root, tmp_path, "--max-num-iterations", "1", "--pipeline.model.init-from", str(files[DL3DV][0]))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "init_from" in result.stdout and "published dl3dv network" in result.stdout
-    missing = ns_train(root, tmp_path, "--max-num-iterations", "1", "--pipeline.model.init-from", str(tmp_path / "none.pt"), timestamp="bad")
+    missing = ns_train(
+        root,
+        tmp_path,
+        "--max-num-iterations",
+        "1",
+        "--pipeline.model.init-from",
+        str(tmp_path / "none.pt"),
+        timestamp="bad",
+    )
     assert missing.returncode != 0 and "none.pt: file not found" in missing.stdout + missing.stderr

@@ -19,6 +19,7 @@ from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.core.sh import sh_to_rgb
 from ilrm_nerfstudio.render.rendering import RenderOutput, _Rasterize, render
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """These scenes are small: one thread is as fast, and much faster on a busy machine."""
@@ -37,8 +38,15 @@ def one_thread():
 C0 = 0.28209479177387814
 C1 = 0.4886025119029199
 C2 = [1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396]
-C3 = [-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-      -0.4570457994644658, 1.445305721320277, -0.5900435899266435]  # fmt: skip
+C3 = [
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+]
 
 
 def ref_sh_color(sh: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -50,15 +58,25 @@ def ref_sh_color(sh: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         out = out - C1 * y * sh[:, 1] + C1 * z * sh[:, 2] - C1 * x * sh[:, 3]
     if K > 4:
         xx, yy, zz = x * x, y * y, z * z
-        out = (out + C2[0] * x * y * sh[:, 4] + C2[1] * y * z * sh[:, 5]
-               + C2[2] * (2 * zz - xx - yy) * sh[:, 6] + C2[3] * x * z * sh[:, 7]
-               + C2[4] * (xx - yy) * sh[:, 8])  # fmt: skip
+        out = (
+            out
+            + C2[0] * x * y * sh[:, 4]
+            + C2[1] * y * z * sh[:, 5]
+            + C2[2] * (2 * zz - xx - yy) * sh[:, 6]
+            + C2[3] * x * z * sh[:, 7]
+            + C2[4] * (xx - yy) * sh[:, 8]
+        )
     if K > 9:
-        out = (out + C3[0] * y * (3 * xx - yy) * sh[:, 9] + C3[1] * x * y * z * sh[:, 10]
-               + C3[2] * y * (4 * zz - xx - yy) * sh[:, 11]
-               + C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
-               + C3[4] * x * (4 * zz - xx - yy) * sh[:, 13] + C3[5] * z * (xx - yy) * sh[:, 14]
-               + C3[6] * x * (xx - 3 * yy) * sh[:, 15])  # fmt: skip
+        out = (
+            out
+            + C3[0] * y * (3 * xx - yy) * sh[:, 9]
+            + C3[1] * x * y * z * sh[:, 10]
+            + C3[2] * y * (4 * zz - xx - yy) * sh[:, 11]
+            + C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
+            + C3[4] * x * (4 * zz - xx - yy) * sh[:, 13]
+            + C3[5] * z * (xx - yy) * sh[:, 14]
+            + C3[6] * x * (xx - 3 * yy) * sh[:, 15]
+        )
     return torch.clamp(out + 0.5, min=0.0)
 
 
@@ -134,7 +152,9 @@ def ref_render(g: Gaussians, c2w, K, W, H, background=None, near=0.01, far=1e10,
             T = torch.where(use, next_T, T)
         if stats is not None:
             stats["stopped_pixels"] = stats.get("stopped_pixels", 0) + int(done.sum())
-            stats["tile_clipped"] = stats.get("tile_clipped", 0) + int((visible & ~in_tiles & (power >= 0) & (alpha >= 1 / 255)).sum())
+            stats["tile_clipped"] = stats.get("tile_clipped", 0) + int(
+                (visible & ~in_tiles & (power >= 0) & (alpha >= 1 / 255)).sum()
+            )
             stats["clamped"] = stats.get("clamped", 0) + int((drawn & (opac * torch.exp(-power) > 0.999)).sum())
         a = 1 - T
         rgb = out[:, :3]
@@ -230,9 +250,12 @@ def test_sh_view_dependence_matches_reference(degree):
     compare_to_reference(g)
     # the two cameras see different colors of the same Gaussian: view dependence is real
     one = Gaussians(
-        means=torch.zeros(1, 3), scales=torch.full((1, 3), 0.3), quats=torch.tensor([[1.0, 0, 0, 0]]),
-        opacities=torch.tensor([0.9]), sh=g.sh[:1],
-    )  # fmt: skip
+        means=torch.zeros(1, 3),
+        scales=torch.full((1, 3), 0.3),
+        quats=torch.tensor([[1.0, 0, 0, 0]]),
+        opacities=torch.tensor([0.9]),
+        sh=g.sh[:1],
+    )
     out = render(one, CAMS, KS, W, H)
     center = [out.rgb[c, int(KS[c, 1, 2]), int(KS[c, 0, 2])] for c in range(2)]
     assert (center[0] - center[1]).abs().max() > 1e-3
@@ -258,7 +281,7 @@ def test_background_and_fov_clamp_and_culling_match_reference():
         quats=torch.randn(5, 4, generator=torch.Generator().manual_seed(3)),
         opacities=torch.full((5,), 0.8),
         sh=torch.randn(5, 1, 3, generator=torch.Generator().manual_seed(4)),
-    )  # fmt: skip
+    )
     compare_to_reference(Gaussians.cat([g, extra]), background=torch.tensor([0.2, 0.5, 0.9]))
 
 
@@ -277,9 +300,12 @@ def test_tile_clipping_matches_gsplat(box_end):
     assert radius == 31 and math.ceil(3 * math.sqrt(sigma2 + math.sqrt(0.1))) == 32
     cx = box_end - radius
     g = Gaussians(
-        means=torch.tensor([[0.0, 0.0, z]]), scales=torch.full((1, 3), s),
-        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]), opacities=torch.tensor([0.95]), sh=torch.zeros(1, 1, 3),
-    )  # fmt: skip
+        means=torch.tensor([[0.0, 0.0, z]]),
+        scales=torch.full((1, 3), s),
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]),
+        opacities=torch.tensor([0.95]),
+        sh=torch.zeros(1, 1, 3),
+    )
     K = intrinsics(f, f, cx, 8.5)[None]  # the center lies on row 8's pixel centers
     alpha = render(g, torch.eye(4)[None], K, width, 16).alpha[0, 8, :, 0]
     unclipped = lambda x: 0.95 * math.exp(-0.5 * (x + 0.5 - cx) ** 2 / sigma2)  # noqa: E731
@@ -330,10 +356,12 @@ def test_rasterize_backward_gradcheck():
 
 def single(mean, color=(0.8, 0.2, 0.1), scale=0.05, opacity=0.9) -> Gaussians:
     return Gaussians(
-        means=torch.tensor([mean], dtype=torch.float32), scales=torch.full((1, 3), scale),
-        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]), opacities=torch.tensor([opacity]),
+        means=torch.tensor([mean], dtype=torch.float32),
+        scales=torch.full((1, 3), scale),
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]),
+        opacities=torch.tensor([opacity]),
         sh=((torch.tensor([color]) - 0.5) / C0)[:, None, :],
-    )  # fmt: skip
+    )
 
 
 def test_single_gaussian_lands_on_projected_pixel():
@@ -345,7 +373,9 @@ def test_single_gaussian_lands_on_projected_pixel():
     px, py = peak % 40, peak // 40
     assert (px, py) == (26, 10)
     # premultiplied color / alpha is the Gaussian's color wherever it is drawn; depth is its z
-    torch.testing.assert_close(out.rgb[0, py, px] / out.alpha[0, py, px], torch.tensor([0.8, 0.2, 0.1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out.rgb[0, py, px] / out.alpha[0, py, px], torch.tensor([0.8, 0.2, 0.1]), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(out.depth[0, py, px], torch.tensor([z]), atol=1e-5, rtol=0)
     # the EWA footprint: cov2d = s^2 J J^T + 0.3 I, J = [[fx/z, 0, -fx x/z^2], [0, fy/z, -fy y/z^2]]
     J = torch.tensor([[fx / z, 0, -fx * x / z**2], [0, fy / z, -fy * y / z**2]], dtype=torch.float64)
@@ -456,12 +486,21 @@ def test_bf16_inputs_and_autocast_render_in_fp32():
         (lambda g, c, k: (g, c, k[:, :2]), "K must be \\[C, 3, 3\\]"),
         (lambda g, c, k: (g, c, k[:1]), "same number of cameras"),
         (lambda g, c, k: (g.map(lambda t: t), c[0], k), "c2w must be"),
-        (lambda g, c, k: (Gaussians(g.means, g.scales[:-1], g.quats, g.opacities, g.sh), c, k), "gaussians.scales must be \\[10, 3\\]"),
+        (
+            lambda g, c, k: (Gaussians(g.means, g.scales[:-1], g.quats, g.opacities, g.sh), c, k),
+            "gaussians.scales must be \\[10, 3\\]",
+        ),
         (lambda g, c, k: (Gaussians(g.means, g.scales, g.quats[:, :3], g.opacities, g.sh), c, k), "gaussians.quats"),
-        (lambda g, c, k: (Gaussians(g.means, g.scales, g.quats, g.opacities[:, None], g.sh), c, k), "gaussians.opacities"),
+        (
+            lambda g, c, k: (Gaussians(g.means, g.scales, g.quats, g.opacities[:, None], g.sh), c, k),
+            "gaussians.opacities",
+        ),
         (lambda g, c, k: (Gaussians(g.means, g.scales, g.quats, g.opacities, g.sh[:, :, :2]), c, k), "gaussians.sh"),
         (lambda g, c, k: (Gaussians(g.means, g.scales, g.quats, g.opacities, torch.zeros(10, 5, 3)), c, k), "K=5"),
-        (lambda g, c, k: (Gaussians(g.means.T, g.scales, g.quats, g.opacities, g.sh), c, k), "gaussians.means must be \\[N, 3\\]"),
+        (
+            lambda g, c, k: (Gaussians(g.means.T, g.scales, g.quats, g.opacities, g.sh), c, k),
+            "gaussians.means must be \\[N, 3\\]",
+        ),
     ],
 )
 def test_bad_shapes_raise(change, message):
@@ -544,7 +583,9 @@ def test_densification_info_matches_gsplat_meta():
     out.means2d.retain_grad()  # what gsplat's strategies do before backward
     loss_of(out.rgb, out.alpha, out.depth).backward()
     grad = out.means2d.grad
-    assert grad.shape == (2, N, 2) and torch.all(grad[~seen] == 0) and (grad[seen].abs().sum(-1) > 0).float().mean() > 0.9
+    assert (
+        grad.shape == (2, N, 2) and torch.all(grad[~seen] == 0) and (grad[seen].abs().sum(-1) > 0).float().mean() > 0.9
+    )
     info = out.info
     assert (info["width"], info["height"], info["n_cameras"]) == (W, H, 2) and info["means2d"] is out.means2d
     try:
@@ -554,5 +595,12 @@ def test_densification_info_matches_gsplat_meta():
     strategy = DefaultStrategy(refine_start_iter=10**6)  # only accumulate the statistics
     state = strategy.initialize_state()
     opt = {k: torch.optim.Adam([getattr(params, k)]) for k in ("means", "scales", "quats", "opacities")}
-    strategy.step_post_backward(dict(means=params.means, scales=params.scales, quats=params.quats, opacities=params.opacities), opt, state, step=0, info=info, packed=False)
+    strategy.step_post_backward(
+        dict(means=params.means, scales=params.scales, quats=params.quats, opacities=params.opacities),
+        opt,
+        state,
+        step=0,
+        info=info,
+        packed=False,
+    )
     assert torch.all(state["count"] == seen.sum(0)) and torch.all(state["grad2d"][seen.any(0)] > 0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ilrm_nerfstudio.core.cameras import pixel_centers, rays_through
-from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ContextTargetDataset, ILRMDataManagerConfig
+from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.data.samplers import (
     StepBatchSampler,
     StepRef,
@@ -26,7 +26,7 @@ from ilrm_nerfstudio.data.samplers import (
     shard_indices,
     wide_coverage_views,
 )
-from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ContextTargetDataset, ILRMDataManagerConfig
 from tests.test_sources import ground_truth, write_chunk_dataset
 
 
@@ -102,9 +102,19 @@ def test_batch_sampler_draws_context_counts_per_batch_and_reads_the_step(tmp_pat
 
 def test_multiview_batches_through_the_dataset(tmp_path):
     root = write_chunk_dataset(tmp_path / "c", num_train=3, num_test=1, num_frames=12)
-    config = ILRMDataManagerConfig(data=root, image_height=16, image_width=16, num_target_views=2, view_sampler="multiview",
-                                   min_context_views=2, max_context_views=4, min_frame_gap=6, max_frame_gap=10,
-                                   scenes_per_batch=2, num_workers=0)  # fmt: skip
+    config = ILRMDataManagerConfig(
+        data=root,
+        image_height=16,
+        image_width=16,
+        num_target_views=2,
+        view_sampler="multiview",
+        min_context_views=2,
+        max_context_views=4,
+        min_frame_gap=6,
+        max_frame_gap=10,
+        scenes_per_batch=2,
+        num_workers=0,
+    )
     dm = config.setup(device="cpu", test_mode="val")
     seen = set()
     for step in range(12):
@@ -129,7 +139,9 @@ def test_worker_streams_deal_disjoint_chunk_groups():
 
 def test_index_loading_skips_nulls_and_names_bad_entries(tmp_path):
     path = tmp_path / "index.json"
-    path.write_text(json.dumps({"a": {"context": [0, 9], "target": [3, 5, 7]}, "b": None, "c": {"context": [1, 4], "target": [2]}}))
+    path.write_text(
+        json.dumps({"a": {"context": [0, 9], "target": [3, 5, 7]}, "b": None, "c": {"context": [1, 4], "target": [2]}})
+    )
     assert load_index(path) == {"a": ([0, 9], [3, 5, 7]), "c": ([1, 4], [2])}
     path.write_text(json.dumps({"a": {"context": [0, 9]}}))
     with pytest.raises(ILRMError, match="entry 'a' needs integer lists"):
@@ -147,9 +159,26 @@ def test_index_sampler_for_training_and_evaluation(tmp_path):
     train_index = tmp_path / "train_index.json"
     train_index.write_text(json.dumps({train_keys[0]: {"context": [1, 8], "target": [4, 5]}, train_keys[1]: None}))
     eval_index = tmp_path / "eval_index.json"
-    eval_index.write_text(json.dumps({test_keys[2]: {"context": [0, 6], "target": [2, 3, 4]}, test_keys[0]: None, "not-there": {"context": [0, 1], "target": [2]}}))
-    config = ILRMDataManagerConfig(data=root, image_height=16, image_width=16, num_target_views=2, view_sampler="index",
-                                   train_index=train_index, eval_index=eval_index, scenes_per_batch=2, num_workers=0)  # fmt: skip
+    eval_index.write_text(
+        json.dumps(
+            {
+                test_keys[2]: {"context": [0, 6], "target": [2, 3, 4]},
+                test_keys[0]: None,
+                "not-there": {"context": [0, 1], "target": [2]},
+            }
+        )
+    )
+    config = ILRMDataManagerConfig(
+        data=root,
+        image_height=16,
+        image_width=16,
+        num_target_views=2,
+        view_sampler="index",
+        train_index=train_index,
+        eval_index=eval_index,
+        scenes_per_batch=2,
+        num_workers=0,
+    )
     dm = config.setup(device="cpu", test_mode="val")
     batch = dm.next_train(0)
     assert batch["scene"] == [train_keys[0]] * 2 and batch["context_indices"].tolist() == [[1, 8]] * 2
@@ -216,7 +245,9 @@ def test_flip_reflects_cameras_consistently_with_the_mirrored_images():
 
 def test_flip_augmentation_in_the_dataset(tmp_path):
     root = write_chunk_dataset(tmp_path / "c", num_train=1, num_test=1, num_frames=8)
-    common = dict(data=root, image_height=16, image_width=16, num_target_views=2, min_frame_gap=4, max_frame_gap=4, cache_frames=0)
+    common = dict(
+        data=root, image_height=16, image_width=16, num_target_views=2, min_frame_gap=4, max_frame_gap=4, cache_frames=0
+    )
     from ilrm_nerfstudio.data.sources import chunk_entries
 
     entries = chunk_entries(root, "train")
@@ -240,7 +271,9 @@ def test_two_ranks_get_disjoint_shards_that_cover_the_set(tmp_path):
     assert shard_indices(["capture"], 1, 2) == [0]  # one scene (a single capture): every rank uses it
 
     root = write_chunk_dataset(tmp_path / "c", num_train=7, num_test=1, num_frames=8)
-    config = ILRMDataManagerConfig(data=root, image_height=16, image_width=16, num_target_views=2, min_frame_gap=3, max_frame_gap=5, num_workers=0)
+    config = ILRMDataManagerConfig(
+        data=root, image_height=16, image_width=16, num_target_views=2, min_frame_gap=3, max_frame_gap=5, num_workers=0
+    )
     names = []
     for rank in range(2):
         dm = config.setup(device="cpu", test_mode="val", world_size=2, local_rank=rank)
@@ -256,13 +289,24 @@ def test_bad_sampler_configuration_is_explained(tmp_path):
     with pytest.raises(ILRMError, match="view_sampler='index' needs"):
         ILRMDataManagerConfig(data=root, view_sampler="index").setup(device="cpu")
     with pytest.raises(ILRMError, match="min_context_views <= max_context_views"):
-        ILRMDataManagerConfig(data=root, view_sampler="multiview", min_context_views=4, max_context_views=2).setup(device="cpu")
+        ILRMDataManagerConfig(data=root, view_sampler="multiview", min_context_views=4, max_context_views=2).setup(
+            device="cpu"
+        )
 
 
 def test_evaluation_can_use_fewer_targets_than_training(tmp_path):
     root = write_chunk_dataset(tmp_path / "c", num_train=2, num_test=2, num_frames=12)
-    config = ILRMDataManagerConfig(data=root, image_height=16, image_width=16, num_target_views=4, eval_target_views=2,
-                                   min_frame_gap=6, max_frame_gap=9, scenes_per_batch=2, num_workers=0)  # fmt: skip
+    config = ILRMDataManagerConfig(
+        data=root,
+        image_height=16,
+        image_width=16,
+        num_target_views=4,
+        eval_target_views=2,
+        min_frame_gap=6,
+        max_frame_gap=9,
+        scenes_per_batch=2,
+        num_workers=0,
+    )
     dm = config.setup(device="cpu", test_mode="val")
     assert dm.next_train(0)["target_images"].shape[1] == 4
     batch = next(iter(dm.eval_scene_batches()))

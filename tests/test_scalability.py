@@ -14,7 +14,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from ilrm_nerfstudio.core.baseline_network import FullAttentionLRM
 from ilrm_nerfstudio.core.cameras import pixel_rays
 from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig, TokenGroups, UpdateLayer
-
 from tests.test_network import random_inputs, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +62,9 @@ def test_spatial_subsets_cover_the_same_image_region(groups):
     viewpoint, image = tg.indices(h, w), tg.indices(2 * h, 2 * w)
     for g in range(groups):
         r, c = token_rows_cols(viewpoint[g], w)
-        under = {(2 * rr + i) * 2 * w + 2 * cc + j for rr, cc in zip(r.tolist(), c.tolist()) for i in (0, 1) for j in (0, 1)}
+        under = {
+            (2 * rr + i) * 2 * w + 2 * cc + j for rr, cc in zip(r.tolist(), c.tolist()) for i in (0, 1) for j in (0, 1)
+        }
         assert under == set(image[g].tolist())
 
 
@@ -116,7 +117,9 @@ def test_grouped_layer_matches_explicit_per_subset_attention(split, shift):
     crossed = torch.empty_like(viewpoint)
     with torch.no_grad():
         for g, k in enumerate(layer.pairing()):
-            crossed[:, :, v_idx[g]] = layer.cross(viewpoint[:, :, v_idx[g]].flatten(0, 1), image[:, :, i_idx[k]].flatten(0, 1)).unflatten(0, (B, V))
+            crossed[:, :, v_idx[g]] = layer.cross(
+                viewpoint[:, :, v_idx[g]].flatten(0, 1), image[:, :, i_idx[k]].flatten(0, 1)
+            ).unflatten(0, (B, V))
         expected = layer.self_attn(crossed.reshape(B, V * h * w, d)).reshape(B, V, h * w, d)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
@@ -190,7 +193,9 @@ def test_views_stay_exchangeable_with_groups():
     perm = torch.tensor([2, 0, 1])
     with torch.no_grad():
         g, g_perm = net(images, c2w, K), net(images[:, perm], c2w[:, perm], K[:, perm])
-    torch.testing.assert_close(g_perm.means.reshape(1, 3, -1, 3), g.means.reshape(1, 3, -1, 3)[:, perm], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        g_perm.means.reshape(1, 3, -1, 3), g.means.reshape(1, 3, -1, 3)[:, perm], atol=1e-4, rtol=1e-4
+    )
 
 
 def test_ablation_structure():
@@ -200,7 +205,9 @@ def test_ablation_structure():
     net = ILRM(tiny_config(resolution_decoupling=False))
     net.layers[0].register_forward_pre_hook(lambda m, args: captured.update(viewpoint=args[0], image=args[1]))
     net(*random_inputs(B=1, V=2, H=32, W=48))
-    assert captured["image"].shape == captured["viewpoint"].shape == (1, 2, 4 * 6, 32)  # image tokens at viewpoint resolution
+    assert (
+        captured["image"].shape == captured["viewpoint"].shape == (1, 2, 4 * 6, 32)
+    )  # image tokens at viewpoint resolution
     assert net.config.uplift_factor == 1  # nothing finer to uplift towards
 
 
@@ -219,7 +226,9 @@ def test_ablations_keep_the_parameter_budget(overrides, expected_millions):
 
 def test_groups_need_a_divisible_token_grid():
     net = ILRM(tiny_config(cross_attention_groups=4))  # p = 4, f = 2: token grid = image / 8
-    with pytest.raises(ValueError, match=r"3x4 viewpoint-token grid of 24x32 images cannot be split .* divisible by 16x16"):
+    with pytest.raises(
+        ValueError, match=r"3x4 viewpoint-token grid of 24x32 images cannot be split .* divisible by 16x16"
+    ):
         net(*random_inputs(B=1, V=2, H=24, W=32))
     with pytest.raises(ValueError, match="cross_attention_groups must be 1, 2 or 4"):
         ILRM(tiny_config(cross_attention_groups=3))
@@ -300,7 +309,9 @@ def test_benchmark_script_quick_mode(script, extra, tmp_path, monkeypatch, capsy
         assert (tmp_path / script.replace(".py", ".md")).is_file()
 
 
-@pytest.mark.skipif(not os.environ.get("ILRM_SLOW_TESTS"), reason="torch.compile takes ~80 s on this CPU; set ILRM_SLOW_TESTS=1")
+@pytest.mark.skipif(
+    not os.environ.get("ILRM_SLOW_TESTS"), reason="torch.compile takes ~80 s on this CPU; set ILRM_SLOW_TESTS=1"
+)
 def test_compiled_layers_run_and_keep_parameter_names():
     net = ILRM(tiny_config(compile=True, cross_attention_groups=4, gradient_checkpointing=True)).train()
     reference = ILRM(tiny_config(cross_attention_groups=4))

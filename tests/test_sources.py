@@ -17,9 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ContextTargetDataset, ILRMDataManagerConfig
-from ilrm_nerfstudio.data.scene import load_nerfstudio_scene, load_opencv_scene, load_view
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.data.scene import load_nerfstudio_scene, load_opencv_scene, load_view
 from ilrm_nerfstudio.data.sources import (
     ChunkCache,
     LoadOptions,
@@ -29,6 +28,7 @@ from ilrm_nerfstudio.data.sources import (
     find_scenes,
 )
 from ilrm_nerfstudio.nerfstudio.dataparser_scene import load_single_scene
+from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ContextTargetDataset, ILRMDataManagerConfig
 
 GL = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV <-> OpenGL camera axes
 
@@ -72,7 +72,9 @@ def frame_images(num_frames: int, height: int, width: int, seed: int = 0) -> lis
     ys, xs = np.mgrid[0:height, 0:width]
     images = []
     for i in range(num_frames):
-        base = np.stack([xs * 255 // max(width - 1, 1), ys * 255 // max(height - 1, 1), np.full_like(xs, 20 * i % 255)], -1)
+        base = np.stack(
+            [xs * 255 // max(width - 1, 1), ys * 255 // max(height - 1, 1), np.full_like(xs, 20 * i % 255)], -1
+        )
         images.append(np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8))
     return images
 
@@ -101,13 +103,15 @@ def write_chunks(stage_dir: Path, scenes: list[dict], scenes_per_chunk: int = 2,
             cameras[:, 3] = torch.from_numpy(K[:, 1, 2] / h)
             cameras[:, 6:] = torch.from_numpy(np.linalg.inv(c2w)[:, :3].reshape(n, 12))
             jpegs = [scene.get("raw", {}).get(i) or jpeg_bytes(image) for i, image in enumerate(images)]
-            examples.append({
-                "key": scene["key"],
-                "url": f"https://www.youtube.com/watch?v={scene['key']}",
-                "timestamps": torch.arange(n, dtype=torch.int64) * 33366,
-                "images": [torch.tensor(list(data), dtype=torch.uint8) for data in jpegs],
-                "cameras": cameras,
-            })  # fmt: skip
+            examples.append(
+                {
+                    "key": scene["key"],
+                    "url": f"https://www.youtube.com/watch?v={scene['key']}",
+                    "timestamps": torch.arange(n, dtype=torch.int64) * 33366,
+                    "images": [torch.tensor(list(data), dtype=torch.uint8) for data in jpegs],
+                    "cameras": cameras,
+                }
+            )
             index[scene["key"]] = f"{c:06d}.torch"
         torch.save(examples, stage_dir / f"{c:06d}.torch")
     if write_index:
@@ -119,19 +123,31 @@ def chunk_scene_specs(count: int, num_frames: int, height: int = 36, width: int 
     specs = []
     for s in range(count):
         c2w, K = ground_truth(num_frames, height, width, seed + s)
-        specs.append({"key": f"{seed + s:016x}", "c2w": c2w, "K": K, "images": frame_images(num_frames, height, width, seed + s)})
+        specs.append(
+            {"key": f"{seed + s:016x}", "c2w": c2w, "K": K, "images": frame_images(num_frames, height, width, seed + s)}
+        )
     return specs
 
 
-def write_chunk_dataset(root: Path, num_train: int = 6, num_test: int = 3, num_frames: int = 10, height: int = 36, width: int = 64) -> Path:
+def write_chunk_dataset(
+    root: Path, num_train: int = 6, num_test: int = 3, num_frames: int = 10, height: int = 36, width: int = 64
+) -> Path:
     write_chunks(root / "train", chunk_scene_specs(num_train, num_frames, height, width, seed=0))
     write_chunks(root / "test", chunk_scene_specs(num_test, num_frames, height, width, seed=100))
     return root
 
 
-def write_transforms(scene_dir: Path, c2w: np.ndarray, K: np.ndarray, size: tuple[int, int], images: list[np.ndarray] | None,
-                     image_dir: str = "images", downscales: tuple[int, ...] = (), extra: dict | None = None,
-                     ext: str = "png") -> Path:
+def write_transforms(
+    scene_dir: Path,
+    c2w: np.ndarray,
+    K: np.ndarray,
+    size: tuple[int, int],
+    images: list[np.ndarray] | None,
+    image_dir: str = "images",
+    downscales: tuple[int, ...] = (),
+    extra: dict | None = None,
+    ext: str = "png",
+) -> Path:
     """nerfstudio transforms.json: global fl_x, fl_y, cx, cy, w, h (full resolution), OpenGL c2w
     per frame, frames `images/frame_XXXXX.png`; DL3DV-style downscaled copies in images_N."""
     scene_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +158,9 @@ def write_transforms(scene_dir: Path, c2w: np.ndarray, K: np.ndarray, size: tupl
         name = f"frame_{i + 1:05d}.{ext}"
         frames.append({"file_path": f"{image_dir}/{name}", "transform_matrix": (c2w[i] @ GL).tolist()})
         if per_frame:
-            frames[-1].update(fl_x=float(K[i, 0, 0]), fl_y=float(K[i, 1, 1]), cx=float(K[i, 0, 2]), cy=float(K[i, 1, 2]))
+            frames[-1].update(
+                fl_x=float(K[i, 0, 0]), fl_y=float(K[i, 1, 1]), cx=float(K[i, 0, 2]), cy=float(K[i, 1, 2])
+            )
         if images is not None:
             (scene_dir / image_dir).mkdir(exist_ok=True)
             Image.fromarray(images[i]).save(scene_dir / image_dir / name)
@@ -150,7 +168,17 @@ def write_transforms(scene_dir: Path, c2w: np.ndarray, K: np.ndarray, size: tupl
             folder = scene_dir / f"{image_dir}_{factor}"
             folder.mkdir(exist_ok=True)
             Image.fromarray(frame_images(1, h // factor, w // factor, seed=i)[0]).save(folder / name)
-    meta = {"w": w, "h": h, "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "camera_model": "OPENCV", "frames": frames, **(extra or {})}
+    meta = {
+        "w": w,
+        "h": h,
+        "k1": 0.0,
+        "k2": 0.0,
+        "p1": 0.0,
+        "p2": 0.0,
+        "camera_model": "OPENCV",
+        "frames": frames,
+        **(extra or {}),
+    }
     if not per_frame:
         meta.update(fl_x=float(K[0, 0, 0]), fl_y=float(K[0, 1, 1]), cx=float(K[0, 0, 2]), cy=float(K[0, 1, 2]))
     (scene_dir / "transforms.json").write_text(json.dumps(meta, indent=1))
@@ -164,8 +192,18 @@ def write_opencv_cameras(scene_dir: Path, c2w: np.ndarray, K: np.ndarray, images
     for i, image in enumerate(images):
         name = f"images/{i:05d}.png"
         Image.fromarray(image).save(scene_dir / name)
-        frames.append({"file_path": name, "w2c": np.linalg.inv(c2w[i]).tolist(), "h": image.shape[0], "w": image.shape[1],
-                       "fx": K[i, 0, 0], "fy": K[i, 1, 1], "cx": K[i, 0, 2], "cy": K[i, 1, 2]})  # fmt: skip
+        frames.append(
+            {
+                "file_path": name,
+                "w2c": np.linalg.inv(c2w[i]).tolist(),
+                "h": image.shape[0],
+                "w": image.shape[1],
+                "fx": K[i, 0, 0],
+                "fy": K[i, 1, 1],
+                "cx": K[i, 0, 2],
+                "cy": K[i, 1, 2],
+            }
+        )
     (scene_dir / "opencv_cameras.json").write_text(json.dumps({"scene_name": scene_dir.name, "frames": frames}))
     return scene_dir
 
@@ -187,8 +225,16 @@ def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
     return q / np.linalg.norm(q)
 
 
-def write_colmap(capture: Path, c2w: np.ndarray, K: np.ndarray, images: list[np.ndarray], binary: bool = False,
-                 model: str = "PINHOLE", distortion: tuple[float, ...] = (), sparse: str = "sparse/0") -> Path:
+def write_colmap(
+    capture: Path,
+    c2w: np.ndarray,
+    K: np.ndarray,
+    images: list[np.ndarray],
+    binary: bool = False,
+    model: str = "PINHOLE",
+    distortion: tuple[float, ...] = (),
+    sparse: str = "sparse/0",
+) -> Path:
     """A COLMAP capture: images/ and a sparse model (cameras, images, points3D) in COLMAP's text or
     binary format. One camera per image; poses are world-to-camera (qvec w,x,y,z + tvec)."""
     (capture / "images").mkdir(parents=True, exist_ok=True)
@@ -218,7 +264,10 @@ def write_colmap(capture: Path, c2w: np.ndarray, K: np.ndarray, images: list[np.
                 f.write(struct.pack("<Q", 0))  # no 2D points
         (model_dir / "points3D.bin").write_bytes(struct.pack("<Q", 0))
     else:
-        lines = [f"{cam_id} {model_name} {w} {h} " + " ".join(repr(float(p)) for p in params) for cam_id, model_name, w, h, params in cameras]
+        lines = [
+            f"{cam_id} {model_name} {w} {h} " + " ".join(repr(float(p)) for p in params)
+            for cam_id, model_name, w, h, params in cameras
+        ]
         (model_dir / "cameras.txt").write_text("# Camera list\n" + "\n".join(lines) + "\n")
         lines = []
         for image_id, q, t, cam_id, name in poses:
@@ -258,7 +307,14 @@ def every_format(tmp_path_factory) -> dict:
         "colmap-text": load_single_scene(write_colmap(root / "colmap_txt", c2w, K, images), options),
         "colmap-binary": load_single_scene(write_colmap(root / "colmap_bin", c2w, K, images, binary=True), options),
         "ns-process-data": load_single_scene(
-            write_transforms(root / "capture", c2w, K, (H, W), images, extra={"applied_transform": [[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0]]}),
+            write_transforms(
+                root / "capture",
+                c2w,
+                K,
+                (H, W),
+                images,
+                extra={"applied_transform": [[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0]]},
+            ),
             options,
         ),
     }
@@ -317,8 +373,17 @@ def test_chunk_index_missing_is_explained_and_can_be_built(tmp_path):
 
 def test_datamanager_trains_from_chunks_with_workers(tmp_path):
     root = write_chunk_dataset(tmp_path / "re10k")
-    config = ILRMDataManagerConfig(data=root, image_height=32, image_width=32, num_context_views=2, num_target_views=2,
-                                   scenes_per_batch=3, min_frame_gap=3, max_frame_gap=6, num_workers=2)  # fmt: skip
+    config = ILRMDataManagerConfig(
+        data=root,
+        image_height=32,
+        image_width=32,
+        num_context_views=2,
+        num_target_views=2,
+        scenes_per_batch=3,
+        min_frame_gap=3,
+        max_frame_gap=6,
+        num_workers=2,
+    )
     dm = config.setup(device="cpu", test_mode="val")
     assert dm.source == "chunks" and len(dm.train_dataset) == 6 and len(dm.eval_dataset) == 3
     for step in range(4):
@@ -339,7 +404,9 @@ def test_dl3dv_layout_picks_a_downscaled_folder_with_rescaled_intrinsics(tmp_pat
     full_h, full_w = 96, 160
     c2w, K = ground_truth(5, full_h, full_w, seed=3)
     root = tmp_path / "DL3DV-10K"
-    write_transforms(root / "1K" / "aaaa", c2w, K, (full_h, full_w), None, downscales=(4, 8))  # 960P download: no full-res images
+    write_transforms(
+        root / "1K" / "aaaa", c2w, K, (full_h, full_w), None, downscales=(4, 8)
+    )  # 960P download: no full-res images
     write_transforms(root / "bench" / "bbbb" / "nerfstudio", c2w, K, (full_h, full_w), None, downscales=(4, 8))
     assert detect_source(root) == "nerfstudio-scenes"
     names = [name for name, _ in find_scenes(root, "train", "nerfstudio-scenes")]
@@ -360,7 +427,12 @@ def test_dl3dv_layout_picks_a_downscaled_folder_with_rescaled_intrinsics(tmp_pat
     explicit = load_nerfstudio_scene(root / "bench" / "bbbb", image_folder="images_8")
     assert explicit.image_paths[0].parent.name == "images_8" and explicit.name == "bbbb"
     _, K8 = load_view(explicit, 0, 12, 20)  # exactly the stored size: K / 8
-    torch.testing.assert_close(K8.double(), torch.from_numpy(K[0]) / torch.tensor([[8.0], [8.0], [1.0]], dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        K8.double(),
+        torch.from_numpy(K[0]) / torch.tensor([[8.0], [8.0], [1.0]], dtype=torch.float64),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_scene_folders_skip_bad_scenes_in_training_and_name_them_in_evaluation(tmp_path, capsys):
@@ -373,7 +445,9 @@ def test_scene_folders_skip_bad_scenes_in_training_and_name_them_in_evaluation(t
     meta = json.loads((root / "test" / "s3" / "transforms.json").read_text())
     meta["frames"][5]["transform_matrix"][0][0] = float("nan")
     (root / "test" / "s3" / "transforms.json").write_text(json.dumps(meta))
-    config = ILRMDataManagerConfig(data=root, image_height=16, image_width=16, num_target_views=2, min_frame_gap=3, max_frame_gap=5, num_workers=0)
+    config = ILRMDataManagerConfig(
+        data=root, image_height=16, image_width=16, num_target_views=2, min_frame_gap=3, max_frame_gap=5, num_workers=0
+    )
     with pytest.raises(ILRMError, match=r"scene s3: .*frame 5.*finite"):
         config.setup(device="cpu", test_mode="val")
     (root / "test" / "s3" / "transforms.json").write_text(json.dumps({**meta, "frames": meta["frames"][:5]}))
@@ -398,8 +472,15 @@ def test_opencv_scene_folder_and_list_file(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("wide/scene2/opencv_cameras.json\n# a comment\nwide/scene0\n")
     assert detect_source(listing) == "opencv-scenes"
-    config = ILRMDataManagerConfig(data=listing, image_height=16, image_width=16, num_target_views=2, num_workers=0,
-                                   eval_protocol="wide", eval_context_views=3)  # fmt: skip
+    config = ILRMDataManagerConfig(
+        data=listing,
+        image_height=16,
+        image_width=16,
+        num_target_views=2,
+        num_workers=0,
+        eval_protocol="wide",
+        eval_context_views=3,
+    )
     dm = config.setup(device="cpu", test_mode="test")
     (batch,) = list(dm.eval_scene_batches())[:1]
     assert batch["scene"] == ["scene0"] and batch["target_indices"][0].tolist() == [0, 8]
@@ -415,8 +496,17 @@ def test_single_colmap_capture_holds_out_every_kth_frame(tmp_path):
     c2w, K = ground_truth(20, 24, 32, seed=5)
     capture = write_colmap(tmp_path / "my_capture", c2w, K, frame_images(20, 24, 32), sparse="colmap/sparse/0")
     assert detect_source(capture) == "single-scene"
-    config = ILRMDataManagerConfig(data=capture, image_height=16, image_width=16, num_context_views=2, num_target_views=2,
-                                   min_frame_gap=3, max_frame_gap=6, holdout_interval=5, num_workers=0)  # fmt: skip
+    config = ILRMDataManagerConfig(
+        data=capture,
+        image_height=16,
+        image_width=16,
+        num_context_views=2,
+        num_target_views=2,
+        min_frame_gap=3,
+        max_frame_gap=6,
+        holdout_interval=5,
+        num_workers=0,
+    )
     dm = config.setup(device="cpu", test_mode="val")
     held_out = {0, 5, 10, 15}
     (train_entry,) = dm.train_dataset.entries
@@ -453,7 +543,14 @@ def test_distorted_capture_is_undistorted_with_exact_intrinsics(tmp_path):
     normalized = cv2.undistortPointsIter(pts, K_cv, dist, None, None, criteria).reshape(h, w, 2)
     image = (pattern(normalized[..., 0], normalized[..., 1]) * 255).round().astype(np.uint8)
     c2w, _ = ground_truth(3, h, w)
-    capture = write_colmap(tmp_path / "cap", c2w, K[None].repeat(3, 0), [np.stack([image] * 3, -1)] * 3, model="OPENCV", distortion=tuple(dist[:4]))
+    capture = write_colmap(
+        tmp_path / "cap",
+        c2w,
+        K[None].repeat(3, 0),
+        [np.stack([image] * 3, -1)] * 3,
+        model="OPENCV",
+        distortion=tuple(dist[:4]),
+    )
     scene = load_single_scene(capture, LoadOptions(image_folder="images"))
     assert scene.distortion is not None
     view, K_new = load_view(scene, 0, h, w)
@@ -486,12 +583,24 @@ def test_bad_chunk_samples_are_skipped_in_training_and_named_in_evaluation(tmp_p
     specs[1]["raw"] = {4: b"\xff\xd8 not really a jpeg"}  # corrupt frame 4 (every sample uses all 10 frames)
     specs[2]["c2w"] = specs[2]["c2w"].copy()
     specs[2]["c2w"][6, 0, 0] = np.nan  # NaN pose in frame 6
-    specs[3]["images"], specs[3]["c2w"], specs[3]["K"] = specs[3]["images"][:3], specs[3]["c2w"][:3], specs[3]["K"][:3]  # too short
+    specs[3]["images"], specs[3]["c2w"], specs[3]["K"] = (
+        specs[3]["images"][:3],
+        specs[3]["c2w"][:3],
+        specs[3]["K"][:3],
+    )  # too short
     root = tmp_path / "bad"
     write_chunks(root / "train", specs)
     write_chunks(root / "test", specs)
-    config = ILRMDataManagerConfig(data=root, image_height=16, image_width=16, num_target_views=8, min_frame_gap=9, max_frame_gap=9,
-                                   scenes_per_batch=4, num_workers=0)  # fmt: skip
+    config = ILRMDataManagerConfig(
+        data=root,
+        image_height=16,
+        image_width=16,
+        num_target_views=8,
+        min_frame_gap=9,
+        max_frame_gap=9,
+        scenes_per_batch=4,
+        num_workers=0,
+    )
     dm = config.setup(device="cpu", test_mode="val")
     for step in range(3):
         batch = dm.next_train(step)
@@ -500,8 +609,16 @@ def test_bad_chunk_samples_are_skipped_in_training_and_named_in_evaluation(tmp_p
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipping a training sample")]
     assert len(lines) == dm.skipped_samples
     joined = "\n".join(lines)
-    assert f"scene {specs[1]['key']} frame 4" in joined or f"scene {specs[2]['key']} frame 6" in joined or specs[3]["key"] in joined
-    for i, problem in ((1, "frame 4.*cannot decode"), (2, "frame 6.*not finite"), (3, "3 frames, but 2 context \\+ 8 target")):
+    assert (
+        f"scene {specs[1]['key']} frame 4" in joined
+        or f"scene {specs[2]['key']} frame 6" in joined
+        or specs[3]["key"] in joined
+    )
+    for i, problem in (
+        (1, "frame 4.*cannot decode"),
+        (2, "frame 6.*not finite"),
+        (3, "3 frames, but 2 context \\+ 8 target"),
+    ):
         with pytest.raises(ILRMError, match=f"scene {specs[i]['key']}.*{problem}"):
             dm.eval_dataset[i]
 
@@ -519,7 +636,9 @@ def test_frame_cache_is_dropped_when_pickled(tmp_path):
     import pickle
 
     root = write_chunk_dataset(tmp_path / "c", num_train=2, num_test=1, num_frames=6)
-    config = ILRMDataManagerConfig(data=root, image_height=16, image_width=16, num_target_views=2, min_frame_gap=3, max_frame_gap=5)
+    config = ILRMDataManagerConfig(
+        data=root, image_height=16, image_width=16, num_target_views=2, min_frame_gap=3, max_frame_gap=5
+    )
     dataset = ContextTargetDataset(chunk_entries(root, "test"), config, deterministic=True)
     dataset[0]
     assert dataset._frames and dataset.chunks.chunks

@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _generate(root: Path, **kwargs) -> dict:
-    args = dict(num_scenes=NUM_SCENES, seed=0, height=SIZE, width=SIZE, frames_per_scene=FRAMES,
-                test_fraction=0.25, workers=2)
+    args = dict(
+        num_scenes=NUM_SCENES, seed=0, height=SIZE, width=SIZE, frames_per_scene=FRAMES, test_fraction=0.25, workers=2
+    )
     args.update(kwargs)
     return syn.generate_dataset(root, **args)
 
@@ -45,8 +46,7 @@ def _load_scene(scene_dir: Path):
     meta = json.loads((scene_dir / "transforms.json").read_text())
     c2w = np.array([f["transform_matrix"] for f in meta["frames"]]) @ GL_TO_CV
     K = np.array([[meta["fl_x"], 0, meta["cx"]], [0, meta["fl_y"], meta["cy"]], [0, 0, 1.0]])
-    images = np.stack([np.asarray(Image.open(scene_dir / f["file_path"]), float) / 255
-                       for f in meta["frames"]])
+    images = np.stack([np.asarray(Image.open(scene_dir / f["file_path"]), float) / 255 for f in meta["frames"]])
     return c2w, K, images, meta
 
 
@@ -78,8 +78,9 @@ def _project(points: np.ndarray, K: np.ndarray, c2w: np.ndarray):
 def test_layout_manifest_and_transforms(dataset):
     manifest = json.loads((dataset / "manifest.json").read_text())
     assert manifest["generator"] == syn.GENERATOR_NAME and manifest["complete"] is True
-    assert manifest["args"] == dict(num_scenes=NUM_SCENES, seed=0, height=SIZE, width=SIZE,
-                                    frames_per_scene=FRAMES, test_fraction=0.25)
+    assert manifest["args"] == dict(
+        num_scenes=NUM_SCENES, seed=0, height=SIZE, width=SIZE, frames_per_scene=FRAMES, test_fraction=0.25
+    )
     train, test = manifest["train"], manifest["test"]
     assert len(train) == 6 and len(test) == 2
     assert not set(train) & set(test)
@@ -268,8 +269,9 @@ def test_nerfstudio_dataparser_loads_exact_poses(dataset):
     scene_dir = _scene_dirs(dataset)[0]
     meta = json.loads((scene_dir / "transforms.json").read_text())
     written = np.array([f["transform_matrix"] for f in meta["frames"]])[:, :3]  # [N, 3, 4] OpenGL
-    config = NerfstudioDataParserConfig(data=scene_dir, orientation_method="none", center_method="none",
-                                        auto_scale_poses=False, eval_mode="all")
+    config = NerfstudioDataParserConfig(
+        data=scene_dir, orientation_method="none", center_method="none", auto_scale_poses=False, eval_mode="all"
+    )
     outputs = config.setup().get_dataparser_outputs(split="train")
     cameras = outputs.cameras
     assert len(outputs.image_filenames) == FRAMES
@@ -288,17 +290,20 @@ def test_nerfstudio_dataparser_loads_exact_poses(dataset):
 # ----------------------------------------------------------------------------- errors and CLI
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_scenes=0), "num_scenes"),
-    (dict(height=4), "height"),
-    (dict(width=7), "width"),
-    (dict(frames_per_scene=1), "frames_per_scene"),
-    (dict(test_fraction=1.0), "test_fraction"),
-    (dict(test_fraction=-0.1), "test_fraction"),
-    (dict(workers=0), "workers"),
-    (dict(seed=-1), "seed"),
-    (dict(num_scenes=2.5), "num_scenes"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_scenes=0), "num_scenes"),
+        (dict(height=4), "height"),
+        (dict(width=7), "width"),
+        (dict(frames_per_scene=1), "frames_per_scene"),
+        (dict(test_fraction=1.0), "test_fraction"),
+        (dict(test_fraction=-0.1), "test_fraction"),
+        (dict(workers=0), "workers"),
+        (dict(seed=-1), "seed"),
+        (dict(num_scenes=2.5), "num_scenes"),
+    ],
+)
 def test_bad_arguments_are_rejected(tmp_path, kwargs, message):
     with pytest.raises(syn.ILRMError, match=message):
         _generate(tmp_path / "bad", **kwargs)
@@ -342,8 +347,21 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
 
 
 def test_python_m_entry_point_generates_and_reruns(tmp_path):
-    command = [sys.executable, "-m", "ilrm_nerfstudio.tools.generate_data", "--output", str(tmp_path / "cli"),
-               "--num-scenes", "3", "--frames-per-scene", "2", "--height", "16", "--width", "16"]
+    command = [
+        sys.executable,
+        "-m",
+        "ilrm_nerfstudio.tools.generate_data",
+        "--output",
+        str(tmp_path / "cli"),
+        "--num-scenes",
+        "3",
+        "--frames-per-scene",
+        "2",
+        "--height",
+        "16",
+        "--width",
+        "16",
+    ]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "Wrote 3 scenes" in first.stdout and "[3/3] 100%" in first.stdout
@@ -352,8 +370,9 @@ def test_python_m_entry_point_generates_and_reruns(tmp_path):
 
 
 def test_package_does_not_import_torch_nerfstudio_or_tyro():
-    code = ("import sys, ilrm_nerfstudio.data.synthetic; "
-            "print(any(m.split('.')[0] in ('torch', 'nerfstudio', 'tyro') for m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                            timeout=60)
+    code = (
+        "import sys, ilrm_nerfstudio.data.synthetic; "
+        "print(any(m.split('.')[0] in ('torch', 'nerfstudio', 'tyro') for m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr

@@ -31,7 +31,9 @@ PAPER_EPOCHS = 3
 HELD_OUT = ["nerfstudio-data", "--eval-mode", "interval", "--eval-interval", "4"]  # 12 frames: 3 held out
 
 
-def run_parallel(commands: dict[str, list], logs: Path, max_parallel: int = 6, timeout: float = 1200) -> dict[str, subprocess.CompletedProcess]:
+def run_parallel(
+    commands: dict[str, list], logs: Path, max_parallel: int = 6, timeout: float = 1200
+) -> dict[str, subprocess.CompletedProcess]:
     """Run commands at once (at most `max_parallel`), output to files under `logs`."""
     import time
 
@@ -42,7 +44,11 @@ def run_parallel(commands: dict[str, list], logs: Path, max_parallel: int = 6, t
         while pending and len(running) < max_parallel:
             name, cmd = pending.pop(0)
             out, err = open(logs / f"{name}.out", "w"), open(logs / f"{name}.err", "w")
-            running[name] = (subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, text=True, env=ENV), out, err)
+            running[name] = (
+                subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, text=True, env=ENV),
+                out,
+                err,
+            )
         for name, (process, out, err) in list(running.items()):
             if process.poll() is None and time.time() < deadline:
                 continue
@@ -80,16 +86,46 @@ def camera_path(scene: Path, run: Path, output: Path, frames: int = 6) -> Path:
         c2w[:3, 3] *= scale
         fov = math.degrees(2 * math.atan(meta["h"] / 2 / meta["fl_y"]))
         path.append({"camera_to_world": c2w.reshape(-1).tolist(), "fov": fov, "aspect": meta["w"] / meta["h"]})
-    output.write_text(json.dumps({"camera_type": "perspective", "render_height": meta["h"], "render_width": meta["w"], "seconds": 1.0, "camera_path": path}))
+    output.write_text(
+        json.dumps(
+            {
+                "camera_type": "perspective",
+                "render_height": meta["h"],
+                "render_width": meta["w"],
+                "seconds": 1.0,
+                "camera_path": path,
+            }
+        )
+    )
     return output
 
 
 def video_frames(path: Path) -> np.ndarray:
     """Decode a video with ffmpeg -> uint8 [frames, H, W, 3]."""
-    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "json", str(path)], capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stream = json.loads(probe.stdout)["streams"][0]
     w, h = stream["width"], stream["height"]
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
     return np.frombuffer(raw, dtype=np.uint8).reshape(-1, h, w, 3)
 
 
@@ -104,19 +140,47 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dataset(workdir) -> Path:
     root = workdir / "synthetic"
-    generate_dataset(root, num_scenes=6, seed=3, height=32, width=32, frames_per_scene=12, test_fraction=0.34, workers=1)
+    generate_dataset(
+        root, num_scenes=6, seed=3, height=32, width=32, frames_per_scene=12, test_fraction=0.34, workers=1
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def ilrm_run(dataset, workdir) -> tuple[Path, subprocess.CompletedProcess]:
-    result = check(subprocess.run(
-        [BIN / "ns-train", "ilrm-small", "--data", dataset, "--machine.device-type", "cpu", "--vis", "tensorboard",
-         "--output-dir", workdir / "runs", "--experiment-name", "tools", "--timestamp", "ilrm", *TINY,
-         "--max-num-iterations", "4", "--steps-per-save", "2", "--pipeline.model.viewer-scene", "1",
-         "--pipeline.datamanager.num-workers", "0"],
-        capture_output=True, text=True, timeout=900, env=ENV,
-    ))  # fmt: skip
+    result = check(
+        subprocess.run(
+            [
+                BIN / "ns-train",
+                "ilrm-small",
+                "--data",
+                dataset,
+                "--machine.device-type",
+                "cpu",
+                "--vis",
+                "tensorboard",
+                "--output-dir",
+                workdir / "runs",
+                "--experiment-name",
+                "tools",
+                "--timestamp",
+                "ilrm",
+                *TINY,
+                "--max-num-iterations",
+                "4",
+                "--steps-per-save",
+                "2",
+                "--pipeline.model.viewer-scene",
+                "1",
+                "--pipeline.datamanager.num-workers",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=ENV,
+        )
+    )
     return workdir / "runs" / "tools" / "ilrm-small" / "ilrm", result
 
 
@@ -127,13 +191,39 @@ def scene(dataset) -> Path:
 
 @pytest.fixture(scope="module")
 def finetune_run(ilrm_run, scene, workdir) -> tuple[Path, subprocess.CompletedProcess]:
-    result = check(subprocess.run(
-        [BIN / "ns-train", "ilrm-finetune", "--data", scene, "--machine.device-type", "cpu", "--vis", "tensorboard",
-         "--output-dir", workdir / "runs", "--experiment-name", "tools", "--timestamp", "finetune",
-         "--pipeline.model.ilrm-run", ilrm_run[0], "--max-num-iterations", str(FINETUNE_EPOCHS), "--pipeline.model.paper-epochs", str(PAPER_EPOCHS),
-         "--pipeline.datamanager.num-input-views", "4", *HELD_OUT],
-        capture_output=True, text=True, timeout=900, env=ENV,
-    ))  # fmt: skip
+    result = check(
+        subprocess.run(
+            [
+                BIN / "ns-train",
+                "ilrm-finetune",
+                "--data",
+                scene,
+                "--machine.device-type",
+                "cpu",
+                "--vis",
+                "tensorboard",
+                "--output-dir",
+                workdir / "runs",
+                "--experiment-name",
+                "tools",
+                "--timestamp",
+                "finetune",
+                "--pipeline.model.ilrm-run",
+                ilrm_run[0],
+                "--max-num-iterations",
+                str(FINETUNE_EPOCHS),
+                "--pipeline.model.paper-epochs",
+                str(PAPER_EPOCHS),
+                "--pipeline.datamanager.num-input-views",
+                "4",
+                *HELD_OUT,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=ENV,
+        )
+    )
     return workdir / "runs" / "tools" / "ilrm-finetune" / "finetune", result
 
 
@@ -148,23 +238,87 @@ def tools(finetune_run, ilrm_run, scene, dataset, workdir) -> dict:
     (out / "ilrm").mkdir()
     paths = {
         "finetune": camera_path(scene, finetune_run[0], out / "finetune" / "camera_path.json"),
-        "ilrm": camera_path(sorted((dataset / "test").iterdir())[1], ilrm_run[0], out / "ilrm" / "camera_path.json"),  # viewer-scene 1
+        "ilrm": camera_path(
+            sorted((dataset / "test").iterdir())[1], ilrm_run[0], out / "ilrm" / "camera_path.json"
+        ),  # viewer-scene 1
     }
     commands = {}
     if shutil.which("chromium") is not None:  # long, mostly waiting: first
         script = ROOT / "scripts" / "viewer_screenshot.py"
         for name, config in (("finetune", finetune), ("ilrm", ilrm)):
-            commands[f"viewer-{name}"] = [sys.executable, script, "--load-config", config, "--output", out / "viewer" / f"{name}.png", "--wait", "400", "--settle", "3"]
+            commands[f"viewer-{name}"] = [
+                sys.executable,
+                script,
+                "--load-config",
+                config,
+                "--output",
+                out / "viewer" / f"{name}.png",
+                "--wait",
+                "400",
+                "--settle",
+                "3",
+            ]
     f, i = out / "finetune", out / "ilrm"
     commands |= {
-        "finetune-camera-path": [BIN / "ns-render", "camera-path", "--load-config", finetune, "--camera-path-filename", paths["finetune"], "--output-path", f / "camera_path.mp4"],
-        "finetune-interpolate": [BIN / "ns-render", "interpolate", "--load-config", finetune, "--interpolation-steps", "3", "--output-path", f / "interpolate.mp4"],
-        "finetune-spiral": [BIN / "ns-render", "spiral", "--load-config", finetune, "--seconds", "0.25", "--output-path", f / "spiral.mp4"],
-        "finetune-export": [BIN / "ns-export", "gaussian-splat", "--load-config", finetune, "--output-dir", f / "export"],
-        "finetune-eval": [BIN / "ns-eval", "--load-config", finetune, "--output-path", f / "eval.json", "--render-output-path", f / "eval_renders"],
-        "ilrm-camera-path": [BIN / "ns-render", "camera-path", "--load-config", ilrm, "--camera-path-filename", paths["ilrm"], "--output-path", i / "camera_path.mp4"],
+        "finetune-camera-path": [
+            BIN / "ns-render",
+            "camera-path",
+            "--load-config",
+            finetune,
+            "--camera-path-filename",
+            paths["finetune"],
+            "--output-path",
+            f / "camera_path.mp4",
+        ],
+        "finetune-interpolate": [
+            BIN / "ns-render",
+            "interpolate",
+            "--load-config",
+            finetune,
+            "--interpolation-steps",
+            "3",
+            "--output-path",
+            f / "interpolate.mp4",
+        ],
+        "finetune-spiral": [
+            BIN / "ns-render",
+            "spiral",
+            "--load-config",
+            finetune,
+            "--seconds",
+            "0.25",
+            "--output-path",
+            f / "spiral.mp4",
+        ],
+        "finetune-export": [
+            BIN / "ns-export",
+            "gaussian-splat",
+            "--load-config",
+            finetune,
+            "--output-dir",
+            f / "export",
+        ],
+        "finetune-eval": [
+            BIN / "ns-eval",
+            "--load-config",
+            finetune,
+            "--output-path",
+            f / "eval.json",
+            "--render-output-path",
+            f / "eval_renders",
+        ],
+        "ilrm-camera-path": [
+            BIN / "ns-render",
+            "camera-path",
+            "--load-config",
+            ilrm,
+            "--camera-path-filename",
+            paths["ilrm"],
+            "--output-path",
+            i / "camera_path.mp4",
+        ],
         "ilrm-export": [BIN / "ns-export", "gaussian-splat", "--load-config", ilrm, "--output-dir", i / "export"],
-    }  # fmt: skip
+    }
     return {"dir": out, "results": run_parallel(commands, out / "logs"), "camera_path": paths}
 
 
@@ -173,18 +327,26 @@ def tools(finetune_run, ilrm_run, scene, dataset, workdir) -> dict:
 
 def test_finetune_shows_both_stages_and_checkpoints_only_the_gaussians(finetune_run):
     run, result = finetune_run
-    for line in ("start: 4 input views at 32x32 through the network of", "1,024 Gaussians", "held-out PSNR (feed-forward, 3 views)",
-                 "held-out PSNR of trivial baselines: nearest training frame",
-                 f"epochs 1-{PAPER_EPOCHS}: published finetune on 4 input views", f"held-out PSNR (after {PAPER_EPOCHS} epochs",
-                 f"epochs {PAPER_EPOCHS + 1}-{FINETUNE_EPOCHS}: refinement on 9 training frames, 9 Adam steps per epoch",
-                 f"epoch {FINETUNE_EPOCHS}/{FINETUNE_EPOCHS}  loss", f"held-out PSNR (after {FINETUNE_EPOCHS} epochs",
-                 "held_out.png (held-out frames: ground truth | render)"):  # fmt: skip
+    for line in (
+        "start: 4 input views at 32x32 through the network of",
+        "1,024 Gaussians",
+        "held-out PSNR (feed-forward, 3 views)",
+        "held-out PSNR of trivial baselines: nearest training frame",
+        f"epochs 1-{PAPER_EPOCHS}: published finetune on 4 input views",
+        f"held-out PSNR (after {PAPER_EPOCHS} epochs",
+        f"epochs {PAPER_EPOCHS + 1}-{FINETUNE_EPOCHS}: refinement on 9 training frames, 9 Adam steps per epoch",
+        f"epoch {FINETUNE_EPOCHS}/{FINETUNE_EPOCHS}  loss",
+        f"held-out PSNR (after {FINETUNE_EPOCHS} epochs",
+        "held_out.png (held-out frames: ground truth | render)",
+    ):
         assert line in result.stdout, result.stdout[-3000:]
     assert (run / "held_out.png").is_file()
     (checkpoint,) = (run / "nerfstudio_models").glob("*.ckpt")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # torch >= 2.6 default
     assert state["step"] == FINETUNE_EPOCHS - 1
-    assert {k for k in state["pipeline"] if "gauss_params" in k} == {f"_model.gauss_params.{k}" for k in ("means", "scales", "quats", "features_dc", "features_rest", "opacities")}
+    assert {k for k in state["pipeline"] if "gauss_params" in k} == {
+        f"_model.gauss_params.{k}" for k in ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
+    }
     assert not any("network" in k for k in state["pipeline"])
     means = state["pipeline"]["_model.gauss_params.means"]
     assert means.shape[1] == 3 and len(means) > 0.5 * 4 * 16 * 16  # densified / pruned from the 1,024 predicted
@@ -208,8 +370,10 @@ def checkpoint_model(run: Path):
 
     (checkpoint,) = (run / "nerfstudio_models").glob("*.ckpt")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
-    gaussians = {k[len("_model."):]: v for k, v in state.items() if k.startswith("_model.gauss_params.")}
-    model = GaussianSceneModelConfig().setup(scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1)
+    gaussians = {k[len("_model.") :]: v for k, v in state.items() if k.startswith("_model.gauss_params.")}
+    model = GaussianSceneModelConfig().setup(
+        scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1
+    )
     model.load_state_dict(gaussians, strict=False)
     return model.eval()
 
@@ -234,14 +398,23 @@ def ply_round_trip(run: Path, ply: Path, path_json: Path, sh_degree: int) -> Non
         camera = cameras[i : i + 1]
         ours = model.get_outputs_for_camera(camera)["rgb"]
         c2w, K = model.opencv_cameras(camera)
-        theirs = render(gaussians, c2w, K, int(camera.width), int(camera.height), model.background_color, backend="torch").rgb[0].clamp(0, 1)
+        theirs = (
+            render(gaussians, c2w, K, int(camera.width), int(camera.height), model.background_color, backend="torch")
+            .rgb[0]
+            .clamp(0, 1)
+        )
         assert float(ours.std()) > 0.005
         torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
 
 
 def test_ns_export_writes_an_inria_ply_that_round_trips(tools, finetune_run):
     check(tools["results"]["finetune-export"])
-    ply_round_trip(finetune_run[0], tools["dir"] / "finetune" / "export" / "splat.ply", tools["camera_path"]["finetune"], sh_degree=0)
+    ply_round_trip(
+        finetune_run[0],
+        tools["dir"] / "finetune" / "export" / "splat.ply",
+        tools["camera_path"]["finetune"],
+        sh_degree=0,
+    )
 
 
 def test_ns_eval_scores_the_held_out_views(tools):
@@ -268,13 +441,18 @@ def test_tools_on_the_ilrm_run(tools, ilrm_run):
         check(tools["results"][f"ilrm-{name}"])
     video = video_frames(tools["dir"] / "ilrm" / "camera_path.mp4")
     assert len(video) == 6 and video.std() > 1.0
-    ply_round_trip(ilrm_run[0], tools["dir"] / "ilrm" / "export" / "splat.ply", tools["camera_path"]["ilrm"], sh_degree=0)
+    ply_round_trip(
+        ilrm_run[0], tools["dir"] / "ilrm" / "export" / "splat.ply", tools["camera_path"]["ilrm"], sh_degree=0
+    )
 
 
 # -- ns-viewer in headless Chromium ----------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (the Makefile's setup installs it: apt-get install chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="chromium is not installed (the Makefile's setup installs it: apt-get install chromium)",
+)
 def test_ns_viewer_renders_in_a_browser(tools):
     """Both runs: the viewer page shows a non-empty render, and a new one after the camera is
     dragged (screenshots in the tools folder: viewer/<run>.png and <run>_moved.png)."""

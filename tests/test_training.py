@@ -14,21 +14,40 @@ from ilrm_nerfstudio.data.synthetic import generate_dataset
 
 BIN = Path(sys.executable).parent
 TINY = [
-    "--pipeline.datamanager.image-height", "32",
-    "--pipeline.datamanager.image-width", "32",
-    "--pipeline.datamanager.scenes-per-batch", "2",
-    "--pipeline.model.network.width", "32",
-    "--pipeline.model.network.num-layers", "1",
-    "--pipeline.model.network.num-heads", "2",
+    "--pipeline.datamanager.image-height",
+    "32",
+    "--pipeline.datamanager.image-width",
+    "32",
+    "--pipeline.datamanager.scenes-per-batch",
+    "2",
+    "--pipeline.model.network.width",
+    "32",
+    "--pipeline.model.network.num-layers",
+    "1",
+    "--pipeline.model.network.num-heads",
+    "2",
 ]
 
 
 def ns_train(data: Path, output: Path, *extra: str, timestamp: str = "run") -> subprocess.CompletedProcess:
     command = [
-        str(BIN / "ns-train"), "ilrm-small", "--data", str(data), "--machine.device-type", "cpu",
-        "--vis", "tensorboard", "--output-dir", str(output), "--experiment-name", "test",
-        "--timestamp", timestamp, *TINY, *extra,
-    ]  # fmt: skip
+        str(BIN / "ns-train"),
+        "ilrm-small",
+        "--data",
+        str(data),
+        "--machine.device-type",
+        "cpu",
+        "--vis",
+        "tensorboard",
+        "--output-dir",
+        str(output),
+        "--experiment-name",
+        "test",
+        "--timestamp",
+        timestamp,
+        *TINY,
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
@@ -76,7 +95,13 @@ def test_checkpoint_reloads_into_the_pipeline_and_matches(trained_run):
 def test_load_dir_resumes_training(trained_run, dataset):
     output = trained_run.parents[2]
     result = ns_train(
-        dataset, output, "--max-num-iterations", "2", "--load-dir", str(trained_run / "nerfstudio_models"), timestamp="resumed"
+        dataset,
+        output,
+        "--max-num-iterations",
+        "2",
+        "--load-dir",
+        str(trained_run / "nerfstudio_models"),
+        timestamp="resumed",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Done loading Nerfstudio checkpoint" in result.stdout
@@ -89,24 +114,41 @@ def test_ns_eval_writes_metrics_json(trained_run, tmp_path):
     output = tmp_path / "eval.json"
     renders = tmp_path / "renders"
     result = subprocess.run(
-        [str(BIN / "ns-eval"), "--load-config", str(trained_run / "config.yml"), "--output-path", str(output),
-         "--render-output-path", str(renders)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            str(BIN / "ns-eval"),
+            "--load-config",
+            str(trained_run / "config.yml"),
+            "--output-path",
+            str(output),
+            "--render-output-path",
+            str(renders),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(output.read_text())["results"]
     for key in ("psnr", "ssim", "baseline_mean_color_psnr", "baseline_nearest_view_psnr"):
         assert key in results and results[key] == results[key]  # present and not NaN
     per_scene = json.loads((renders / "per_scene_metrics.json").read_text())
     assert len(per_scene) == 2 and {"scene", "psnr", "ssim"} <= set(per_scene[0])
-    assert len(list(renders.glob("*/frame_?????.png"))) == len(list(renders.glob("*/frame_?????_gt.png"))) == 2 * 2  # 2 scenes x 2 targets
+    assert (
+        len(list(renders.glob("*/frame_?????.png"))) == len(list(renders.glob("*/frame_?????_gt.png"))) == 2 * 2
+    )  # 2 scenes x 2 targets
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--pipeline.datamanager.image-height", "36"], "image size 36x32 must be divisible by patch_size x viewpoint_factor = 4 x 2 = 8"),
-        (["--pipeline.datamanager.num-context-views", "5", "--pipeline.datamanager.num-target-views", "4"], "has the 9 frames a sample needs"),
+        (
+            ["--pipeline.datamanager.image-height", "36"],
+            "image size 36x32 must be divisible by patch_size x viewpoint_factor = 4 x 2 = 8",
+        ),
+        (
+            ["--pipeline.datamanager.num-context-views", "5", "--pipeline.datamanager.num-target-views", "4"],
+            "has the 9 frames a sample needs",
+        ),
     ],
 )
 def test_bad_configuration_gives_a_clear_error(dataset, tmp_path, extra, message):
@@ -136,7 +178,6 @@ def test_model_tries_the_vgg_weights_once_when_offline(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     import ilrm_nerfstudio.nerfstudio.ilrm_model as ilrm_model
-
     from ilrm_nerfstudio.metrics import perceptual
 
     calls = []

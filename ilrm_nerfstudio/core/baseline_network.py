@@ -19,7 +19,15 @@ from torch.utils.checkpoint import checkpoint
 
 from ilrm_nerfstudio.core.cameras import pixel_centers
 from ilrm_nerfstudio.core.gaussians import Gaussians
-from ilrm_nerfstudio.core.network import Block, ILRMNetworkConfig, Tokenizer, decode_gaussians, init_weights, pixel_features, unpatchify
+from ilrm_nerfstudio.core.network import (
+    Block,
+    ILRMNetworkConfig,
+    Tokenizer,
+    decode_gaussians,
+    init_weights,
+    pixel_features,
+    unpatchify,
+)
 from ilrm_nerfstudio.core.precision import no_autocast
 
 
@@ -32,7 +40,8 @@ class FullAttentionLRM(nn.Module):
         p, d = config.patch_size, config.width
         self.image_tokenizer = Tokenizer(config.image_channels, p, d)
         self.blocks = nn.ModuleList(
-            Block(d, config.num_heads, config.mlp_ratio, backend=config.attention_backend) for _ in range(2 * config.num_layers)
+            Block(d, config.num_heads, config.mlp_ratio, backend=config.attention_backend)
+            for _ in range(2 * config.num_layers)
         )
         self.head_norm = nn.LayerNorm(d, bias=False)
         self.head = nn.Linear(d, p * p * sum(config.gaussian_channels.values()), bias=False)

@@ -127,7 +127,9 @@ def normalize_poses(
     return context, other, scale
 
 
-def resize_and_crop_intrinsics(K: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[Tensor, tuple[int, int], tuple[int, int]]:
+def resize_and_crop_intrinsics(
+    K: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> tuple[Tensor, tuple[int, int], tuple[int, int]]:
     """Intrinsics after resizing an image of size `in_hw` so it covers `out_hw` and center cropping.
 
     Returns the new K, the intermediate resized size (h, w) and the crop offset (top, left).

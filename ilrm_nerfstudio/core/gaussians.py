@@ -33,10 +33,10 @@ class Gaussians:
     def __len__(self) -> int:
         return self.means.shape[0]
 
-    def map(self, fn) -> "Gaussians":
+    def map(self, fn) -> Gaussians:
         """Apply `fn` to every tensor (e.g. `.detach()`, `.to(device)`, indexing)."""
         return Gaussians(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
     @staticmethod
-    def cat(parts: list["Gaussians"]) -> "Gaussians":
+    def cat(parts: list[Gaussians]) -> Gaussians:
         return Gaussians(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Gaussians)})

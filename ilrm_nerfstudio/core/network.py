@@ -42,7 +42,6 @@ from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.core.precision import no_autocast
 from ilrm_nerfstudio.core.sh import rgb_to_sh0
 
-
 # Per-pixel feature channels a tokenizer can read: "rgb" = 2 * rgb - 1 (3), and of the pixel's ray
 # "origin" o (3), "direction" d (3, unit) and "moment" o x d (3); (moment, direction) = Plücker.
 PIXEL_FEATURES = ("rgb", "origin", "direction", "moment")
@@ -187,9 +186,13 @@ class ILRMNetworkConfig:
         if self.cross_attention_groups not in TokenGroups.LAYOUTS:
             raise ValueError(f"cross_attention_groups must be 1, 2 or 4, got {self.cross_attention_groups}")
         if self.cross_attention_split not in ("strided", "spatial"):
-            raise ValueError(f"cross_attention_split must be 'strided' or 'spatial', got {self.cross_attention_split!r}")
+            raise ValueError(
+                f"cross_attention_split must be 'strided' or 'spatial', got {self.cross_attention_split!r}"
+            )
         if self.attention_backend not in SDPA_BACKENDS:
-            raise ValueError(f"attention_backend must be one of {sorted(SDPA_BACKENDS)}, got {self.attention_backend!r}")
+            raise ValueError(
+                f"attention_backend must be one of {sorted(SDPA_BACKENDS)}, got {self.attention_backend!r}"
+            )
         for field_name, names, allowed in (
             ("viewpoint_features", tuple(self.viewpoint_features), PIXEL_FEATURES[1:]),
             ("image_features", self.image_feature_order, PIXEL_FEATURES),
@@ -201,7 +204,9 @@ class ILRMNetworkConfig:
         if self.head_channel_order is not None:
             expected = dataclasses.replace(self, head_channel_order=None).gaussian_channels
             if sorted(self.head_channel_order) != sorted(expected):
-                raise ValueError(f"head_channel_order must order exactly {tuple(expected)}, got {tuple(self.head_channel_order)}")
+                raise ValueError(
+                    f"head_channel_order must order exactly {tuple(expected)}, got {tuple(self.head_channel_order)}"
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +309,15 @@ class Block(nn.Module):
     """Pre-norm residual block. Self-attention when called with one argument; cross-attention
     (only the query side normalized) when given `context` tokens."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, uplift: int = 1, backend: str = "auto", uplift_layout: str = "blocks"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        uplift: int = 1,
+        backend: str = "auto",
+        uplift_layout: str = "blocks",
+    ):
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim, bias=False)
         self.attn = Attention(dim, num_heads, uplift, backend, uplift_layout)
@@ -401,7 +414,9 @@ class UpdateLayer(nn.Module):
         d, heads, ratio, backend = config.width, config.num_heads, config.mlp_ratio, config.attention_backend
         self.groups, self.shift, self.reads_images = config.cross_attention_groups, shift, reads_images
         if reads_images:
-            self.cross = Block(d, heads, ratio, uplift=config.uplift_factor, backend=backend, uplift_layout=config.uplift_layout)
+            self.cross = Block(
+                d, heads, ratio, uplift=config.uplift_factor, backend=backend, uplift_layout=config.uplift_layout
+            )
         else:
             self.global_attn = Block(d, heads, ratio, backend=backend)
         self.self_attn = Block(d, heads, ratio, backend=backend)
@@ -506,7 +521,9 @@ class ILRM(nn.Module):
             raise ValueError(f"images must be [B, V, 3, H, W], got {list(images.shape)}")
         B, V, _, H, W = images.shape
         if c2w.shape != (B, V, 4, 4) or K.shape != (B, V, 3, 3):
-            raise ValueError(f"for images {list(images.shape)} expected c2w [{B}, {V}, 4, 4] and K [{B}, {V}, 3, 3], got {list(c2w.shape)} and {list(K.shape)}")
+            raise ValueError(
+                f"for images {list(images.shape)} expected c2w [{B}, {V}, 4, 4] and K [{B}, {V}, 3, 3], got {list(c2w.shape)} and {list(K.shape)}"
+            )
         cfg = self.config
         cfg.check_image_size(H, W)
         multiple = cfg.size_multiple
@@ -569,7 +586,9 @@ class ILRM(nn.Module):
             return decode_gaussians(cfg, raw, c2w, K_grid, grid_xy, pooled.permute(0, 1, 3, 4, 2))
 
 
-def decode_gaussians(cfg: ILRMNetworkConfig, raw: Tensor, c2w: Tensor, K_grid: Tensor, grid_xy: Tensor, grid_colors: Tensor) -> Gaussians:
+def decode_gaussians(
+    cfg: ILRMNetworkConfig, raw: Tensor, c2w: Tensor, K_grid: Tensor, grid_xy: Tensor, grid_colors: Tensor
+) -> Gaussians:
     """Raw head output [B, V, h, w, c] (fp32) -> Gaussians placed along the rays through the
     pixel centers grid_xy [B, V, h, w, 2] of cameras (c2w, K_grid). grid_colors [B, V, h, w, 3]:
     the images on that grid (used by `color_skip`)."""

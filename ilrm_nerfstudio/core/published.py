@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import normalize_poses
-from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
 
 RE10K, DL3DV = "re10k", "dl3dv"
 RE10K_PREFIX = "encoder.scaler."  # where the Lightning module keeps the network
@@ -150,9 +150,13 @@ class PublishedProtocol:
 
 def protocol_for(kind: str, num_views: int | None = None, patch_multiple: int | None = None) -> PublishedProtocol:
     if kind == RE10K:
-        return PublishedProtocol(RE10K, (256, 256), 2, 0.01, 500.0, (1.0, 1.0, 1.0), 0, patch_multiple or 8, "index", None)
+        return PublishedProtocol(
+            RE10K, (256, 256), 2, 0.01, 500.0, (1.0, 1.0, 1.0), 0, patch_multiple or 8, "index", None
+        )
     if kind == DL3DV:
-        return PublishedProtocol(DL3DV, (544, 960), num_views or 32, 0.01, 1e6, (1.0, 1.0, 1.0), 0, patch_multiple or 16, "kmeans", 8)
+        return PublishedProtocol(
+            DL3DV, (544, 960), num_views or 32, 0.01, 1e6, (1.0, 1.0, 1.0), 0, patch_multiple or 16, "kmeans", 8
+        )
     raise ValueError(f"unknown published model {kind!r} (re10k or dl3dv)")
 
 
@@ -174,7 +178,9 @@ def published_protocol(path_or_network) -> PublishedProtocol:
     return protocol_for(kind, _views_from_name(path) if kind == DL3DV else None, config.size_multiple)
 
 
-def published_normalize_poses(context_c2w: Tensor, other_c2w: Tensor | None = None) -> tuple[Tensor, Tensor | None, float]:
+def published_normalize_poses(
+    context_c2w: Tensor, other_c2w: Tensor | None = None
+) -> tuple[Tensor, Tensor | None, float]:
     """The authors' pose normalization: cameras relative to the average input camera (mean
     position, mean forward, mean down orthogonalized), translations scaled by 1 / the largest
     absolute coordinate of the input camera positions. c2w [N, 4, 4] OpenCV -> (context, other,
@@ -204,7 +210,9 @@ def _torch_load(path: Path, trusted: bool | None) -> object:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         unsafe = isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower()
         if not unsafe:  # truncated, corrupt, not a torch file
-            raise ILRMError(f"{path}: not a readable PyTorch file, truncated or corrupt? ({first}); expected {EXPECTED}") from None
+            raise ILRMError(
+                f"{path}: not a readable PyTorch file, truncated or corrupt? ({first}); expected {EXPECTED}"
+            ) from None
         if not _trust_pickles(trusted):
             raise ILRMError(
                 f"{path}: holds Python objects beyond tensors and plain containers, which are only unpickled from "
@@ -213,7 +221,9 @@ def _torch_load(path: Path, trusted: bool | None) -> object:
     try:  # trusted: full unpickling
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise ILRMError(f"{path}: not a readable PyTorch file ({type(error).__name__}: {error}); expected {EXPECTED}") from None
+        raise ILRMError(
+            f"{path}: not a readable PyTorch file ({type(error).__name__}: {error}); expected {EXPECTED}"
+        ) from None
 
 
 def detect_format(obj: object, path: Path) -> tuple[str, dict[str, Tensor]]:
@@ -272,31 +282,60 @@ def published_network_config(kind: str, state: dict[str, Tensor], path: Path | s
     head_dim = _shape(state, "processor.blocks.0.read_cross.q_norm.weight", path, kind)[0]
     hidden = _shape(state, "processor.blocks.0.read_ff.fc1.weight", path, kind)[0]
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"processor\.blocks\.(\d+)\.", k))}
-    if patch * patch * viewpoint_channels != viewpoint_in or not head_dim or width % head_dim or not blocks or len(blocks) % 2 or max(blocks) + 1 != len(blocks):
-        raise ILRMError(f"{path}: {kind} checkpoint with an unexpected architecture (tokenizer {width}x{viewpoint_in}, {len(blocks)} blocks, head dim {head_dim})")
+    if (
+        patch * patch * viewpoint_channels != viewpoint_in
+        or not head_dim
+        or width % head_dim
+        or not blocks
+        or len(blocks) % 2
+        or max(blocks) + 1 != len(blocks)
+    ):
+        raise ILRMError(
+            f"{path}: {kind} checkpoint with an unexpected architecture (tokenizer {width}x{viewpoint_in}, {len(blocks)} blocks, head dim {head_dim})"
+        )
     common = dict(
-        patch_size=patch, width=width, num_heads=width // head_dim, num_layers=len(blocks) // 2, mlp_ratio=hidden / width,
-        gaussian_param="published", color_skip=False, cross_attention_groups=1, iterative_refinement=True,
+        patch_size=patch,
+        width=width,
+        num_heads=width // head_dim,
+        num_layers=len(blocks) // 2,
+        mlp_ratio=hidden / width,
+        gaussian_param="published",
+        color_skip=False,
+        cross_attention_groups=1,
+        iterative_refinement=True,
         resolution_decoupling=True,
-    )  # fmt: skip
+    )
     if kind == RE10K:
         return ILRMNetworkConfig(
-            **common, viewpoint_factor=1, uplift=1, sh_degree=0, pixel_offset=False,
-            viewpoint_features=("moment", "direction"), image_features=("rgb", "moment", "direction"),
+            **common,
+            viewpoint_factor=1,
+            uplift=1,
+            sh_degree=0,
+            pixel_offset=False,
+            viewpoint_features=("moment", "direction"),
+            image_features=("rgb", "moment", "direction"),
             head_channel_order=("distance", "sh", "scale", "rotation", "opacity"),
-        )  # fmt: skip
+        )
     head_out = _shape(state, "viewpoint_token_decoder.1.weight", path, kind)[0]
     sh_coefficients = (head_out // patch**2 - (2 + 3 + 3 + 4 + 1)) // 3
     sh_degree = round(sh_coefficients**0.5) - 1
     uplift = _shape(state, "processor.blocks.0.read_cross.q.weight", path, kind)[0] // width
     return ILRMNetworkConfig(
-        **common, viewpoint_factor=2, uplift=uplift, uplift_layout="interleaved", sh_degree=max(sh_degree, 0), pixel_offset=True,
-        viewpoint_features=("origin", "direction", "moment"), image_features=("origin", "direction", "moment", "rgb"),
+        **common,
+        viewpoint_factor=2,
+        uplift=uplift,
+        uplift_layout="interleaved",
+        sh_degree=max(sh_degree, 0),
+        pixel_offset=True,
+        viewpoint_features=("origin", "direction", "moment"),
+        image_features=("origin", "direction", "moment", "rgb"),
         head_channel_order=("offset", "distance", "sh", "scale", "rotation", "opacity"),
-    )  # fmt: skip
+    )
 
 
-def map_state_dict(kind: str, state: dict[str, Tensor], network: ILRM, path: Path | str = "checkpoint") -> dict[str, Tensor]:
+def map_state_dict(
+    kind: str, state: dict[str, Tensor], network: ILRM, path: Path | str = "checkpoint"
+) -> dict[str, Tensor]:
     """Their state dict -> ours through `KEY_TABLE`; every key and shape must match exactly."""
     path = Path(path)
     ours = network.state_dict()
@@ -308,15 +347,21 @@ def map_state_dict(kind: str, state: dict[str, Tensor], network: ILRM, path: Pat
         if parts > 1:
             tensor = tensor.chunk(parts, dim=0)[part]
         if tuple(tensor.shape) != tuple(ours[our_key].shape):
-            raise ILRMError(f"{path}: '{their_key}' has shape {list(state[their_key].shape)}, expected one giving {list(ours[our_key].shape)} for {our_key}")
+            raise ILRMError(
+                f"{path}: '{their_key}' has shape {list(state[their_key].shape)}, expected one giving {list(ours[our_key].shape)} for {our_key}"
+            )
         mapped[our_key] = tensor
         used.add(their_key)
     unexpected = sorted(set(state) - used)
     if unexpected:
-        raise ILRMError(f"{path}: {kind} checkpoint with {len(unexpected)} unexpected network key(s), e.g. '{unexpected[0]}' (a different model?)")
+        raise ILRMError(
+            f"{path}: {kind} checkpoint with {len(unexpected)} unexpected network key(s), e.g. '{unexpected[0]}' (a different model?)"
+        )
     missing = sorted(set(ours) - set(mapped))
     if missing:  # the table must cover our whole network
-        raise ILRMError(f"{path}: no published weights for {missing[0]} (network options that the published models lack?)")
+        raise ILRMError(
+            f"{path}: no published weights for {missing[0]} (network options that the published models lack?)"
+        )
     return mapped
 
 
@@ -330,6 +375,8 @@ def load_published_network(path: str | Path, device: str | torch.device = "cpu",
     network = ILRM(config)
     network.load_state_dict({k: v.float() for k, v in map_state_dict(kind, state, network, path).items()}, strict=True)
     network.eval().requires_grad_(False).to(device)
-    network.published_protocol = protocol_for(kind, _views_from_name(path) if kind == DL3DV else None, config.size_multiple)
+    network.published_protocol = protocol_for(
+        kind, _views_from_name(path) if kind == DL3DV else None, config.size_multiple
+    )
     network.published_path = str(path)
     return network

@@ -19,8 +19,6 @@ def rgb_to_sh0(rgb: Tensor) -> Tensor:
     return (rgb - 0.5) / SH_C0
 
 
-
-
 def sh_basis(dirs: Tensor, degree: int) -> Tensor:
     """Real SH basis at unit directions dirs [..., 3] -> [..., (degree + 1) ** 2], degrees 0..3."""
     if not 0 <= degree <= 3:
@@ -64,7 +62,9 @@ def sh_to_rgb(sh: Tensor, dirs: Tensor) -> Tensor:
     if (degree + 1) ** 2 != sh.shape[-2]:
         raise ValueError(f"sh must have (degree + 1)^2 coefficients, got {sh.shape[-2]}")
     if degree == 0:  # constant basis: no directions needed
-        return torch.clamp_min(SH_C0 * sh[..., 0, :] + 0.5, 0.0).expand(*torch.broadcast_shapes(sh.shape[:-2], dirs.shape[:-1]), 3)
+        return torch.clamp_min(SH_C0 * sh[..., 0, :] + 0.5, 0.0).expand(
+            *torch.broadcast_shapes(sh.shape[:-2], dirs.shape[:-1]), 3
+        )
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)
     basis = sh_basis(dirs, degree)  # [..., K]
     # (einsum: about 2x faster than a broadcast product and sum, forward and backward)

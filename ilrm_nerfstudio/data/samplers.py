@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -36,7 +36,12 @@ from ilrm_nerfstudio.core.errors import ILRMError
 
 
 def gap_range(
-    step: int, min_gap: int, max_gap: int, warmup_steps: int = 0, initial_min_gap: int | None = None, initial_max_gap: int | None = None
+    step: int,
+    min_gap: int,
+    max_gap: int,
+    warmup_steps: int = 0,
+    initial_min_gap: int | None = None,
+    initial_max_gap: int | None = None,
 ) -> tuple[int, int]:
     """The allowed [min, max] frame gap between the outer contexts at training `step`: linear
     from (initial_min_gap, initial_max_gap) at step 0 to (min_gap, max_gap) at `warmup_steps`."""
@@ -55,7 +60,9 @@ def gap_range(
 # ------------------------------------------------------------------------------------------------
 
 
-def _window(num_frames: int, needed: int, min_gap: int, max_gap: int, generator: torch.Generator | None) -> tuple[int, int]:
+def _window(
+    num_frames: int, needed: int, min_gap: int, max_gap: int, generator: torch.Generator | None
+) -> tuple[int, int]:
     """(start, gap) of a window of gap + 1 consecutive frames holding `needed` distinct frames."""
     low = max(min(min_gap, num_frames - 1), needed - 1)
     high = max(min(max_gap, num_frames - 1), low)
@@ -206,7 +213,9 @@ def holdout_frames(num_frames: int, interval: int) -> tuple[list[int], list[int]
     return [i for i in range(num_frames) if i % interval], held_out
 
 
-def holdout_episodes(train_frames: Sequence[int], held_out: Sequence[int], num_context: int, num_target: int) -> list[tuple[list[int], list[int]]]:
+def holdout_episodes(
+    train_frames: Sequence[int], held_out: Sequence[int], num_context: int, num_target: int
+) -> list[tuple[list[int], list[int]]]:
     """Evaluation episodes of a single scene: consecutive groups of `num_target` held-out frames,
     each with the `num_context` training frames nearest around the group (the nearest before the
     first target, the nearest after the last, extra ones evenly spaced between)."""
@@ -255,7 +264,9 @@ def load_index(path: Path) -> dict[str, tuple[list[int], list[int]]]:
             context = [int(i) for i in entry["context"]]
             target = [int(i) for i in entry["target"]]
         except (TypeError, KeyError, ValueError):
-            raise ILRMError(f"{path}: entry {key!r} needs integer lists 'context' and 'target', got {entry!r}") from None
+            raise ILRMError(
+                f"{path}: entry {key!r} needs integer lists 'context' and 'target', got {entry!r}"
+            ) from None
         if not context or not target:
             raise ILRMError(f"{path}: entry {key!r} has no context or no target frames")
         index[str(key)] = (context, target)
@@ -352,7 +363,11 @@ class StepBatchSampler(Sampler):
             # The group order of an epoch is the same for every stream (its own seed), so the
             # streams deal disjoint groups; the order inside a group is per stream.
             order_generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-            order = torch.randperm(len(labels), generator=order_generator).tolist() if self.shuffle else list(range(len(labels)))
+            order = (
+                torch.randperm(len(labels), generator=order_generator).tolist()
+                if self.shuffle
+                else list(range(len(labels)))
+            )
             mine = order[stream :: self.num_streams] or order  # fewer groups than streams: share
             for g in mine:
                 items = members[labels[g]]

@@ -27,13 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-
-from ilrm_nerfstudio.core.errors import ILRMError
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import intrinsics_matrix, opengl_to_opencv, resize_and_crop_intrinsics
-
-
+from ilrm_nerfstudio.core.errors import ILRMError
 
 DOWNSCALE_FACTORS = (8, 4, 2)  # `images_8`, `images_4`, `images_2` next to `images`
 
@@ -69,7 +66,7 @@ class Scene:
         except (OSError, UnidentifiedImageError, ValueError) as error:
             raise ILRMError(f"{path}: cannot read image ({error}) ({self.describe(index)})") from None
 
-    def subset(self, indices: list[int]) -> "Scene":
+    def subset(self, indices: list[int]) -> Scene:
         """The scene restricted to `indices` (messages keep the original frame numbers)."""
         return dataclasses.replace(
             self,
@@ -109,7 +106,7 @@ class ChunkScene(Scene):
         except (OSError, ValueError, AttributeError) as error:
             raise ILRMError(f"{self.describe(index)}: cannot decode the image ({error})") from None
 
-    def subset(self, indices: list[int]) -> "ChunkScene":
+    def subset(self, indices: list[int]) -> ChunkScene:
         scene = Scene.subset(self, indices)
         scene.jpegs = [self.jpegs[i] for i in indices]
         return scene
@@ -121,7 +118,9 @@ def pose_problems(c2w: Tensor) -> tuple[int, str] | None:
     finite = torch.isfinite(c2w).flatten(1).all(1)
     rotation = c2w[:, :3, :3]
     eye = torch.eye(3, dtype=torch.float64)
-    orthonormal = ((rotation @ rotation.transpose(1, 2) - eye).abs().flatten(1).amax(1) <= 1e-3) & (torch.linalg.det(rotation) > 0)
+    orthonormal = ((rotation @ rotation.transpose(1, 2) - eye).abs().flatten(1).amax(1) <= 1e-3) & (
+        torch.linalg.det(rotation) > 0
+    )
     bad = (~finite | ~orthonormal).nonzero()
     if len(bad) == 0:
         return None
@@ -169,7 +168,13 @@ def resolve_transforms(scene_dir: Path) -> Path:
     raise ILRMError(f"{scene_dir / 'transforms.json'}: not found (a scene folder needs a nerfstudio transforms.json)")
 
 
-def choose_image_folder(paths: list[Path], sizes: list[tuple[int, int]], image_folder: str | None, target_hw: tuple[int, int] | None, where: Path) -> list[Path]:
+def choose_image_folder(
+    paths: list[Path],
+    sizes: list[tuple[int, int]],
+    image_folder: str | None,
+    target_hw: tuple[int, int] | None,
+    where: Path,
+) -> list[Path]:
     """Swap `images/` for a downscaled copy `images_N/` (DL3DV, ns-process-data).
 
     image_folder None or "images": keep the paths; "images_N": that folder (must exist); "auto":
@@ -265,7 +270,9 @@ def load_nerfstudio_scene(
 # ------------------------------------------------------------------------------------------------
 
 
-def load_opencv_scene(path: Path, image_folder: str | None = None, target_hw: tuple[int, int] | None = None, name: str | None = None) -> Scene:
+def load_opencv_scene(
+    path: Path, image_folder: str | None = None, target_hw: tuple[int, int] | None = None, name: str | None = None
+) -> Scene:
     """Read `{scene_name, frames: [{file_path, w2c (4x4), h, w, fx, fy, cx, cy}]}` (OpenCV, pixel
     units). `path` is the json file or its folder; relative file paths are relative to the json."""
     path = Path(path)
@@ -328,9 +335,13 @@ def chunk_example_to_scene(example: dict, chunk: Path) -> ChunkScene:
         cameras = torch.as_tensor(example["cameras"]).double()
         jpegs = list(example["images"])
     except (KeyError, TypeError) as error:
-        raise ILRMError(f"scene {key} (chunk {chunk}): malformed example, needs 'cameras' and 'images' ({error!r})") from None
+        raise ILRMError(
+            f"scene {key} (chunk {chunk}): malformed example, needs 'cameras' and 'images' ({error!r})"
+        ) from None
     if cameras.ndim != 2 or cameras.shape[1] != 18 or len(cameras) != len(jpegs):
-        raise ILRMError(f"scene {key} (chunk {chunk}): cameras must be [N, 18] with one row per image, got {tuple(cameras.shape)} for {len(jpegs)} images")
+        raise ILRMError(
+            f"scene {key} (chunk {chunk}): cameras must be [N, 18] with one row per image, got {tuple(cameras.shape)} for {len(jpegs)} images"
+        )
     if not jpegs:
         raise ILRMError(f"scene {key} (chunk {chunk}): no frames")
     try:

@@ -32,7 +32,6 @@ from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.data.scene import (
     Scene,
     chunk_example_to_scene,
-    choose_image_folder,
     load_nerfstudio_scene,
     load_opencv_scene,
 )
@@ -158,7 +157,10 @@ def read_chunk_index(stage_dir: Path) -> dict[str, Path]:
             continue
         index[str(key)] = chunk
     if missing:
-        print(f"warning: {path}: {len(missing)} chunk file(s) listed but not found (e.g. {sorted(missing)[0]}); their scenes are left out", file=sys.stderr)
+        print(
+            f"warning: {path}: {len(missing)} chunk file(s) listed but not found (e.g. {sorted(missing)[0]}); their scenes are left out",
+            file=sys.stderr,
+        )
     return index
 
 
@@ -222,7 +224,10 @@ def chunk_entries(root: Path, split: str) -> list[SceneEntry]:
     if not index:
         raise ILRMError(f"{stage / 'index.json'}: lists no scene whose chunk file exists")
     # Sorted by chunk, then key: sequential passes touch every chunk once.
-    return [SceneEntry(key, chunk.name, chunk=chunk) for key, chunk in sorted(index.items(), key=lambda kv: (kv[1].name, kv[0]))]
+    return [
+        SceneEntry(key, chunk.name, chunk=chunk)
+        for key, chunk in sorted(index.items(), key=lambda kv: (kv[1].name, kv[0]))
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,7 +256,11 @@ def find_scenes(root: Path, split: str, kind: str) -> list[tuple[str, Path]]:
             files = list(base.glob("*/opencv_cameras.json")) + list(base.glob("*/*/opencv_cameras.json"))
             found = [f.parent for f in files]
         else:
-            files = [f for pattern in ("*/transforms.json", "*/*/transforms.json", "*/*/nerfstudio/transforms.json") for f in base.glob(pattern)]
+            files = [
+                f
+                for pattern in ("*/transforms.json", "*/*/transforms.json", "*/*/nerfstudio/transforms.json")
+                for f in base.glob(pattern)
+            ]
             found = [f.parent.parent if f.parent.name == "nerfstudio" else f.parent for f in files]
     found = sorted(set(found))
     if not found:
@@ -269,7 +278,9 @@ def load_folder_scene(path: Path, kind: str, options: LoadOptions, name: str | N
     return load_nerfstudio_scene(path, options.image_folder, options.target_hw, options.distortion, name=name)
 
 
-def folder_entries(root: Path, split: str, kind: str, options: LoadOptions, strict: bool, log=print) -> tuple[list[SceneEntry], list[str]]:
+def folder_entries(
+    root: Path, split: str, kind: str, options: LoadOptions, strict: bool, log=print
+) -> tuple[list[SceneEntry], list[str]]:
     """Load the scenes of a folder. A scene that fails to load is skipped with one logged line
     (strict=False, training) or raises ILRMError naming it (strict=True, evaluation)."""
     entries, problems = [], []

@@ -22,7 +22,14 @@ def _dataparser_for(root: Path):
     """nerfstudio dataparser config for a capture, with orientation/centering/scaling disabled and
     no downscaling (which would prompt), every image in the 'train' split."""
 
-    common = dict(orientation_method="none", center_method="none", auto_scale_poses=False, scale_factor=1.0, downscale_factor=1, eval_mode="all")
+    common = dict(
+        orientation_method="none",
+        center_method="none",
+        auto_scale_poses=False,
+        scale_factor=1.0,
+        downscale_factor=1,
+        eval_mode="all",
+    )
     if root.suffix == ".json" or (root / "transforms.json").is_file():
         return NerfstudioDataParserConfig(data=root, load_3D_points=False, **common)
     if (root / "nerfstudio" / "transforms.json").is_file():
@@ -85,7 +92,9 @@ def load_single_scene(root: Path, options: LoadOptions) -> Scene:
     """One capture (ns-process-data output, COLMAP folder, transforms.json or opencv_cameras.json)."""
     root = Path(root)
     name = root.stem if root.is_file() else root.name
-    if (root.is_dir() and (root / "opencv_cameras.json").is_file() and not (root / "transforms.json").is_file()) or root.name == "opencv_cameras.json":
+    if (
+        root.is_dir() and (root / "opencv_cameras.json").is_file() and not (root / "transforms.json").is_file()
+    ) or root.name == "opencv_cameras.json":
         return load_opencv_scene(root, options.image_folder, options.target_hw)
     config = _dataparser_for(root)
     quiet, CONSOLE.quiet = CONSOLE.quiet, True  # its eval-mode=all notice does not apply here
@@ -94,11 +103,15 @@ def load_single_scene(root: Path, options: LoadOptions) -> Scene:
     except ILRMError:
         raise
     except Exception as error:  # nerfstudio's parsers assert / raise on bad input: name the scene
-        raise ILRMError(f"{root}: nerfstudio's {type(config).__name__.replace('Config', '')} could not read the scene ({type(error).__name__}: {error})") from None
+        raise ILRMError(
+            f"{root}: nerfstudio's {type(config).__name__.replace('Config', '')} could not read the scene ({type(error).__name__}: {error})"
+        ) from None
     finally:
         CONSOLE.quiet = quiet
     scene = scene_from_dataparser_outputs(outputs, name, options.distortion)
-    scene.image_paths = choose_image_folder(scene.image_paths, scene.image_sizes, options.image_folder, options.target_hw, root)
+    scene.image_paths = choose_image_folder(
+        scene.image_paths, scene.image_sizes, options.image_folder, options.target_hw, root
+    )
     for i, path in enumerate(scene.image_paths):
         if not path.is_file():
             raise ILRMError(f"scene {name}: frame {i}: image file {path} not found")

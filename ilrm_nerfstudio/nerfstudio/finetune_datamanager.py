@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Optional, Type
+from typing import Literal
 
 import torch
 import tyro
@@ -39,9 +39,9 @@ from nerfstudio.data.utils.dataloaders import RandIndicesEvalDataloader
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
+from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.data.samplers import kmeans_views
 from ilrm_nerfstudio.data.scene import Scene, load_view, load_working_view
-from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.dataparser_scene import scene_from_dataparser_outputs
 
@@ -54,17 +54,17 @@ def held_out_every_8th() -> NerfstudioDataParserConfig:
 
 @dataclass
 class ILRMSceneDataManagerConfig(VanillaDataManagerConfig):
-    _target: Type = field(default_factory=lambda: ILRMSceneDataManager)
+    _target: type = field(default_factory=lambda: ILRMSceneDataManager)
     dataparser: AnnotatedDataParserUnion = field(default_factory=held_out_every_8th)
     """How the scene is read: `nerfstudio-data` (transforms.json, ns-process-data output), `colmap`, ..."""
-    image_size: Optional[int] = None
+    image_size: int | None = None
     """Longest image side (pixels) the frames are resized to on load, whole frame and aspect kept,
     intrinsics scaled exactly. None: 512 on the CPU, the full size on CUDA; 0: the full size."""
     view_selection: Literal["all", "every-kth", "kmeans"] = "kmeans"
     """Input views (the network's, and the published finetune epochs') among the training frames:
     every one, every `view_stride`-th, or `num_input_views` chosen by k-means over camera position
     and viewing direction."""
-    num_input_views: Optional[int] = None
+    num_input_views: int | None = None
     """Number of input views for view_selection="kmeans" (None: 8, or the published model's)."""
     view_stride: int = 2
     """k for view_selection="every-kth" (frames 0, k, 2k, ... of the training split)."""
@@ -78,7 +78,7 @@ class ILRMSceneDataManagerConfig(VanillaDataManagerConfig):
     eval_num_rays_per_batch: tyro.conf.Suppress[int] = 1024
     eval_num_images_to_sample_from: tyro.conf.Suppress[int] = -1
     eval_num_times_to_repeat_images: tyro.conf.Suppress[int] = -1
-    eval_image_indices: tyro.conf.Suppress[Optional[tuple[int, ...]]] = (0,)
+    eval_image_indices: tyro.conf.Suppress[tuple[int, ...] | None] = (0,)
     camera_res_scale_factor: tyro.conf.Suppress[float] = 1.0
     patch_size: tyro.conf.Suppress[int] = 1
     pixel_sampler: tyro.conf.Suppress[PixelSamplerConfig] = field(default_factory=PixelSamplerConfig)
@@ -89,9 +89,21 @@ class ILRMSceneDataManagerConfig(VanillaDataManagerConfig):
 class ILRMSceneDataManager(VanillaDataManager):
     config: ILRMSceneDataManagerConfig
 
-    def __init__(self, config: ILRMSceneDataManagerConfig, device="cpu", test_mode: Literal["test", "val", "inference"] = "val", world_size: int = 1, local_rank: int = 0, **kwargs):
+    def __init__(
+        self,
+        config: ILRMSceneDataManagerConfig,
+        device="cpu",
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        **kwargs,
+    ):
         self.default_input_views = 8  # a published network's protocol may ask for more
-        if (config.num_input_views is not None and config.num_input_views < 1) or config.view_stride < 1 or config.views_per_step < 0:
+        if (
+            (config.num_input_views is not None and config.num_input_views < 1)
+            or config.view_stride < 1
+            or config.views_per_step < 0
+        ):
             raise ILRMError("num_input_views and view_stride must be >= 1, views_per_step >= 0")
         if config.image_size is not None and config.image_size < 0:
             raise ILRMError(f"image_size must be >= 0 (0: full size), got {config.image_size}")
@@ -103,7 +115,9 @@ class ILRMSceneDataManager(VanillaDataManager):
             self._init_without_data(config, device, test_mode, world_size, local_rank)
             return
         self._request_point_cloud(config, Path(data))
-        super().__init__(config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, **kwargs)
+        super().__init__(
+            config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, **kwargs
+        )
 
     @staticmethod
     def _request_point_cloud(config: ILRMSceneDataManagerConfig, data: Path) -> None:
@@ -129,8 +143,18 @@ class ILRMSceneDataManager(VanillaDataManager):
         self.test_split = "test"
         self.dataparser_config = config.dataparser
         self.includes_time = False
-        empty = Cameras(camera_to_worlds=torch.zeros(0, 3, 4), fx=torch.zeros(0, 1), fy=torch.zeros(0, 1), cx=torch.zeros(0, 1), cy=torch.zeros(0, 1), width=torch.zeros(0, 1, dtype=torch.long), height=torch.zeros(0, 1, dtype=torch.long))
-        self.train_dataparser_outputs = DataparserOutputs(image_filenames=[], cameras=empty, scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])))
+        empty = Cameras(
+            camera_to_worlds=torch.zeros(0, 3, 4),
+            fx=torch.zeros(0, 1),
+            fy=torch.zeros(0, 1),
+            cx=torch.zeros(0, 1),
+            cy=torch.zeros(0, 1),
+            width=torch.zeros(0, 1, dtype=torch.long),
+            height=torch.zeros(0, 1, dtype=torch.long),
+        )
+        self.train_dataparser_outputs = DataparserOutputs(
+            image_filenames=[], cameras=empty, scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
+        )
         self.train_dataset = InputDataset(self.train_dataparser_outputs)
         self.eval_dataset = InputDataset(self.train_dataparser_outputs)
         self.exclude_batch_keys_from_device = list(self.train_dataset.exclude_batch_keys_from_device)
@@ -191,12 +215,17 @@ class ILRMSceneDataManager(VanillaDataManager):
         K = torch.stack(Ks)
         cameras = Cameras(
             camera_to_worlds=source.camera_to_worlds.clone(),
-            fx=K[:, 0, 0:1], fy=K[:, 1, 1:2], cx=K[:, 0, 2:3], cy=K[:, 1, 2:3],
+            fx=K[:, 0, 0:1],
+            fy=K[:, 1, 1:2],
+            cx=K[:, 0, 2:3],
+            cy=K[:, 1, 2:3],
             width=torch.tensor([[image.shape[1]] for image in images]),
             height=torch.tensor([[image.shape[0]] for image in images]),
-            distortion_params=None, camera_type=CameraType.PERSPECTIVE,
-            times=source.times, metadata=source.metadata,
-        )  # fmt: skip
+            distortion_params=None,
+            camera_type=CameraType.PERSPECTIVE,
+            times=source.times,
+            metadata=source.metadata,
+        )
         return cameras.to(self.device), [{"image": image, "image_idx": index} for image, index in zip(images, indices)]
 
     @cached_property
@@ -268,7 +297,10 @@ class ILRMSceneDataManager(VanillaDataManager):
             size = len(group) if per_step <= 0 else per_step
             for start in range(0, len(group), size):
                 part = sorted(group[start : start + size])
-                batch = {"image": torch.stack([items[i]["image"] for i in part]).to(self.device), "indices": torch.tensor(part)}
+                batch = {
+                    "image": torch.stack([items[i]["image"] for i in part]).to(self.device),
+                    "indices": torch.tensor(part),
+                }
                 batches.append((cameras[torch.tensor(part, device=cameras.device)], batch))
         return batches
 

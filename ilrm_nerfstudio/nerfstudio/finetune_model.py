@@ -29,12 +29,11 @@ written to the run folder.
 from __future__ import annotations
 
 import functools
-
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Tuple, Type
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,20 +41,32 @@ from nerfstudio.cameras.cameras import Cameras
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
-from ilrm_nerfstudio.core.gaussians import Gaussians
-from ilrm_nerfstudio.nerfstudio.scene_model import GAUSSIAN_FIELDS, GaussianSceneModel, GaussianSceneModelConfig
-from ilrm_nerfstudio.metrics import image_metrics, load_perceptual, psnr, training_ssim
-from ilrm_nerfstudio.data.points import points_to_gaussians, random_gaussians, triangulate_points
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.data.points import points_to_gaussians, random_gaussians, triangulate_points
+from ilrm_nerfstudio.metrics import image_metrics, load_perceptual, psnr, training_ssim
 from ilrm_nerfstudio.nerfstudio.console import log_line
-
-from ilrm_nerfstudio.nerfstudio.run_network import load_network, network_input_size, predict_gaussians, view_groups, with_sh_degree
+from ilrm_nerfstudio.nerfstudio.run_network import (
+    load_network,
+    network_input_size,
+    predict_gaussians,
+    view_groups,
+    with_sh_degree,
+)
+from ilrm_nerfstudio.nerfstudio.scene_model import GAUSSIAN_FIELDS, GaussianSceneModel, GaussianSceneModelConfig
 
 # The published finetune ("Ours_10").
 MEANS_LR = 6e-4
 OTHER_LR = 1e-3
 # 3D Gaussian splatting's learning rates (means: times the scene extent, decaying to 1/100).
-REFINE_LR = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "features_dc": 2.5e-3, "features_rest": 2.5e-3 / 20, "opacities": 5e-2}
+REFINE_LR = {
+    "means": 1.6e-4,
+    "scales": 5e-3,
+    "quats": 1e-3,
+    "features_dc": 2.5e-3,
+    "features_rest": 2.5e-3 / 20,
+    "opacities": 5e-2,
+}
 REFINE_MEANS_FINAL = 0.01
 
 
@@ -75,7 +86,12 @@ def held_out_baselines(datamanager) -> dict[str, float]:
     nearest, flat = [], []
     for camera, item in zip(eval_cameras.camera_to_worlds.cpu(), eval_items):
         truth = item["image"].float().permute(2, 0, 1)[None] / 255.0
-        copy = train_items[int((train_centers - camera[:3, 3]).norm(dim=-1).argmin())]["image"].float().permute(2, 0, 1)[None] / 255.0
+        copy = (
+            train_items[int((train_centers - camera[:3, 3]).norm(dim=-1).argmin())]["image"]
+            .float()
+            .permute(2, 0, 1)[None]
+            / 255.0
+        )
         nearest.append(float(psnr(copy, truth)))
         flat.append(float(psnr(mean_color[None, :, None, None].expand_as(truth), truth)))
     return {"nearest training frame": sum(nearest) / len(nearest), "mean color": sum(flat) / len(flat)}
@@ -111,8 +127,8 @@ class EpochPlan:
 
 @dataclass
 class ILRMFinetuneModelConfig(GaussianSceneModelConfig):
-    _target: Type = field(default_factory=lambda: ILRMFinetuneModel)
-    ilrm_run: Optional[Path] = None
+    _target: type = field(default_factory=lambda: ILRMFinetuneModel)
+    ilrm_run: Path | None = None
     """The trained network: an `ns-train ilrm` / `ilrm-small` run folder, its config.yml or a
     checkpoint (.ckpt), or a published iLRM checkpoint (`re10k_2view.ckpt`,
     `ilrm_undistort_dl3dv*.pt`; then that model's input size, views and pose normalization). Only
@@ -121,7 +137,7 @@ class ILRMFinetuneModelConfig(GaussianSceneModelConfig):
     """Starting Gaussians: "network" (the prediction of --pipeline.model.ilrm-run), "points" (the
     scene's SfM points, else points triangulated from the training frames), "random" (the
     from-scratch baseline); "auto": network when ilrm-run is given, else points."""
-    network_resolution: Optional[Tuple[int, int]] = None
+    network_resolution: tuple[int, int] | None = None
     """(height, width) of the network's input; default: the frame's aspect ratio at the longest
     side of the run's training resolution, rounded to patch_size x viewpoint_factor."""
     bf16: bool = True
@@ -207,7 +223,9 @@ class ILRMFinetuneModel(GaussianSceneModel):
                 points = triangulate_points([item["image"].numpy() for item in items], c2w, K, seed=cfg.seed)
                 source = f"points triangulated from {len(items)} training frames (SIFT, known poses)"
             if len(points[0]) < 100:
-                raise ILRMError(f"{datamanager.config.data}: found only {len(points[0])} 3D points to start from; use --pipeline.model.init random")
+                raise ILRMError(
+                    f"{datamanager.config.data}: found only {len(points[0])} 3D points to start from; use --pipeline.model.init random"
+                )
             gaussians = points_to_gaussians(points[0], points[1], cfg.sh_degree)
             log(f"start: {len(gaussians):,} Gaussians at {source} ({time.perf_counter() - start:.1f} s)")
         elif kind == "random":
@@ -219,13 +237,18 @@ class ILRMFinetuneModel(GaussianSceneModel):
         if cfg.report_held_out:
             baselines = held_out_baselines(datamanager)
             if baselines:
-                log("    held-out PSNR of trivial baselines: " + ", ".join(f"{k} {v:.2f} dB" for k, v in baselines.items()))
+                log(
+                    "    held-out PSNR of trivial baselines: "
+                    + ", ".join(f"{k} {v:.2f} dB" for k, v in baselines.items())
+                )
             self.report("feed-forward" if kind == "network" else f"{kind} start", datamanager)
 
     def _network_start(self, datamanager) -> Gaussians:
         cfg = self.config
         if cfg.ilrm_run is None:
-            raise ILRMError("--pipeline.model.ilrm-run is needed (an ns-train ilrm / ilrm-small run), or --pipeline.model.init points / random")
+            raise ILRMError(
+                "--pipeline.model.ilrm-run is needed (an ns-train ilrm / ilrm-small run), or --pipeline.model.init points / random"
+            )
         trained = load_network(cfg.ilrm_run, self.device)
         trained.bf16 = cfg.bf16
         multiple = trained.network.config.size_multiple
@@ -234,9 +257,14 @@ class ILRMFinetuneModel(GaussianSceneModel):
         if trained.published:  # the authors' protocol: their input size and number of views
             height, width = cfg.network_resolution or trained.resolution
             views = datamanager.ask_for_input_views(trained.context_views)
-            if torch.device(self.device).type == "cpu" and trained.network.num_gaussians(views, height, width) > 300_000:
-                log("    a full-size published model is slow on a CPU: fewer views or a lower size help, e.g. "
-                         "--pipeline.datamanager.num-input-views 8 --pipeline.model.network-resolution 272 480")  # fmt: skip
+            if (
+                torch.device(self.device).type == "cpu"
+                and trained.network.num_gaussians(views, height, width) > 300_000
+            ):
+                log(
+                    "    a full-size published model is slow on a CPU: fewer views or a lower size help, e.g. "
+                    "--pipeline.datamanager.num-input-views 8 --pipeline.model.network-resolution 272 480"
+                )
         else:
             height, width = cfg.network_resolution or network_input_size(frame_hw, trained.resolution, multiple)
         trained.network.config.check_image_size(height, width, "network_resolution")
@@ -263,7 +291,9 @@ class ILRMFinetuneModel(GaussianSceneModel):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         if trained.sh_degree != cfg.sh_degree:
-            log(f"the network predicts SH degree {trained.sh_degree}; the model keeps degree {cfg.sh_degree} (padded/truncated)")
+            log(
+                f"the network predicts SH degree {trained.sh_degree}; the model keeps degree {cfg.sh_degree} (padded/truncated)"
+            )
         log(f"    {len(gaussians):,} Gaussians in {seconds:.2f} s")
         return with_sh_degree(gaussians, cfg.sh_degree)
 
@@ -347,7 +377,9 @@ class ILRMFinetuneModel(GaussianSceneModel):
         self.seconds_per_view = min(seconds[1:]) / len(batch[1]["image"])
         views = min(self.config.refine_views, self.config.refine_minutes * 60.0 / self.seconds_per_view)
         refine = max(1, round(views / frames))
-        log(f"auto budget: {refine} refinement epochs ({refine * frames:,} frames at ~{self.seconds_per_view:.2f} s each, {self.config.refine_minutes:g} min)")
+        log(
+            f"auto budget: {refine} refinement epochs ({refine * frames:,} frames at ~{self.seconds_per_view:.2f} s each, {self.config.refine_minutes:g} min)"
+        )
         self.time_budget = self.config.refine_minutes * 60.0
         paper = self.config.paper_epochs if self.started_from == "network" else 0
         return paper + refine
@@ -408,7 +440,9 @@ class ILRMFinetuneModel(GaussianSceneModel):
         step = self.plan.refine_step(epoch, batch) + 1
         if len(self.means) >= self.config.max_gaussians:
             self.strategy.refine_stop_iter = min(self.strategy.refine_stop_iter, step)
-        self.strategy.step_post_backward(self.gauss_params, self.optimizers.optimizers, self.strategy_state, step, self.last_info, packed=False)
+        self.strategy.step_post_backward(
+            self.gauss_params, self.optimizers.optimizers, self.strategy_state, step, self.last_info, packed=False
+        )
         for name in GAUSSIAN_FIELDS:  # nerfstudio's view of the parameters follows
             self.optimizers.parameters[name] = [self.gauss_params[name]]
         self.last_info = None
@@ -438,7 +472,9 @@ class ILRMFinetuneModel(GaussianSceneModel):
             return callbacks
         frames = len(datamanager.train_views[1])
         if plan.paper_epochs:
-            log(f"epochs 1-{plan.paper_epochs}: published finetune on {len(datamanager.input_indices)} input views (one Adam step each, MSE)")
+            log(
+                f"epochs 1-{plan.paper_epochs}: published finetune on {len(datamanager.input_indices)} input views (one Adam step each, MSE)"
+            )
         if plan.epochs > plan.paper_epochs:
             log(
                 f"epochs {plan.paper_epochs + 1}-{plan.epochs}: refinement on {frames} training frames, "
@@ -535,5 +571,3 @@ class ILRMFinetuneModel(GaussianSceneModel):
         metrics = {name: float(v.mean()) for name, v in values.items()}
         image = torch.cat([gt[0], pred[0]], dim=2).permute(1, 2, 0)  # ground truth | render
         return metrics, {"img": image}
-
-

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Type
+from typing import Literal
 
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 
 from ilrm_nerfstudio.nerfstudio.finetune_datamanager import ILRMSceneDataManagerConfig
-
 from ilrm_nerfstudio.nerfstudio.finetune_model import ILRMFinetuneModelConfig
-
 
 # ------------------------------------------------------------------------------------------------
 # The pipeline: one trainer iteration = one epoch
@@ -21,7 +19,7 @@ from ilrm_nerfstudio.nerfstudio.finetune_model import ILRMFinetuneModelConfig
 
 @dataclass
 class ILRMFinetunePipelineConfig(VanillaPipelineConfig):
-    _target: Type = field(default_factory=lambda: ILRMFinetunePipeline)
+    _target: type = field(default_factory=lambda: ILRMFinetunePipeline)
     datamanager: ILRMSceneDataManagerConfig = field(default_factory=ILRMSceneDataManagerConfig)
     model: ILRMFinetuneModelConfig = field(default_factory=ILRMFinetuneModelConfig)
 
@@ -33,8 +31,18 @@ class ILRMFinetunePipeline(VanillaPipeline):
 
     config: ILRMFinetunePipelineConfig
 
-    def __init__(self, config: ILRMFinetunePipelineConfig, device: str, test_mode: Literal["test", "val", "inference"] = "val", world_size: int = 1, local_rank: int = 0, grad_scaler=None):
-        super().__init__(config, device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, grad_scaler=grad_scaler)
+    def __init__(
+        self,
+        config: ILRMFinetunePipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler=None,
+    ):
+        super().__init__(
+            config, device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, grad_scaler=grad_scaler
+        )
         if test_mode == "val":  # training: the starting Gaussians (a resumed run loads its own after)
             if config.model.lpips_weight > 0:
                 self.model.perceptual()  # fail now, not at the first step, when VGG is missing
@@ -87,4 +95,3 @@ class ILRMFinetunePipeline(VanillaPipeline):
 
         # First, so that the model's epoch report sees the densified Gaussians.
         return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_last_batch)] + callbacks
-

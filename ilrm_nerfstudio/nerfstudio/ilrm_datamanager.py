@@ -9,11 +9,10 @@ Frames are loaded in background processes (`num_workers`); view sampling is in `
 from __future__ import annotations
 
 import functools
-
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Type
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -22,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ilrm_nerfstudio.core.cameras import normalize_poses
+from ilrm_nerfstudio.core.errors import ILRMError, one_line
 from ilrm_nerfstudio.data.samplers import (
     StepBatchSampler,
     StepRef,
@@ -37,9 +37,6 @@ from ilrm_nerfstudio.data.samplers import (
     wide_coverage_views,
 )
 from ilrm_nerfstudio.data.scene import Scene, load_view_uint8
-from ilrm_nerfstudio.core.errors import ILRMError, one_line
-from ilrm_nerfstudio.nerfstudio.console import log_line
-from ilrm_nerfstudio.nerfstudio.viewer_scene import SceneViewsDataset, episode_scene, find_episode
 from ilrm_nerfstudio.data.sources import (
     ChunkCache,
     LoadOptions,
@@ -50,7 +47,9 @@ from ilrm_nerfstudio.data.sources import (
     folder_entries,
     has_split,
 )
+from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.dataparser_scene import load_single_scene
+from ilrm_nerfstudio.nerfstudio.viewer_scene import SceneViewsDataset, episode_scene, find_episode
 
 # Kept for callers of the earlier API: the bounded sampler.
 sample_views = sample_bounded
@@ -77,7 +76,7 @@ class ContextTargetDataset(Dataset):
     def __init__(
         self,
         entries: list[SceneEntry | Scene],
-        config: "ILRMDataManagerConfig",
+        config: ILRMDataManagerConfig,
         deterministic: bool,
         episodes: list[Episode] | None = None,
     ):
@@ -120,24 +119,37 @@ class ContextTargetDataset(Dataset):
                 self._frames.popitem(last=False)
         return value
 
-    def choose_views(self, scene: Scene, episode: Episode, generator: torch.Generator | None, step: int, num_context: int) -> tuple[list[int], list[int]]:
+    def choose_views(
+        self, scene: Scene, episode: Episode, generator: torch.Generator | None, step: int, num_context: int
+    ) -> tuple[list[int], list[int]]:
         cfg = self.config
         if episode.context is not None:
             for i in episode.context + episode.target:
                 if not 0 <= i < len(scene):
-                    raise ILRMError(f"scene {scene.name}: the view list asks for frame {i}, but the scene has {len(scene)} frames")
+                    raise ILRMError(
+                        f"scene {scene.name}: the view list asks for frame {i}, but the scene has {len(scene)} frames"
+                    )
             return list(episode.context), list(episode.target)
         if generator is None:  # evaluation
             num_context, num_target = cfg.eval_views()
             if cfg.eval_protocol == "wide":
                 return wide_coverage_views(scene.c2w, num_context, cfg.wide_target_interval)
             return sample_bounded(len(scene), num_context, num_target, cfg.min_frame_gap, cfg.max_frame_gap, None)
-        low, high = gap_range(step, cfg.min_frame_gap, cfg.max_frame_gap, cfg.warmup_steps, cfg.initial_min_frame_gap, cfg.initial_max_frame_gap)
+        low, high = gap_range(
+            step,
+            cfg.min_frame_gap,
+            cfg.max_frame_gap,
+            cfg.warmup_steps,
+            cfg.initial_min_frame_gap,
+            cfg.initial_max_frame_gap,
+        )
         if cfg.view_sampler == "multiview":
             return sample_multiview(scene.c2w, num_context, cfg.num_target_views, low, high, generator)
         return sample_bounded(len(scene), num_context, cfg.num_target_views, low, high, generator)
 
-    def sample(self, episode: Episode, generator: torch.Generator | None, step: int = 0, num_context: int | None = None) -> dict:
+    def sample(
+        self, episode: Episode, generator: torch.Generator | None, step: int = 0, num_context: int | None = None
+    ) -> dict:
         cfg = self.config
         num_context = num_context or cfg.num_context_views
         name = self.entries[episode.entry].name
@@ -152,7 +164,11 @@ class ContextTargetDataset(Dataset):
         K = torch.stack([k for _, k in views])
         context_c2w, target_c2w, _ = normalize_poses(scene.c2w[context].double(), scene.c2w[targets].double())
         V = len(context)
-        if generator is not None and cfg.flip_probability > 0 and float(torch.rand((), generator=generator)) < cfg.flip_probability:
+        if (
+            generator is not None
+            and cfg.flip_probability > 0
+            and float(torch.rand((), generator=generator)) < cfg.flip_probability
+        ):
             images, c2w, K = flip_horizontal(images, torch.cat([context_c2w, target_c2w]), K)
             context_c2w, target_c2w = c2w[:V], c2w[V:]
         return {
@@ -190,7 +206,7 @@ class ContextTargetDataset(Dataset):
 
 @dataclass
 class ILRMDataManagerConfig(DataManagerConfig):
-    _target: Type = field(default_factory=lambda: ILRMDataManager)
+    _target: type = field(default_factory=lambda: ILRMDataManager)
     source: SourceKind = "auto"
     """What --data is: "chunks" (RE10K/ACID torch chunks), "nerfstudio-scenes" (folder of
     transforms.json scenes, DL3DV), "opencv-scenes" (opencv_cameras.json scenes), "single-scene"
@@ -305,7 +321,9 @@ class ILRMDataManager(DataManager):
             raise ILRMError("view_sampler='index' needs --pipeline.datamanager.train-index <index.json>")
         low, high = self.context_range()
         if low < 1 or high < low:
-            raise ILRMError(f"context views must satisfy 1 <= min_context_views <= max_context_views (got {low}, {high})")
+            raise ILRMError(
+                f"context views must satisfy 1 <= min_context_views <= max_context_views (got {low}, {high})"
+            )
         if not 0.0 <= cfg.flip_probability <= 1.0:
             raise ILRMError(f"flip_probability must be in [0, 1], got {cfg.flip_probability}")
         gap_range(0, cfg.min_frame_gap, cfg.max_frame_gap)  # raises for min > max
@@ -336,7 +354,9 @@ class ILRMDataManager(DataManager):
         if self.source == "single-scene":
             scene = load_single_scene(cfg.data, options)
             return [SceneEntry(scene.name, scene.name, scene=scene)]
-        raise ILRMError(f"unknown data source {self.source!r} (one of auto, chunks, nerfstudio-scenes, opencv-scenes, single-scene)")
+        raise ILRMError(
+            f"unknown data source {self.source!r} (one of auto, chunks, nerfstudio-scenes, opencv-scenes, single-scene)"
+        )
 
     def frames_needed(self, evaluation: bool) -> int:
         if evaluation:
@@ -363,7 +383,9 @@ class ILRMDataManager(DataManager):
         episodes = [Episode(by_name[key], key, ctx, tgt) for key, (ctx, tgt) in index.items() if key in by_name]
         missing = [key for key in index if key not in by_name]
         if missing:
-            warn(f"{path}: {len(missing)} of {len(index)} indexed scenes are not in the data (e.g. {missing[0]}); they are left out")
+            warn(
+                f"{path}: {len(missing)} of {len(index)} indexed scenes are not in the data (e.g. {missing[0]}); they are left out"
+            )
             if evaluation:
                 self.missing_eval_scenes = missing
         if not episodes:
@@ -387,7 +409,9 @@ class ILRMDataManager(DataManager):
         # Several GPUs: each rank draws from its own shard (whole chunks when possible).
         mine = shard_indices([entries[ep.entry].group for ep in episodes], self.local_rank, self.world_size)
         if not mine:
-            raise ILRMError(f"{self.rank_label()}no training scenes in this rank's shard ({len(episodes)} scenes for {self.world_size} ranks)")
+            raise ILRMError(
+                f"{self.rank_label()}no training scenes in this rank's shard ({len(episodes)} scenes for {self.world_size} ranks)"
+            )
         episodes = [episodes[i] for i in mine]
         if self.skipped_scenes:
             warn(f"{self.rank_label()}{len(self.skipped_scenes)} training scene(s) skipped (see the lines above)")
@@ -396,8 +420,14 @@ class ILRMDataManager(DataManager):
 
     def load_eval(self) -> tuple[list[SceneEntry], list[Episode]]:
         cfg = self.config
-        if self.source != "single-scene" and not has_split(cfg.data, self.source, cfg.eval_split) and has_split(cfg.data, self.source, cfg.train_split):
-            raise ILRMError(f"{cfg.data}: no '{cfg.eval_split}' split folder next to '{cfg.train_split}' (set --pipeline.datamanager.eval-split)")
+        if (
+            self.source != "single-scene"
+            and not has_split(cfg.data, self.source, cfg.eval_split)
+            and has_split(cfg.data, self.source, cfg.train_split)
+        ):
+            raise ILRMError(
+                f"{cfg.data}: no '{cfg.eval_split}' split folder next to '{cfg.train_split}' (set --pipeline.datamanager.eval-split)"
+            )
         entries = self.entries(cfg.eval_split, strict=True)
         if cfg.eval_index is not None:
             episodes = self.index_episodes(entries, cfg.eval_index, evaluation=True)
@@ -409,7 +439,10 @@ class ILRMDataManager(DataManager):
                 pairs = [(kmeans_views(scene.c2w, num_context, train_frames), held_out)]
             else:
                 pairs = holdout_episodes(train_frames, held_out, num_context, num_target)
-            episodes = [Episode(0, f"{scene.name}#{k:03d}" if len(pairs) > 1 else scene.name, c, t) for k, (c, t) in enumerate(pairs)]
+            episodes = [
+                Episode(0, f"{scene.name}#{k:03d}" if len(pairs) > 1 else scene.name, c, t)
+                for k, (c, t) in enumerate(pairs)
+            ]
         else:
             if cfg.eval_protocol != "wide":
                 entries = self.drop_short(entries, self.frames_needed(True), cfg.eval_split, True)
@@ -423,9 +456,14 @@ class ILRMDataManager(DataManager):
         low, high = self.context_range()
         groups = [self.train_dataset.entries[ep.entry].group for ep in self.train_dataset.episodes]
         self.train_sampler_ = StepBatchSampler(
-            groups, cfg.scenes_per_batch, self.step_ref, seed=cfg.seed + 1009 * self.local_rank,
-            num_workers=cfg.num_workers, min_context=low, max_context=high,
-        )  # fmt: skip
+            groups,
+            cfg.scenes_per_batch,
+            self.step_ref,
+            seed=cfg.seed + 1009 * self.local_rank,
+            num_workers=cfg.num_workers,
+            min_context=low,
+            max_context=high,
+        )
         self.train_loader = DataLoader(
             self.train_dataset,
             batch_sampler=self.train_sampler_,
@@ -557,4 +595,3 @@ class ILRMDataManager(DataManager):
 
     def get_param_groups(self):
         return {}
-

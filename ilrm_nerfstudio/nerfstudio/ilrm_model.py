@@ -4,33 +4,30 @@ held-out scene (`viewer_scene`), so that ns-export, ns-render and ns-viewer work
 (see viewer_scene.py).
 """
 
-
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Type
-
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from nerfstudio.cameras.cameras import Cameras
 from torch import Tensor
 
-from ilrm_nerfstudio.metrics.baselines import mean_color_baseline, nearest_view_baseline
-from ilrm_nerfstudio.core.gaussians import Gaussians
-from ilrm_nerfstudio.metrics import load_perceptual, psnr, ssim
-from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
+from ilrm_nerfstudio.metrics import load_perceptual, psnr, ssim
+from ilrm_nerfstudio.metrics.baselines import mean_color_baseline, nearest_view_baseline
 from ilrm_nerfstudio.nerfstudio.console import log_line
-
 from ilrm_nerfstudio.nerfstudio.scene_model import GaussianSceneModel, GaussianSceneModelConfig
 
 
 @dataclass
 class ILRMModelConfig(GaussianSceneModelConfig):
-    _target: Type = field(default_factory=lambda: ILRMModel)
+    _target: type = field(default_factory=lambda: ILRMModel)
     network: ILRMNetworkConfig = field(default_factory=ILRMNetworkConfig)
     """The network; its sh_degree is set from this config's sh_degree."""
     sh_degree: int = 0
@@ -61,9 +58,13 @@ class ILRMModelConfig(GaussianSceneModelConfig):
 
 # Network fields that `init_from` keeps from the run's config: how the network runs, not what it is.
 INIT_FROM_KEEPS = (
-    "gradient_checkpointing", "attention_backend", "compile",
-    "cross_attention_groups", "cross_attention_split", "cross_attention_rotation",
-)  # fmt: skip
+    "gradient_checkpointing",
+    "attention_backend",
+    "compile",
+    "cross_attention_groups",
+    "cross_attention_split",
+    "cross_attention_rotation",
+)
 
 
 class ILRMModel(GaussianSceneModel):
@@ -149,7 +150,11 @@ class ILRMModel(GaussianSceneModel):
             for b in range(len(batch["target_c2w"]))
         ]
         # [B, T, H, W, c]; per-render extras that are not images (e.g. "info") are left out
-        outputs = {key: torch.stack([o[key] for o in per_scene]) for key, value in per_scene[0].items() if isinstance(value, Tensor)}
+        outputs = {
+            key: torch.stack([o[key] for o in per_scene])
+            for key, value in per_scene[0].items()
+            if isinstance(value, Tensor)
+        }
         outputs["gaussians"] = gaussians
         return outputs
 
@@ -189,7 +194,9 @@ class ILRMModel(GaussianSceneModel):
             values["lpips"] = perceptual(pred, gt).reshape(-1)
         baselines = {
             "baseline_mean_color_psnr": mean_color_baseline(batch["context_images"], T),
-            "baseline_nearest_view_psnr": nearest_view_baseline(batch["context_images"], batch["context_c2w"], batch["target_c2w"]),
+            "baseline_nearest_view_psnr": nearest_view_baseline(
+                batch["context_images"], batch["context_c2w"], batch["target_c2w"]
+            ),
         }
         for name, images in baselines.items():
             values[name] = psnr(images.flatten(0, 1), gt)

@@ -23,26 +23,26 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Type
+from typing import Literal
 
 import torch
 import torch.distributed as dist
-from PIL import Image
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
 from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
 from ilrm_nerfstudio.nerfstudio.viewer_scene import hold_eval_scene
-from ilrm_nerfstudio.core.errors import ILRMError
-from ilrm_nerfstudio.nerfstudio.console import log_line
 
 
 @dataclass
 class ILRMPipelineConfig(VanillaPipelineConfig):
-    _target: Type = field(default_factory=lambda: ILRMPipeline)
+    _target: type = field(default_factory=lambda: ILRMPipeline)
     datamanager: ILRMDataManagerConfig = field(default_factory=ILRMDataManagerConfig)
     model: ILRMModelConfig = field(default_factory=ILRMModelConfig)
 
@@ -62,7 +62,9 @@ class ILRMPipeline(VanillaPipeline):
         Pipeline.__init__(self)
         self.config, self.test_mode, self.world_size = config, test_mode, world_size
         self.check_config()
-        self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank)
+        self.datamanager = config.datamanager.setup(
+            device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank
+        )
         self.datamanager.to(device)
         self._model = config.model.setup(
             scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])),
@@ -84,12 +86,16 @@ class ILRMPipeline(VanillaPipeline):
         `device_ids` on the CPU (gloo; DDP refuses them for CPU modules). Rank 0's parameters
         are broadcast to every rank here."""
         if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("world_size > 1 needs an initialized torch.distributed process group (nerfstudio's launch or ilrm-train)")
+            raise RuntimeError(
+                "world_size > 1 needs an initialized torch.distributed process group (nerfstudio's launch or ilrm-train)"
+            )
         torch_device = torch.device(device)
         if torch_device.type == "cuda":
             index = torch_device.index if torch_device.index is not None else torch.cuda.current_device()
             torch.cuda.set_device(index)  # NCCL collectives (barrier, all_gather_object) use the current device
-            self._model = typing.cast(Model, DDP(self._model, device_ids=[index], output_device=index, find_unused_parameters=True))
+            self._model = typing.cast(
+                Model, DDP(self._model, device_ids=[index], output_device=index, find_unused_parameters=True)
+            )
         else:
             self._model = typing.cast(Model, DDP(self._model, find_unused_parameters=True))
         # Evaluation results are Python objects: gather them over gloo, whatever the backend (NCCL
@@ -115,14 +121,21 @@ class ILRMPipeline(VanillaPipeline):
         During training the trainer calls this to write a checkpoint, so this is where the
         checkpoint's held-out scene is refreshed (viewer_scene.py) for the single-scene tools."""
         which = str(self.model.config.viewer_scene)
-        if self._run_dir is not None and which.lower() != "none" and not kwargs.get("prefix", args[1] if len(args) > 1 else ""):
+        if (
+            self._run_dir is not None
+            and which.lower() != "none"
+            and not kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        ):
             hold_eval_scene(self.model, self.datamanager, which, self._run_dir)
         state = super().state_dict(*args, **kwargs)
         if not isinstance(self._model, DDP):
             return state
         prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
         ddp_prefix = f"{prefix}_model.module."
-        renamed = type(state)((f"{prefix}_model.{key[len(ddp_prefix):]}" if key.startswith(ddp_prefix) else key, value) for key, value in state.items())
+        renamed = type(state)(
+            (f"{prefix}_model.{key[len(ddp_prefix) :]}" if key.startswith(ddp_prefix) else key, value)
+            for key, value in state.items()
+        )
         if hasattr(state, "_metadata"):
             renamed._metadata = state._metadata  # type: ignore[attr-defined]
         return renamed
@@ -173,18 +186,24 @@ class ILRMPipeline(VanillaPipeline):
             return summary[0]
         return self._evaluate_and_summarize((rank, world) if world > 1 else None, output_path, get_std)
 
-    def _evaluate_and_summarize(self, shard: tuple[int, int] | None, output_path: Path | None, get_std: bool) -> dict[str, float]:
+    def _evaluate_and_summarize(
+        self, shard: tuple[int, int] | None, output_path: Path | None, get_std: bool
+    ) -> dict[str, float]:
         per_scene = self.evaluate_scenes(output_path, shard)
         if shard is not None:  # gather every rank's scenes, back in the order of the batches
             gathered: list = [None] * shard[1]
             dist.all_gather_object(gathered, per_scene, group=self._object_group)
-            per_scene = [scene for _, scene in sorted((item for part in gathered for item in part), key=lambda item: item[0])]
+            per_scene = [
+                scene for _, scene in sorted((item for part in gathered for item in part), key=lambda item: item[0])
+            ]
         else:
             per_scene = [scene for _, scene in per_scene]
         summary = summarize(per_scene, get_std)
         if output_path is not None:
             (output_path / "per_scene_metrics.json").write_text(json.dumps(per_scene, indent=2))
-        log_line(f"evaluated {len(per_scene)} held-out scenes: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+        log_line(
+            f"evaluated {len(per_scene)} held-out scenes: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
+        )
         return summary
 
     @torch.no_grad()

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import tyro
@@ -20,21 +19,21 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from ilrm_nerfstudio.core.network import ILRMNetworkConfig
 from ilrm_nerfstudio.nerfstudio.finetune_model import MEANS_LR, OTHER_LR
 from ilrm_nerfstudio.nerfstudio.finetune_pipeline import ILRMFinetunePipelineConfig
 from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
 from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
-from ilrm_nerfstudio.nerfstudio.scene_model import GAUSSIAN_FIELDS
 from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import ILRMPipelineConfig
-from ilrm_nerfstudio.core.network import ILRMNetworkConfig
 from ilrm_nerfstudio.nerfstudio.optim import AdamWMatricesConfig, WarmupCosineSchedulerConfig
+from ilrm_nerfstudio.nerfstudio.scene_model import GAUSSIAN_FIELDS
 
 
 @dataclass
 class ILRMTrainerConfig(TrainerConfig):
     """nerfstudio's trainer config, without the text prompt that no model of ours reads."""
 
-    prompt: tyro.conf.Suppress[Optional[str]] = None
+    prompt: tyro.conf.Suppress[str | None] = None
 
 
 def default_machine() -> MachineConfig:
@@ -77,7 +76,9 @@ def ilrm_trainer_config(
 ilrm_method = MethodSpecification(
     config=ilrm_trainer_config(
         "ilrm",
-        ILRMDataManagerConfig(image_height=256, image_width=256, num_context_views=2, num_target_views=4, scenes_per_batch=8),
+        ILRMDataManagerConfig(
+            image_height=256, image_width=256, num_context_views=2, num_target_views=4, scenes_per_batch=8
+        ),
         ILRMModelConfig(network=ILRMNetworkConfig(viewpoint_factor=2, gradient_checkpointing=True)),
         max_steps=100_000,
         lr=4e-4,
@@ -91,11 +92,19 @@ ilrm_small_method = MethodSpecification(
     config=ilrm_trainer_config(
         "ilrm-small",
         ILRMDataManagerConfig(
-            image_height=64, image_width=64, num_context_views=2, num_target_views=4, eval_target_views=2, scenes_per_batch=4,
-            min_frame_gap=4, max_frame_gap=12,
+            image_height=64,
+            image_width=64,
+            num_context_views=2,
+            num_target_views=4,
+            eval_target_views=2,
+            scenes_per_batch=4,
+            min_frame_gap=4,
+            max_frame_gap=12,
         ),
         ILRMModelConfig(
-            network=ILRMNetworkConfig(patch_size=4, width=128, num_heads=4, num_layers=4, viewpoint_factor=2, color_skip=True),
+            network=ILRMNetworkConfig(
+                patch_size=4, width=128, num_heads=4, num_layers=4, viewpoint_factor=2, color_skip=True
+            ),
             lpips_weight=0.0,
         ),
         max_steps=2000,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Type
 
 import torch
 from nerfstudio.engine.optimizers import OptimizerConfig
@@ -16,7 +15,7 @@ from torch.optim import lr_scheduler
 
 @dataclass
 class AdamWMatricesConfig(OptimizerConfig):
-    _target: Type = torch.optim.AdamW
+    _target: type = torch.optim.AdamW
     lr: float = 4e-4
     eps: float = 1e-8
     betas: tuple[float, float] = (0.9, 0.95)
@@ -35,7 +34,7 @@ class AdamWMatricesConfig(OptimizerConfig):
 
 @dataclass
 class WarmupCosineSchedulerConfig(SchedulerConfig):
-    _target: Type = field(default_factory=lambda: WarmupCosineScheduler)
+    _target: type = field(default_factory=lambda: WarmupCosineScheduler)
     warmup_steps: int = 1000
     max_steps: int = 100_000
     final_factor: float = 0.0

@@ -4,7 +4,6 @@ views (Gaussians mapped back into the scene's frame)."""
 
 from __future__ import annotations
 
-
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -16,12 +15,10 @@ import yaml
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import normalize_poses
+from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.core.frames import normalized_to_world
 from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.core.network import ILRM
-from ilrm_nerfstudio.core.errors import ILRMError
-
-
 
 # ------------------------------------------------------------------------------------------------
 # The trained network of an ilrm run
@@ -72,14 +69,18 @@ def load_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwo
     (`re10k_2view.ckpt`, `ilrm_undistort_dl3dv*.pt`) with that model's protocol."""
     path = Path(path)
     if not path.exists():
-        raise ILRMError(f"{path}: ilrm run not found (give its folder, config.yml or a .ckpt, or a published iLRM checkpoint)")
+        raise ILRMError(
+            f"{path}: ilrm run not found (give its folder, config.yml or a .ckpt, or a published iLRM checkpoint)"
+        )
     if is_run_path(path):
         return load_trained_network(path, device)
     from ilrm_nerfstudio.core.published import load_published_network
 
     network = load_published_network(path, device)
     protocol = network.published_protocol
-    return TrainedNetwork(network, tuple(protocol.image_size), protocol.sh_degree, path, True, protocol.num_views, published=True)
+    return TrainedNetwork(
+        network, tuple(protocol.image_size), protocol.sh_degree, path, True, protocol.num_views, published=True
+    )
 
 
 def load_trained_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwork:
@@ -88,13 +89,19 @@ def load_trained_network(path: Path, device: torch.device | str = "cpu") -> Trai
     config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
     model_config = getattr(getattr(config, "pipeline", None), "model", None)
     if model_config is None or not hasattr(model_config, "network"):
-        raise ILRMError(f"{config_path}: not an ilrm run (method {getattr(config, 'method_name', '?')!r} has no network)")
-    network_config = dataclasses.replace(model_config.network, sh_degree=model_config.sh_degree, compile=False, gradient_checkpointing=False)
+        raise ILRMError(
+            f"{config_path}: not an ilrm run (method {getattr(config, 'method_name', '?')!r} has no network)"
+        )
+    network_config = dataclasses.replace(
+        model_config.network, sh_degree=model_config.sh_degree, compile=False, gradient_checkpointing=False
+    )
     network = ILRM(network_config)
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
     except Exception as error:  # torn or foreign file: name it
-        raise ILRMError(f"{checkpoint}: cannot read this checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:120]})") from None
+        raise ILRMError(
+            f"{checkpoint}: cannot read this checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+        ) from None
     weights = {key.split("network.", 1)[1]: value for key, value in state.items() if "_model.network." in key}
     if not weights:
         raise ILRMError(f"{checkpoint}: holds no network weights")
@@ -103,9 +110,13 @@ def load_trained_network(path: Path, device: torch.device | str = "cpu") -> Trai
     network.eval()
     data = config.pipeline.datamanager
     return TrainedNetwork(
-        network.to(device), (int(data.image_height), int(data.image_width)), int(model_config.sh_degree), checkpoint,
-        bool(getattr(model_config, "bf16", True)), int(getattr(data, "num_context_views", 2)),
-    )  # fmt: skip
+        network.to(device),
+        (int(data.image_height), int(data.image_width)),
+        int(model_config.sh_degree),
+        checkpoint,
+        bool(getattr(model_config, "bf16", True)),
+        int(getattr(data, "num_context_views", 2)),
+    )
 
 
 def network_input_size(frame_hw: tuple[int, int], trained_hw: tuple[int, int], multiple: int) -> tuple[int, int]:
@@ -158,5 +169,3 @@ def with_sh_degree(g: Gaussians, degree: int) -> Gaussians:
     if sh.shape[1] < K:
         sh = torch.cat([sh, sh.new_zeros(len(g), K - sh.shape[1], 3)], dim=1)
     return dataclasses.replace(g, sh=sh)
-
-

@@ -8,16 +8,14 @@ gsplat on CUDA, our rasterizer on the CPU). The feed-forward model (ilrm_model.p
 per-scene model (finetune_model.py) build on it.
 """
 
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Literal, Optional, Type
-
-import tyro
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import tyro
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.models.splatfacto import SplatfactoModel
@@ -37,17 +35,17 @@ class GaussianSceneModelConfig(ModelConfig):
     SplatfactoModelConfig: none of Splatfacto's options apply (the model only subclasses
     SplatfactoModel because ns-export and the viewer check for that type)."""
 
-    _target: Type = field(default_factory=lambda: GaussianSceneModel)
+    _target: type = field(default_factory=lambda: GaussianSceneModel)
     sh_degree: int = 0
     background_color: Literal["random", "black", "white"] = "white"
     render_backend: Literal["auto", "gsplat", "torch"] = "auto"
     """"auto": gsplat on CUDA, our PyTorch rasterizer on CPU."""
     # Options of nerfstudio's ray-based models that Gaussians do not use: hidden from --help.
     enable_collider: tyro.conf.Suppress[bool] = False
-    collider_params: tyro.conf.Suppress[Optional[Dict[str, float]]] = None
-    loss_coefficients: tyro.conf.Suppress[Dict[str, float]] = field(default_factory=dict)
+    collider_params: tyro.conf.Suppress[dict[str, float] | None] = None
+    loss_coefficients: tyro.conf.Suppress[dict[str, float]] = field(default_factory=dict)
     eval_num_rays_per_chunk: tyro.conf.Suppress[int] = 1 << 30
-    prompt: tyro.conf.Suppress[Optional[str]] = None
+    prompt: tyro.conf.Suppress[str | None] = None
 
 
 class GaussianSceneModel(SplatfactoModel):
@@ -68,9 +66,13 @@ class GaussianSceneModel(SplatfactoModel):
         """Store one scene's Gaussians (unbatched) in Splatfacto's parameter layout."""
         K = (self.config.sh_degree + 1) ** 2
         if gaussians is None:
-            gaussians = Gaussians(torch.zeros(0, 3), torch.ones(0, 3), torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, K, 3))
+            gaussians = Gaussians(
+                torch.zeros(0, 3), torch.ones(0, 3), torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, K, 3)
+            )
         if gaussians.sh.shape[1] != K:
-            raise ValueError(f"Gaussians with {gaussians.sh.shape[1]} SH coefficients for a model of sh_degree {self.config.sh_degree}")
+            raise ValueError(
+                f"Gaussians with {gaussians.sh.shape[1]} SH coefficients for a model of sh_degree {self.config.sh_degree}"
+            )
         device = self.gauss_params["means"].device if "means" in self.gauss_params else None
         g = gaussians.map(lambda t: t.detach().float().to(device) if device is not None else t.detach().float())
         params = {
@@ -138,7 +140,9 @@ class GaussianSceneModel(SplatfactoModel):
 
     # -- rendering ---------------------------------------------------------------------------------
 
-    def render_views(self, gaussians: Gaussians, c2w: Tensor, K: Tensor, height: int, width: int, background: Tensor | None = None) -> dict[str, Tensor]:
+    def render_views(
+        self, gaussians: Gaussians, c2w: Tensor, K: Tensor, height: int, width: int, background: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Render one scene's Gaussians into cameras c2w [C, 4, 4] (OpenCV), K [C, 3, 3]."""
         background = self._get_background_color() if background is None else background
         out = render(gaussians, c2w, K, width, height, background, backend=self.config.render_backend)
@@ -189,5 +193,3 @@ class GaussianSceneModel(SplatfactoModel):
     def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> dict:
         self.set_crop(obb_box)
         return self.render_cameras(camera)
-
-

@@ -33,10 +33,10 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.utils import comms
 
 from ilrm_nerfstudio.core.cameras import opencv_to_opengl
+from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.core.frames import normalized_to_world, transform_gaussians
 from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.data.scene import Scene
-from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.nerfstudio.console import log_line
 
 Tensor = torch.Tensor
@@ -51,7 +51,9 @@ def find_episode(datamanager, which: str) -> int:
     if which.lstrip("-").isdigit():
         index = int(which)
         if not -len(episodes) <= index < len(episodes):
-            raise ILRMError(f"viewer_scene {index}: there are {len(episodes)} evaluation scenes (0..{len(episodes) - 1})")
+            raise ILRMError(
+                f"viewer_scene {index}: there are {len(episodes)} evaluation scenes (0..{len(episodes) - 1})"
+            )
         return index % len(episodes)
     for i, episode in enumerate(episodes):
         if episode.name == which:
@@ -121,13 +123,23 @@ def hold_eval_scene(model, datamanager, which: str, run_dir: Path | None = None)
         return
     transform, scale = viewer_transform(scene)
     R, t = transform[:, :3].float(), transform[:, 3].float()
-    gaussians = transform_gaussians(gaussians.map(lambda t_: t_.float()), R.to(gaussians.means.device), scale * t.to(gaussians.means.device), scale)
+    gaussians = transform_gaussians(
+        gaussians.map(lambda t_: t_.float()), R.to(gaussians.means.device), scale * t.to(gaussians.means.device), scale
+    )
     model.set_scene_gaussians(gaussians)
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        record = {"scene": name, "transform": transform.tolist(), "scale": scale, "note": "x_viewer = scale * (transform[:, :3] @ x + transform[:, 3]), x in the scene's own (file) frame"}
+        record = {
+            "scene": name,
+            "transform": transform.tolist(),
+            "scale": scale,
+            "note": "x_viewer = scale * (transform[:, :3] @ x + transform[:, 3]), x in the scene's own (file) frame",
+        }
         (Path(run_dir) / "held_scene.json").write_text(json.dumps(record, indent=2))
-    log_line(f"checkpoint holds held-out scene {name} ({len(gaussians)} Gaussians) for ns-viewer / ns-render / ns-export", style="cyan")
+    log_line(
+        f"checkpoint holds held-out scene {name} ({len(gaussians)} Gaussians) for ns-viewer / ns-render / ns-export",
+        style="cyan",
+    )
 
 
 class SceneViewsDataset(InputDataset):

@@ -276,9 +276,11 @@ def rasterize_bwd(starts, packed, t_final, end, v_out, v_alpha, width, height, C
                 w = alpha * t if ok else zero
                 v0, v1, v2, v3 = st[5, l], st[6, l], st[7, l], st[8, l]
                 v_a = st[4, l] * ra + (
-                    v0 * (f0 * t - st[9, l] * ra) + v1 * (f1 * t - st[10, l] * ra)
-                    + v2 * (f2 * t - st[11, l] * ra) + v3 * (f3 * t - st[12, l] * ra)
-                )  # fmt: skip
+                    v0 * (f0 * t - st[9, l] * ra)
+                    + v1 * (f1 * t - st[10, l] * ra)
+                    + v2 * (f2 * t - st[11, l] * ra)
+                    + v3 * (f3 * t - st[12, l] * ra)
+                )
                 g_f0 += w * v0
                 g_f1 += w * v1
                 g_f2 += w * v2
@@ -360,10 +362,16 @@ def count_pairs(starts, packed, end, width, height):
 @nb.njit(cache=True)
 def _mm(A, B):
     return (
-        A[0] * B[0] + A[1] * B[3] + A[2] * B[6], A[0] * B[1] + A[1] * B[4] + A[2] * B[7], A[0] * B[2] + A[1] * B[5] + A[2] * B[8],
-        A[3] * B[0] + A[4] * B[3] + A[5] * B[6], A[3] * B[1] + A[4] * B[4] + A[5] * B[7], A[3] * B[2] + A[4] * B[5] + A[5] * B[8],
-        A[6] * B[0] + A[7] * B[3] + A[8] * B[6], A[6] * B[1] + A[7] * B[4] + A[8] * B[7], A[6] * B[2] + A[7] * B[5] + A[8] * B[8],
-    )  # fmt: skip
+        A[0] * B[0] + A[1] * B[3] + A[2] * B[6],
+        A[0] * B[1] + A[1] * B[4] + A[2] * B[7],
+        A[0] * B[2] + A[1] * B[5] + A[2] * B[8],
+        A[3] * B[0] + A[4] * B[3] + A[5] * B[6],
+        A[3] * B[1] + A[4] * B[4] + A[5] * B[7],
+        A[3] * B[2] + A[4] * B[5] + A[5] * B[8],
+        A[6] * B[0] + A[7] * B[3] + A[8] * B[6],
+        A[6] * B[1] + A[7] * B[4] + A[8] * B[7],
+        A[6] * B[2] + A[7] * B[5] + A[8] * B[8],
+    )
 
 
 @nb.njit(cache=True)
@@ -377,10 +385,16 @@ def _rotmat(q0, q1, q2, q3):
     n = math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3)
     w, x, y, z = q0 / n, q1 / n, q2 / n, q3 / n
     R = (
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    )  # fmt: skip
+        1 - 2 * (y * y + z * z),
+        2 * (x * y - w * z),
+        2 * (x * z + w * y),
+        2 * (x * y + w * z),
+        1 - 2 * (x * x + z * z),
+        2 * (y * z - w * x),
+        2 * (x * z - w * y),
+        2 * (y * z + w * x),
+        1 - 2 * (x * x + y * y),
+    )
     return R, w, x, y, z, n
 
 
@@ -395,10 +409,16 @@ def _world_cov(quats, scales, g):
 @nb.njit(cache=True)
 def _camera(w2c, Ks, c):
     R = (
-        float(w2c[c, 0, 0]), float(w2c[c, 0, 1]), float(w2c[c, 0, 2]),
-        float(w2c[c, 1, 0]), float(w2c[c, 1, 1]), float(w2c[c, 1, 2]),
-        float(w2c[c, 2, 0]), float(w2c[c, 2, 1]), float(w2c[c, 2, 2]),
-    )  # fmt: skip
+        float(w2c[c, 0, 0]),
+        float(w2c[c, 0, 1]),
+        float(w2c[c, 0, 2]),
+        float(w2c[c, 1, 0]),
+        float(w2c[c, 1, 1]),
+        float(w2c[c, 1, 2]),
+        float(w2c[c, 2, 0]),
+        float(w2c[c, 2, 1]),
+        float(w2c[c, 2, 2]),
+    )
     t = (float(w2c[c, 0, 3]), float(w2c[c, 1, 3]), float(w2c[c, 2, 3]))
     return R, t, float(Ks[c, 0, 0]), float(Ks[c, 1, 1]), float(Ks[c, 0, 2]), float(Ks[c, 1, 2])
 
@@ -464,8 +484,9 @@ def project_fwd(means, quats, scales, w2c, Ks, width, height, near, far, eps2d, 
 
 
 @nb.njit(parallel=True, cache=True)
-def project_bwd(means, quats, scales, w2c, Ks, width, height, margin, radii, conics, v_means2d, v_conics, v_depths,
-                want_cam):  # fmt: skip
+def project_bwd(
+    means, quats, scales, w2c, Ks, width, height, margin, radii, conics, v_means2d, v_conics, v_depths, want_cam
+):
     """Gradients of means [N, 3], quats [N, 4], scales [N, 3] and, when want_cam, per entry of
     the world-to-camera rotation (9) and translation (3) [C, N, 12] (to be summed over N)."""
     C, N = w2c.shape[0], means.shape[0]
@@ -512,12 +533,19 @@ def project_bwd(means, quats, scales, w2c, Ks, width, height, margin, radii, con
                 V00 * J0[2] * J0[0] + V01 * (J0[2] * J1[0] + J1[2] * J0[0]) + V11 * J1[2] * J1[0],
                 V00 * J0[2] * J0[1] + V01 * (J0[2] * J1[1] + J1[2] * J0[1]) + V11 * J1[2] * J1[1],
                 V00 * J0[2] * J0[2] + 2 * V01 * J0[2] * J1[2] + V11 * J1[2] * J1[2],
-            )  # fmt: skip
+            )
             d = _mm(_mm(_tr(R), v_Sc), R)
             v_S3 = (
-                v_S3[0] + d[0], v_S3[1] + d[1], v_S3[2] + d[2], v_S3[3] + d[3], v_S3[4] + d[4],
-                v_S3[5] + d[5], v_S3[6] + d[6], v_S3[7] + d[7], v_S3[8] + d[8],
-            )  # fmt: skip
+                v_S3[0] + d[0],
+                v_S3[1] + d[1],
+                v_S3[2] + d[2],
+                v_S3[3] + d[3],
+                v_S3[4] + d[4],
+                v_S3[5] + d[5],
+                v_S3[6] + d[6],
+                v_S3[7] + d[7],
+                v_S3[8] + d[8],
+            )
             rz = 1.0 / z
             rz2, rz3 = rz * rz, rz * rz * rz
             vu, vv = float(v_means2d[c, g, 0]), float(v_means2d[c, g, 1])
@@ -547,11 +575,12 @@ def project_bwd(means, quats, scales, w2c, Ks, width, height, margin, radii, con
                     v_cam[c, g, 9 + i] = vmc[i]
         # S3 = M M^T, M = Rq diag(s): v_M = 2 v_S3 M
         v_M = _mm(v_S3, M)
+        # the gradient of Rq, laid out as the 3x3 matrix
         A = (
             2 * v_M[0] * scales[g, 0], 2 * v_M[1] * scales[g, 1], 2 * v_M[2] * scales[g, 2],
             2 * v_M[3] * scales[g, 0], 2 * v_M[4] * scales[g, 1], 2 * v_M[5] * scales[g, 2],
             2 * v_M[6] * scales[g, 0], 2 * v_M[7] * scales[g, 1], 2 * v_M[8] * scales[g, 2],
-        )  # fmt: skip (the gradient of Rq)
+        )  # fmt: skip
         for k in range(3):
             v_scales[g, k] = 2 * (v_M[k] * Rq[k] + v_M[3 + k] * Rq[3 + k] + v_M[6 + k] * Rq[6 + k])
         w, x, y, z = w, x_, y_, z_

@@ -33,7 +33,6 @@ stopped (T / (1 - alpha), as gsplat). Per-pixel state only: no per-pair memory.
 
 from __future__ import annotations
 
-import math
 import numbers
 import sys
 import threading
@@ -80,9 +79,13 @@ class RenderOutput:
         """gsplat-style meta for `gsplat.strategy.DefaultStrategy` (packed=False)."""
         C, H, W = self.rgb.shape[:3]
         return {
-            "means2d": self.means2d, "radii": self.radii, "gaussian_ids": None,  # None: not packed
-            "width": W, "height": H, "n_cameras": C,
-        }  # fmt: skip
+            "means2d": self.means2d,
+            "radii": self.radii,
+            "gaussian_ids": None,  # None: not packed
+            "width": W,
+            "height": H,
+            "n_cameras": C,
+        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,8 +161,10 @@ class _Project(torch.autograd.Function):
         arrays, radii, conics, width, height = ctx.state
         means, quats, scales, w2c, K = arrays
         C, N = radii.shape
-        grads = [np.zeros(shape, means.dtype) if v is None else _np(v) for v, shape in
-                 ((v_means2d, (C, N, 2)), (v_conics, (C, N, 3)), (v_depths, (C, N)))]  # fmt: skip
+        grads = [
+            np.zeros(shape, means.dtype) if v is None else _np(v)
+            for v, shape in ((v_means2d, (C, N, 2)), (v_conics, (C, N, 3)), (v_depths, (C, N)))
+        ]
         want_cam = bool(ctx.needs_input_grad[3])
         _numba_threads()
         v_means, v_quats, v_scales, v_cam = raster_cpu.project_bwd(
@@ -207,7 +212,9 @@ class _Rasterize(torch.autograd.Function):
         for c in range(m.shape[0]):
             visible = np.flatnonzero((r[c] > 0) & (o >= ALPHA_MIN))
             order = visible[np.argsort(f[c, visible, 3], kind="stable")]
-            starts, _, packed, g_start, slot = raster_cpu.bin_gaussians(m[c], co[c], cv[c], o, r[c], f[c], order, width, height)
+            starts, _, packed, g_start, slot = raster_cpu.bin_gaussians(
+                m[c], co[c], cv[c], o, r[c], f[c], order, width, height
+            )
             out_c, t_c, end = raster_cpu.rasterize_fwd(starts, packed, width, height, consts)
             accum.append(out_c)
             t_final.append(t_c)
@@ -229,7 +236,9 @@ class _Rasterize(torch.autograd.Function):
         v_alpha_np = np.ascontiguousarray(_np(v_alpha), dtype=fdtype)
         sums = np.zeros((C, N, 6 + raster_cpu.N_FEATURES), fdtype)
         for c, (order, starts, packed, g_start, slot, t_c, end) in enumerate(states):
-            grads = raster_cpu.rasterize_bwd(starts, packed, t_c, end, v_out_np[c], v_alpha_np[c], width, height, consts)
+            grads = raster_cpu.rasterize_bwd(
+                starts, packed, t_c, end, v_out_np[c], v_alpha_np[c], width, height, consts
+            )
             sums[c, order] = raster_cpu.reduce_entries(grads, g_start, slot)
         sums = torch.from_numpy(sums).to(device=v_out.device, dtype=v_out.dtype)
         return sums[..., 0:2], sums[..., 2:5], sums[..., 5].sum(0), sums[..., 6:], None, None, None, None
@@ -286,8 +295,9 @@ def _validate(
         raise ValueError(f"all inputs must be on one device, got {sorted(str(d) for d in devices)}")
     # One device sync for all the NaN/Inf checks; name the culprit only when one fails.
     # (max |t| propagates NaN and Inf and is ~10x cheaper than isfinite(t).all() on a CPU)
-    finite = torch.stack([torch.isfinite(t.abs().amax()) if t.numel() else torch.tensor(True, device=t.device)
-                          for t in tensors.values()])  # fmt: skip
+    finite = torch.stack(
+        [torch.isfinite(t.abs().amax()) if t.numel() else torch.tensor(True, device=t.device) for t in tensors.values()]
+    )
     if not bool(finite.all()):
         bad = [name for name, ok in zip(tensors, finite.tolist()) if not ok]
         raise ValueError(f"{', '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or Inf values")
@@ -362,7 +372,14 @@ def _empty_output(
 
 
 def _render_torch(
-    g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int, bg: Tensor | None, near_plane: float, far_plane: float
+    g: Gaussians,
+    c2w: Tensor,
+    K: Tensor,
+    width: int,
+    height: int,
+    bg: Tensor | None,
+    near_plane: float,
+    far_plane: float,
 ) -> RenderOutput:
     C, N = c2w.shape[0], len(g)
     w2c = torch.linalg.inv(c2w)  # [C, 4, 4]
@@ -383,7 +400,14 @@ def _render_torch(
 
 
 def _render_gsplat(
-    g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int, bg: Tensor | None, near_plane: float, far_plane: float
+    g: Gaussians,
+    c2w: Tensor,
+    K: Tensor,
+    width: int,
+    height: int,
+    bg: Tensor | None,
+    near_plane: float,
+    far_plane: float,
 ) -> RenderOutput:
     if c2w.device.type != "cuda":
         raise ValueError(f"backend='gsplat' needs CUDA tensors, got device {c2w.device}; use backend='torch'")
@@ -415,4 +439,6 @@ def _render_gsplat(
         rasterize_mode="classic",
     )
     # gsplat's own screen-space means and radii: what its DefaultStrategy densifies with.
-    return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=colors[..., 3:4], means2d=meta.get("means2d"), radii=meta.get("radii"))
+    return RenderOutput(
+        rgb=colors[..., :3], alpha=alphas, depth=colors[..., 3:4], means2d=meta.get("means2d"), radii=meta.get("radii")
+    )

@@ -40,7 +40,9 @@ def detect(folder: Folder) -> None:
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
-    tyro.extras.subcommand_cli_from_dict({"index": index, "detect": detect}, prog="ilrm-data", description="Data source utilities.", args=argv)
+    tyro.extras.subcommand_cli_from_dict(
+        {"index": index, "detect": detect}, prog="ilrm-data", description="Data source utilities.", args=argv
+    )
     return 0
 
 

@@ -46,10 +46,23 @@ def reconstruct_capture(workdir: Path, minutes: float) -> dict:
     log = workdir / "real_capture.log"
     if not list((run / "nerfstudio_models").glob("*.ckpt")):
         command = [
-            tool("ns-train"), "ilrm-finetune", "--data", str(CAPTURE), "--machine.device-type", "cpu", "--vis", "tensorboard",
-            "--output-dir", str(workdir / "runs"), "--experiment-name", "capture", "--timestamp", "demo",
-            "--pipeline.model.refine-minutes", str(minutes),
-        ]  # fmt: skip
+            tool("ns-train"),
+            "ilrm-finetune",
+            "--data",
+            str(CAPTURE),
+            "--machine.device-type",
+            "cpu",
+            "--vis",
+            "tensorboard",
+            "--output-dir",
+            str(workdir / "runs"),
+            "--experiment-name",
+            "capture",
+            "--timestamp",
+            "demo",
+            "--pipeline.model.refine-minutes",
+            str(minutes),
+        ]
         print("[demo] " + " ".join(command), flush=True)
         with open(log, "w") as out:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -61,7 +74,18 @@ def reconstruct_capture(workdir: Path, minutes: float) -> dict:
             raise SystemExit(f"[demo] ns-train ilrm-finetune failed; see {log}")
     else:
         print(f"[demo] reusing the finished capture run in {run}")
-    export = subprocess.run([tool("ns-export"), "gaussian-splat", "--load-config", str(run / "config.yml"), "--output-dir", str(workdir / "export")], capture_output=True, text=True)
+    export = subprocess.run(
+        [
+            tool("ns-export"),
+            "gaussian-splat",
+            "--load-config",
+            str(run / "config.yml"),
+            "--output-dir",
+            str(workdir / "export"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if export.returncode != 0:
         raise SystemExit(f"[demo] ns-export failed:\n{export.stdout[-2000:]}{export.stderr[-2000:]}")
     shutil.copy(workdir / "export" / "splat.ply", workdir / "real_capture.ply")
@@ -71,7 +95,9 @@ def reconstruct_capture(workdir: Path, minutes: float) -> dict:
     print(f"\n[demo] real capture ({CAPTURE.name}, {len(list((CAPTURE / 'images').glob('*.jpg')))} photos):")
     for line in lines:
         print("    " + line.split("]", 1)[1].strip())
-    print(f"[demo] wrote {workdir / 'real_capture.png'} (held-out frames: ground truth | render) and {workdir / 'real_capture.ply'}")
+    print(
+        f"[demo] wrote {workdir / 'real_capture.png'} (held-out frames: ground truth | render) and {workdir / 'real_capture.ply'}"
+    )
     return result
 
 
@@ -83,10 +109,26 @@ def train(data: Path, workdir: Path, steps: int, extra: list[str]) -> Path:
         return run
     ns_train = tool("ns-train")
     command = [
-        ns_train, "ilrm-small", "--data", str(data), "--machine.device-type", "cpu", "--vis", "tensorboard",
-        "--output-dir", str(workdir / "runs"), "--experiment-name", "demo", "--timestamp", f"steps{steps}",
-        "--max-num-iterations", str(steps), "--logging.steps-per-log", "50", *extra,
-    ]  # fmt: skip
+        ns_train,
+        "ilrm-small",
+        "--data",
+        str(data),
+        "--machine.device-type",
+        "cpu",
+        "--vis",
+        "tensorboard",
+        "--output-dir",
+        str(workdir / "runs"),
+        "--experiment-name",
+        "demo",
+        "--timestamp",
+        f"steps{steps}",
+        "--max-num-iterations",
+        str(steps),
+        "--logging.steps-per-log",
+        "50",
+        *extra,
+    ]
     print("[demo] " + " ".join(command), flush=True)
     if subprocess.run(command).returncode != 0:
         raise SystemExit("[demo] ns-train failed; see its output above")
@@ -115,7 +157,12 @@ def reconstruct(run: Path, workdir: Path) -> dict:
 
     # Every held-out scene: the number that says whether training worked.
     summary = pipeline.get_average_eval_image_metrics(output_path=workdir / "renders")
-    result = {"held_out_scene": scene, "held_out_mean": summary, "num_gaussians": len(gaussians), "reconstruct_seconds": seconds}
+    result = {
+        "held_out_scene": scene,
+        "held_out_mean": summary,
+        "num_gaussians": len(gaussians),
+        "reconstruct_seconds": seconds,
+    }
     (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
     print(f"\n[demo] held-out scene {scene['scene']}: {len(gaussians)} Gaussians in {seconds:.2f} s")
     print(f"[demo] wrote {ply}, {workdir / 'held_out_scene.png'} (rows: contexts, targets, renders)")
@@ -157,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     run = train(args.data, args.workdir, args.steps, extra)
     print("[demo] 3/4 reconstructing held-out scenes", flush=True)
     reconstruct(run, args.workdir)
-    print(f"\n[demo] 4/4 a real capture: ilrm-finetune on {CAPTURE} ({args.capture_minutes:g} min refinement)", flush=True)
+    print(
+        f"\n[demo] 4/4 a real capture: ilrm-finetune on {CAPTURE} ({args.capture_minutes:g} min refinement)", flush=True
+    )
     reconstruct_capture(args.workdir, args.capture_minutes)
     print(f"\n[demo] done in {(time.perf_counter() - start) / 60:.1f} min")
 

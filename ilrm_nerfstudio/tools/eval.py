@@ -45,7 +45,9 @@ def _lpips_available(model) -> bool:
     return load_perceptual(required=False, device=model.device) is not None
 
 
-def evaluate_pipeline(pipeline, render_dir: Path | None = None, num_workers: int | None = None, progress: bool = True) -> tuple[list[dict], dict]:
+def evaluate_pipeline(
+    pipeline, render_dir: Path | None = None, num_workers: int | None = None, progress: bool = True
+) -> tuple[list[dict], dict]:
     """Per-scene rows and their mean (and standard deviation) over every held-out scene."""
     from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import summarize
 
@@ -139,15 +141,19 @@ def published_pipeline_config(
     image_size: tuple[int, int] | None = None,
 ):
     """An evaluation pipeline config around a published network, with its protocol's defaults."""
+    from ilrm_nerfstudio.core.published import _views_from_name, protocol_for, published_network_config, read_published
     from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
     from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
     from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import ILRMPipelineConfig
-    from ilrm_nerfstudio.core.published import protocol_for, published_network_config, read_published, _views_from_name
 
     kind, state = read_published(published)
     network = published_network_config(kind, state, published)
     del state
-    model_protocol = protocol_for(kind, _views_from_name(Path(published)) if kind == "dl3dv" else None, network.patch_size * network.viewpoint_factor)
+    model_protocol = protocol_for(
+        kind,
+        _views_from_name(Path(published)) if kind == "dl3dv" else None,
+        network.patch_size * network.viewpoint_factor,
+    )
     height, width = image_size or model_protocol.image_size
     views = context_views or model_protocol.num_views
     datamanager = ILRMDataManagerConfig(
@@ -197,7 +203,9 @@ def evaluate_published(
     published = Path(published)
     if data is None:
         raise ILRMError("--published needs --data (RE10K torch chunks or DL3DV scenes)")
-    config, model_protocol = published_pipeline_config(published, data, index, protocol, context_views, split, num_scenes, num_workers, source, image_size)
+    config, model_protocol = published_pipeline_config(
+        published, data, index, protocol, context_views, split, num_scenes, num_workers, source, image_size
+    )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         pipeline = config.setup(device=device, test_mode="test")
@@ -213,10 +221,13 @@ def evaluate_published(
         "published": str(published),
         "model": model_protocol.name,
         "model_protocol": {
-            "image_size": list(model_protocol.image_size), "num_views": model_protocol.num_views,
-            "near": model_protocol.near, "far": model_protocol.far, "background": model_protocol.background_name,
+            "image_size": list(model_protocol.image_size),
+            "num_views": model_protocol.num_views,
+            "near": model_protocol.near,
+            "far": model_protocol.far,
+            "background": model_protocol.background_name,
             "pose_scale": model_protocol.pose_scale,
-        },  # fmt: skip
+        },
         "data": str(cfg.data),
         "source": dm.source,
         "split": cfg.eval_split,
@@ -235,7 +246,10 @@ def evaluate_published(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2, allow_nan=True))
     shown = ", ".join(f"{k} {summary[k]:.4f}" for k in METRICS if k in summary and math.isfinite(summary[k]))
-    print(f"evaluated {len(per_scene)} scenes with the published {model_protocol.name} model: {shown}; wrote {output}", flush=True)
+    print(
+        f"evaluated {len(per_scene)} scenes with the published {model_protocol.name} model: {shown}; wrote {output}",
+        flush=True,
+    )
     return results
 
 
@@ -283,15 +297,34 @@ def run(config: EvalConfig) -> None:
         raise ILRMError("--image-size and --device go with --published (a run evaluates at its own size)")
     if config.published is not None:
         evaluate_published(
-            config.published, config.data, config.index, config.output, config.render_dir, config.protocol,
-            config.context_views, config.split, config.num_scenes, config.num_workers, config.source,
-            config.image_size, config.device,
-        )  # fmt: skip
+            config.published,
+            config.data,
+            config.index,
+            config.output,
+            config.render_dir,
+            config.protocol,
+            config.context_views,
+            config.split,
+            config.num_scenes,
+            config.num_workers,
+            config.source,
+            config.image_size,
+            config.device,
+        )
     else:
         evaluate(
-            config.load_config, config.data, config.index, config.output, config.render_dir, config.protocol,
-            config.context_views, config.split, config.num_scenes, config.num_workers, config.source,
-        )  # fmt: skip
+            config.load_config,
+            config.data,
+            config.index,
+            config.output,
+            config.render_dir,
+            config.protocol,
+            config.context_views,
+            config.split,
+            config.num_scenes,
+            config.num_workers,
+            config.source,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

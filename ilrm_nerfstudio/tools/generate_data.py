@@ -54,20 +54,28 @@ class GenerateDataConfig:
 @exit_on_error
 def run(config: GenerateDataConfig) -> dict:
     """Generate what `config` names and print a one-line summary; bad input raises ILRMError."""
-    summary = generate_dataset(config.output, num_scenes=config.num_scenes, seed=config.seed,
-                               height=config.height, width=config.width,
-                               frames_per_scene=config.frames_per_scene,
-                               test_fraction=config.test_fraction, workers=config.workers,
-                               overwrite=config.overwrite, progress=not config.quiet)
+    summary = generate_dataset(
+        config.output,
+        num_scenes=config.num_scenes,
+        seed=config.seed,
+        height=config.height,
+        width=config.width,
+        frames_per_scene=config.frames_per_scene,
+        test_fraction=config.test_fraction,
+        workers=config.workers,
+        overwrite=config.overwrite,
+        progress=not config.quiet,
+    )
     train, test = len(summary["train"]), len(summary["test"])
     if summary["skipped"]:
-        print(f"{config.output} already holds this data set ({train} train, {test} test scenes); "
-              "nothing to do.")
+        print(f"{config.output} already holds this data set ({train} train, {test} test scenes); nothing to do.")
     else:
         kinds = summary["kinds"]
-        print(f"Wrote {train + test} scenes ({train} train, {test} test; "
-              f"{kinds['room']} rooms, {kinds['objects']} object scenes), "
-              f"{summary['num_frames']} frames in {summary['seconds']:.1f} s to {config.output}")
+        print(
+            f"Wrote {train + test} scenes ({train} train, {test} test; "
+            f"{kinds['room']} rooms, {kinds['objects']} object scenes), "
+            f"{summary['num_frames']} frames in {summary['seconds']:.1f} s to {config.output}"
+        )
     return summary
 
 

@@ -35,10 +35,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterator, Literal, Optional
+from typing import Annotated, Literal
 
 import tyro
 
@@ -105,7 +106,9 @@ class Result:
         what = f"COLMAP registered {len(self.registered)} of {self.total} {unit} ({self.matching} matching, {self.colmap_seconds:.0f} s)"
         if not self.dropped:
             return f"{what}; dataset in {self.output_dir}"
-        split = f"; COLMAP split them into {self.models} separate models, the largest is used" if self.models > 1 else ""
+        split = (
+            f"; COLMAP split them into {self.models} separate models, the largest is used" if self.models > 1 else ""
+        )
         return f"{what}; dropped: {short_list(self.dropped)}{split}; {self.hint()}; dataset in {self.output_dir}"
 
     def hint(self) -> str:
@@ -145,11 +148,15 @@ def colmap_binary(colmap_cmd: str) -> None:
     """One-line error when COLMAP cannot run."""
     name = shlex.split(colmap_cmd)[0] if colmap_cmd.strip() else "colmap"
     if shutil.which(name) is None:
-        raise ProcessError(f"COLMAP not found ('{name}' is not on PATH): run `make setup` (installs it with apt as root) or `sudo apt-get install colmap`, or pass --colmap-cmd /path/to/colmap")
+        raise ProcessError(
+            f"COLMAP not found ('{name}' is not on PATH): run `make setup` (installs it with apt as root) or `sudo apt-get install colmap`, or pass --colmap-cmd /path/to/colmap"
+        )
     out = subprocess.run(f"{colmap_cmd} -h", shell=True, capture_output=True, text=True, env=colmap_env())
     if out.returncode != 0:
         last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ProcessError(f"COLMAP does not start ('{colmap_cmd} -h' exited with {out.returncode}: {last[0]}): reinstall it (`sudo apt-get install --reinstall colmap`)")
+        raise ProcessError(
+            f"COLMAP does not start ('{colmap_cmd} -h' exited with {out.returncode}: {last[0]}): reinstall it (`sudo apt-get install --reinstall colmap`)"
+        )
 
 
 def colmap_env() -> dict:
@@ -163,7 +170,9 @@ def database_diagnosis(database: Path) -> str:
         try:
             names = dict(db.execute("SELECT image_id, name FROM images"))
             keypoints = dict(db.execute("SELECT image_id, rows FROM keypoints"))
-            pairs = db.execute("SELECT pair_id FROM two_view_geometries WHERE rows >= ?", (MIN_PAIR_MATCHES,)).fetchall()
+            pairs = db.execute(
+                "SELECT pair_id FROM two_view_geometries WHERE rows >= ?", (MIN_PAIR_MATCHES,)
+            ).fetchall()
         finally:
             db.close()
     except sqlite3.Error as error:
@@ -177,7 +186,11 @@ def database_diagnosis(database: Path) -> str:
         return f"COLMAP found (almost) no features in any of the {len(names)} images (textureless, dark or tiny): photograph a textured, well-lit scene"
     if len(connected) < 2:
         return f"no two of the {len(names)} images share enough matching features ({MIN_PAIR_MATCHES}): they do not show the same scene from nearby viewpoints; {OVERLAP_HINT}"
-    which = f"all {len(names)} images match some other one" if len(connected) >= len(names) else f"{len(connected)} of the {len(names)} images match some other one"
+    which = (
+        f"all {len(names)} images match some other one"
+        if len(connected) >= len(names)
+        else f"{len(connected)} of the {len(names)} images match some other one"
+    )
     return f"{which}, but no pair is good enough to start a model from (neighbouring views too far apart, or too little parallax): {OVERLAP_HINT}"
 
 
@@ -186,7 +199,9 @@ def largest_model_first(sparse: Path) -> int:
     nerfstudio converts). Returns how many models there are."""
     from nerfstudio.data.utils.colmap_parsing_utils import read_images_binary
 
-    models = sorted(p for p in sparse.iterdir() if p.is_dir() and (p / "images.bin").is_file()) if sparse.is_dir() else []
+    models = (
+        sorted(p for p in sparse.iterdir() if p.is_dir() and (p / "images.bin").is_file()) if sparse.is_dir() else []
+    )
     if len(models) > 1:
         sizes = {p: len(read_images_binary(p / "images.bin")) for p in models}
         best = max(models, key=lambda p: sizes[p])
@@ -207,7 +222,7 @@ def colmap_steps(config: ProcessConfig, colmap_dir: Path, stats: dict) -> Iterat
 
     original = colmap_utils.run_command
 
-    def run(cmd: str, verbose: bool = False) -> Optional[str]:
+    def run(cmd: str, verbose: bool = False) -> str | None:
         words = cmd.split()
         step = words[1] if len(words) > 1 and not words[1].startswith("-") else "colmap"
         if step == "feature_extractor":
@@ -231,12 +246,16 @@ def colmap_steps(config: ProcessConfig, colmap_dir: Path, stats: dict) -> Iterat
             errors = [line for line in lines if "error" in line.lower() or "check failed" in line.lower()]
             detail = (errors or lines or [f"exit status {out.returncode}"])[-1]
             if step == "mapper":
-                raise ProcessError(f"COLMAP's mapper made no model of {config.data} ({detail}): {database_diagnosis(colmap_dir / 'database.db')}; log: {log}")
+                raise ProcessError(
+                    f"COLMAP's mapper made no model of {config.data} ({detail}): {database_diagnosis(colmap_dir / 'database.db')}; log: {log}"
+                )
             raise ProcessError(f"COLMAP {step} failed on {config.data} ({detail}); log: {log}")
         if step == "mapper":
             stats["models"] = largest_model_first(colmap_dir / "sparse")
             if stats["models"] == 0:
-                raise ProcessError(f"COLMAP's mapper made no model of {config.data}: {database_diagnosis(colmap_dir / 'database.db')}; log: {log}")
+                raise ProcessError(
+                    f"COLMAP's mapper made no model of {config.data}: {database_diagnosis(colmap_dir / 'database.db')}; log: {log}"
+                )
         return text
 
     colmap_utils.run_command = run
@@ -251,24 +270,34 @@ def check_paths(config: ProcessConfig) -> Literal["images", "video"]:
     if not data.exists():
         raise ProcessError(f"{config.data}: not found (give a folder of photos or a video file)")
     for path, given in ((data, config.data), (output, config.output_dir)):
-        if re.search(r"[\s'\"$`&;|()<>*?]", str(path)):  # nerfstudio runs COLMAP and ffmpeg through an unquoted shell line
-            raise ProcessError(f"{given}: the path {path} has spaces or shell characters, which nerfstudio's processing does not quote; rename or move it")
+        if re.search(
+            r"[\s'\"$`&;|()<>*?]", str(path)
+        ):  # nerfstudio runs COLMAP and ffmpeg through an unquoted shell line
+            raise ProcessError(
+                f"{given}: the path {path} has spaces or shell characters, which nerfstudio's processing does not quote; rename or move it"
+            )
     if data.is_file():
         if data.suffix.lower() not in VIDEO_SUFFIXES:
-            raise ProcessError(f"{config.data}: not a folder of photos nor a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
+            raise ProcessError(
+                f"{config.data}: not a folder of photos nor a video ({', '.join(sorted(VIDEO_SUFFIXES))})"
+            )
         return "video"
     # nerfstudio empties OUTPUT_DIR/images* before copying: the photos must not live there.
     for i in range(config.num_downscales + 1):
-        images = output / ("images" if i == 0 else f"images_{2 ** i}")
+        images = output / ("images" if i == 0 else f"images_{2**i}")
         if data == output or data == images or images in data.parents:
-            raise ProcessError(f"{config.data}: the photos are inside {config.output_dir}, whose images folders are rewritten; choose another output folder")
+            raise ProcessError(
+                f"{config.data}: the photos are inside {config.output_dir}, whose images folders are rewritten; choose another output folder"
+            )
     return "images"
 
 
 def registered_frames(output_dir: Path) -> list[str]:
     transforms = output_dir / "transforms.json"
     if not transforms.is_file():
-        raise ProcessError(f"{transforms}: not written (nerfstudio found no COLMAP model in {output_dir / 'colmap' / 'sparse' / '0'})")
+        raise ProcessError(
+            f"{transforms}: not written (nerfstudio found no COLMAP model in {output_dir / 'colmap' / 'sparse' / '0'})"
+        )
     return [Path(frame["file_path"]).name for frame in json.loads(transforms.read_text())["frames"]]
 
 
@@ -284,25 +313,49 @@ def process(config: ProcessConfig) -> Result:
     kind = check_paths(config)
     colmap_binary(config.colmap_cmd)
     if shutil.which("ffmpeg") is None:
-        raise ProcessError("ffmpeg not found (not on PATH; nerfstudio copies and scales the images with it): run `make setup` or `sudo apt-get install ffmpeg`")
-    common = dict(output_dir=config.output_dir, gpu=False, num_downscales=config.num_downscales, colmap_cmd=config.colmap_cmd, verbose=config.verbose)
+        raise ProcessError(
+            "ffmpeg not found (not on PATH; nerfstudio copies and scales the images with it): run `make setup` or `sudo apt-get install ffmpeg`"
+        )
+    common = dict(
+        output_dir=config.output_dir,
+        gpu=False,
+        num_downscales=config.num_downscales,
+        colmap_cmd=config.colmap_cmd,
+        verbose=config.verbose,
+    )
     if kind == "images":
         from nerfstudio.process_data.images_to_nerfstudio_dataset import ImagesToNerfstudioDataset
 
         photos = list_photos(config.data)
         if len(photos) < 3:
-            raise ProcessError(f"{config.data}: {len(photos)} photos (jpg, png, tif) found; COLMAP needs at least 3, and ilrm-finetune {config.min_frames} or more")
+            raise ProcessError(
+                f"{config.data}: {len(photos)} photos (jpg, png, tif) found; COLMAP needs at least 3, and ilrm-finetune {config.min_frames} or more"
+            )
         names = [p.relative_to(config.data).as_posix() for p in photos]
-        matching = config.matching if config.matching != "auto" else ("exhaustive" if len(photos) <= config.exhaustive_up_to else "sequential")
-        print(f"ilrm-process: {len(photos)} photos in {config.data}, {matching} matching, CPU SIFT at up to {config.max_image_size or 3200} px", flush=True)
-        converter = ImagesToNerfstudioDataset(data=config.data, matching_method=matching, same_dimensions=same_dimensions(photos), **common)
+        matching = (
+            config.matching
+            if config.matching != "auto"
+            else ("exhaustive" if len(photos) <= config.exhaustive_up_to else "sequential")
+        )
+        print(
+            f"ilrm-process: {len(photos)} photos in {config.data}, {matching} matching, CPU SIFT at up to {config.max_image_size or 3200} px",
+            flush=True,
+        )
+        converter = ImagesToNerfstudioDataset(
+            data=config.data, matching_method=matching, same_dimensions=same_dimensions(photos), **common
+        )
     else:
         from nerfstudio.process_data.video_to_nerfstudio_dataset import VideoToNerfstudioDataset
 
         names = None
         matching = config.matching if config.matching != "auto" else "sequential"
-        print(f"ilrm-process: video {config.data}, about {config.num_frames_target} frames, {matching} matching, CPU SIFT at up to {config.max_image_size or 3200} px", flush=True)
-        converter = VideoToNerfstudioDataset(data=config.data, matching_method=matching, num_frames_target=config.num_frames_target, **common)
+        print(
+            f"ilrm-process: video {config.data}, about {config.num_frames_target} frames, {matching} matching, CPU SIFT at up to {config.max_image_size or 3200} px",
+            flush=True,
+        )
+        converter = VideoToNerfstudioDataset(
+            data=config.data, matching_method=matching, num_frames_target=config.num_frames_target, **common
+        )
     stats: dict = {}
     colmap_dir = converter.absolute_colmap_path
     colmap_dir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +365,9 @@ def process(config: ProcessConfig) -> Result:
         with colmap_steps(config, colmap_dir, stats):
             converter.main()
     except SystemExit as error:  # nerfstudio's own checks print their reason and exit
-        raise ProcessError(f"nerfstudio's processing of {config.data} stopped (exit status {error.code}); its message is above") from None
+        raise ProcessError(
+            f"nerfstudio's processing of {config.data} stopped (exit status {error.code}); its message is above"
+        ) from None
     registered = registered_frames(config.output_dir)
     if kind == "images":
         assert names is not None
@@ -326,9 +381,21 @@ def process(config: ProcessConfig) -> Result:
         total = len(frames)
         registered_names = sorted(registered)
         dropped = [f for f in frames if f not in set(registered)]
-    result = Result(config.output_dir, kind, matching, total, registered_names, dropped, stats.get("models", 1), stats.get("colmap_seconds", 0.0), time.time() - start)
+    result = Result(
+        config.output_dir,
+        kind,
+        matching,
+        total,
+        registered_names,
+        dropped,
+        stats.get("models", 1),
+        stats.get("colmap_seconds", 0.0),
+        time.time() - start,
+    )
     if len(result.registered) < config.min_frames:
-        raise ProcessError(f"too few poses: {result.summary()}; ilrm-finetune needs at least {config.min_frames} (--min-frames)")
+        raise ProcessError(
+            f"too few poses: {result.summary()}; ilrm-finetune needs at least {config.min_frames} (--min-frames)"
+        )
     return result
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,11 +46,23 @@ def distributed_worker(
 ) -> Any:
     """nerfstudio's `_distributed_worker` (same arguments), without its CUDA asserts off CUDA."""
     if device_type == "cuda":
-        return _NERFSTUDIO_WORKER(local_rank, main_func, world_size, num_devices_per_machine, machine_rank, dist_url, config, timeout, device_type)
+        return _NERFSTUDIO_WORKER(
+            local_rank,
+            main_func,
+            world_size,
+            num_devices_per_machine,
+            machine_rank,
+            dist_url,
+            config,
+            timeout,
+            device_type,
+        )
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_devices_per_machine))
     global_rank = machine_rank * num_devices_per_machine + local_rank
-    dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout)
+    dist.init_process_group(
+        backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout
+    )
     assert comms.LOCAL_PROCESS_GROUP is None
     for i in range(world_size // num_devices_per_machine):  # as nerfstudio: one group per machine
         group = dist.new_group(list(range(i * num_devices_per_machine, (i + 1) * num_devices_per_machine)))

@@ -46,8 +46,16 @@ def _write_scene(job: tuple) -> dict:
         frames.append({"file_path": file_path, "transform_matrix": (c2w @ _CV_TO_GL).tolist()})
     transforms = {
         "camera_model": "OPENCV",
-        "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
-        "w": width, "h": height, "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
+        "fl_x": float(K[0, 0]),
+        "fl_y": float(K[1, 1]),
+        "cx": float(K[0, 2]),
+        "cy": float(K[1, 2]),
+        "w": width,
+        "h": height,
+        "k1": 0.0,
+        "k2": 0.0,
+        "p1": 0.0,
+        "p2": 0.0,
         "frames": frames,
     }
     _json_dump(transforms, scene_dir / "transforms.json")
@@ -85,9 +93,14 @@ def _validate(num_scenes, seed, height, width, frames_per_scene, test_fraction, 
     def is_int(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
-    for name, value, low in [("num_scenes", num_scenes, 1), ("seed", seed, 0), ("height", height, 8),
-                             ("width", width, 8), ("frames_per_scene", frames_per_scene, 2),
-                             ("workers", workers, 1)]:
+    for name, value, low in [
+        ("num_scenes", num_scenes, 1),
+        ("seed", seed, 0),
+        ("height", height, 8),
+        ("width", width, 8),
+        ("frames_per_scene", frames_per_scene, 2),
+        ("workers", workers, 1),
+    ]:
         if not is_int(value) or value < low:
             raise ILRMError(f"{name} must be an integer >= {low}, got {value!r}")
     if height > 4096 or width > 4096:
@@ -107,14 +120,25 @@ def _read_manifest(output: Path) -> dict | None:
 def _files_present(output: Path, manifest: dict) -> bool:
     """Whether every scene of a finished data set still has its transforms and last frame."""
     last = f"frame_{manifest['args']['frames_per_scene'] - 1:05d}.png"
-    return all((output / split / name / "transforms.json").is_file()
-               and (output / split / name / "images" / last).is_file()
-               for split in ("train", "test") for name in manifest.get(split, []))
+    return all(
+        (output / split / name / "transforms.json").is_file() and (output / split / name / "images" / last).is_file()
+        for split in ("train", "test")
+        for name in manifest.get(split, [])
+    )
 
 
-def generate_dataset(output: Path, num_scenes: int = 300, seed: int = 0, height: int = 64,
-                     width: int = 64, frames_per_scene: int = 24, test_fraction: float = 0.1,
-                     workers: int = 2, overwrite: bool = False, progress: bool = False) -> dict:
+def generate_dataset(
+    output: Path,
+    num_scenes: int = 300,
+    seed: int = 0,
+    height: int = 64,
+    width: int = 64,
+    frames_per_scene: int = 24,
+    test_fraction: float = 0.1,
+    workers: int = 2,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict:
     """Generates the synthetic data set under `output` (see module docstring for the layout).
 
     Same arguments -> byte-identical files, whatever `workers` is. If `output` already holds a
@@ -127,13 +151,24 @@ def generate_dataset(output: Path, num_scenes: int = 300, seed: int = 0, height:
     """
     _validate(num_scenes, seed, height, width, frames_per_scene, test_fraction, workers)
     output = Path(output)
-    args = dict(num_scenes=int(num_scenes), seed=int(seed), height=int(height), width=int(width),
-                frames_per_scene=int(frames_per_scene), test_fraction=float(test_fraction))
+    args = dict(
+        num_scenes=int(num_scenes),
+        seed=int(seed),
+        height=int(height),
+        width=int(width),
+        frames_per_scene=int(frames_per_scene),
+        test_fraction=float(test_fraction),
+    )
     start_time = time.perf_counter()
     train_idx, test_idx = split_indices(num_scenes, test_fraction, seed)
     names = [f"scene_{i:05d}" for i in range(num_scenes)]
-    summary = dict(output=str(output), skipped=False, train=[names[i] for i in train_idx],
-                   test=[names[i] for i in test_idx], num_frames=num_scenes * frames_per_scene)
+    summary = dict(
+        output=str(output),
+        skipped=False,
+        train=[names[i] for i in train_idx],
+        test=[names[i] for i in test_idx],
+        num_frames=num_scenes * frames_per_scene,
+    )
 
     if output.exists() and not output.is_dir():
         raise ILRMError(f"output {output} exists and is not a directory")
@@ -143,7 +178,8 @@ def generate_dataset(output: Path, num_scenes: int = 300, seed: int = 0, height:
             raise ILRMError(
                 f"output directory {output} is not empty and holds no data set made by this "
                 "generator (no valid manifest.json); choose a new or empty directory. "
-                "Nothing was deleted.")
+                "Nothing was deleted."
+            )
         if manifest.get("args") == args and manifest.get("complete") and _files_present(output, manifest):
             summary.update(skipped=True, seconds=time.perf_counter() - start_time)
             return summary
@@ -152,32 +188,47 @@ def generate_dataset(output: Path, num_scenes: int = 300, seed: int = 0, height:
                 raise ILRMError(
                     f"{output} holds a data set generated with other arguments "
                     f"({manifest.get('args')}); use another output directory or pass "
-                    "overwrite=True / --overwrite to replace it.")
+                    "overwrite=True / --overwrite to replace it."
+                )
             for sub in ("train", "test"):
                 shutil.rmtree(output / sub, ignore_errors=True)
         # Same arguments but incomplete (interrupted run, deleted files): rewritten in place.
 
     output.mkdir(parents=True, exist_ok=True)
-    manifest = dict(generator=GENERATOR_NAME, version=GENERATOR_VERSION, args=args, complete=False,
-                    train=summary["train"], test=summary["test"], scenes=[])
+    manifest = dict(
+        generator=GENERATOR_NAME,
+        version=GENERATOR_VERSION,
+        args=args,
+        complete=False,
+        train=summary["train"],
+        test=summary["test"],
+        scenes=[],
+    )
     _json_dump(manifest, output / "manifest.json")  # marks the directory as ours first
 
     test_set = set(test_idx)
-    jobs = [(seed, i, names[i], output / ("test" if i in test_set else "train") / names[i],
-             height, width, frames_per_scene) for i in range(num_scenes)]
+    jobs = [
+        (seed, i, names[i], output / ("test" if i in test_set else "train") / names[i], height, width, frames_per_scene)
+        for i in range(num_scenes)
+    ]
     for sub in ("train", "test"):
         (output / sub).mkdir(exist_ok=True)
     report_every = max(1, num_scenes // 10)
     infos = []
     if progress:
-        print(f"Generating {num_scenes} scenes x {frames_per_scene} frames at {height}x{width} "
-              f"(h x w) into {output} (seed {seed}, {workers} workers)", flush=True)
+        print(
+            f"Generating {num_scenes} scenes x {frames_per_scene} frames at {height}x{width} "
+            f"(h x w) into {output} (seed {seed}, {workers} workers)",
+            flush=True,
+        )
 
     def note(done: int) -> None:
         if progress and (done % report_every == 0 or done == num_scenes):
             elapsed = time.perf_counter() - start_time
-            print(f"  [{done:>{len(str(num_scenes))}}/{num_scenes}] {100 * done // num_scenes:3d}%  "
-                  f"{elapsed:6.1f} s", flush=True)
+            print(
+                f"  [{done:>{len(str(num_scenes))}}/{num_scenes}] {100 * done // num_scenes:3d}%  {elapsed:6.1f} s",
+                flush=True,
+            )
 
     if workers == 1 or num_scenes == 1:
         for job in jobs:
@@ -195,9 +246,13 @@ def generate_dataset(output: Path, num_scenes: int = 300, seed: int = 0, height:
                 note(len(infos))
 
     infos.sort(key=lambda info: info["index"])
-    manifest.update(complete=True, scenes=[
-        dict(name=i["name"], index=i["index"], kind=i["kind"],
-             split="test" if i["index"] in test_set else "train") for i in infos])
+    manifest.update(
+        complete=True,
+        scenes=[
+            dict(name=i["name"], index=i["index"], kind=i["kind"], split="test" if i["index"] in test_set else "train")
+            for i in infos
+        ],
+    )
     _json_dump(manifest, output / "manifest.json")
     summary["seconds"] = time.perf_counter() - start_time
     summary["kinds"] = {k: sum(i["kind"] == k for i in infos) for k in ("room", "objects")}

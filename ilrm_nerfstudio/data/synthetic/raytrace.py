@@ -86,8 +86,7 @@ def _box_hit(o, d, center, half, yaw, full=True):
         normal_l[k] = np.where(on_k, sign, 0.0)
         local[k] = np.where(on_k, sign * half[k], o_l[k] + t * d_l[k])
     cs, sn = np.cos(yaw), np.sin(yaw)
-    normal = np.stack([cs * normal_l[0] - sn * normal_l[1], sn * normal_l[0] + cs * normal_l[1],
-                       normal_l[2]])
+    normal = np.stack([cs * normal_l[0] - sn * normal_l[1], sn * normal_l[0] + cs * normal_l[1], normal_l[2]])
     return t, normal, local
 
 
@@ -116,8 +115,13 @@ def _cylinder_hit(o, d, center_xy, radius, z_range, full=True):
     if not full:
         return t, None, None
     local = np.stack(np.broadcast_arrays(ox + t * dx, oy + t * dy, np.where(on_cap, z_cap, oz + t * dz)))
-    normal = np.stack([np.where(on_cap, 0.0, local[0] / radius), np.where(on_cap, 0.0, local[1] / radius),
-                       np.where(on_cap, -np.sign(dz), 0.0)])
+    normal = np.stack(
+        [
+            np.where(on_cap, 0.0, local[0] / radius),
+            np.where(on_cap, 0.0, local[1] / radius),
+            np.where(on_cap, -np.sign(dz), 0.0),
+        ]
+    )
     return t, normal, local
 
 
@@ -126,15 +130,18 @@ def _bounds(scene: Scene):
     hit(o, d, full) -> (t [M], normal [3, M], local [3, M]), and whether it casts shadows."""
     items = []
     for c, r, m in zip(scene.sphere_center, scene.sphere_radius, scene.sphere_material):
+
         def hit(o, d, full=True, c=c, r=r):
             t = _sphere_t(o, d, c, r)
             if not full:
                 return t, None, None
             local = _col(o) + t * _col(d) - c[:, None]  # [3, M]
             return t, local / r, local
+
         items.append((c, r, hit, m, True))
-    for c, h, yaw, m, shadow in zip(scene.box_center, scene.box_half, scene.box_yaw,
-                                    scene.box_material, scene.box_shadow):
+    for c, h, yaw, m, shadow in zip(
+        scene.box_center, scene.box_half, scene.box_yaw, scene.box_material, scene.box_shadow
+    ):
         hit = functools.partial(_box_hit, center=c, half=h, yaw=yaw)
         items.append((c, float(np.linalg.norm(h)), hit, m, bool(shadow)))
     for c, r, z, m in zip(scene.cyl_center, scene.cyl_radius, scene.cyl_z, scene.cyl_material):

@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from .scene import Scene
 
 
-def render_samples(scene: Scene, c2w: np.ndarray, K: np.ndarray, height: int, width: int,
-                   supersample: int, with_depth: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def render_samples(
+    scene: Scene, c2w: np.ndarray, K: np.ndarray, height: int, width: int, supersample: int, with_depth: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     """rgb [H, W, 3] in [0, 1] (box filter of supersample^2 stratified samples per pixel) and,
     when `with_depth`, z-depth [H, W] at pixel centers (else None). `generate_dataset` skips the
     depth rays."""
@@ -48,8 +49,9 @@ def render_samples(scene: Scene, c2w: np.ndarray, K: np.ndarray, height: int, wi
     return rgb, depth
 
 
-def render_view(scene: Scene, c2w_opencv: np.ndarray, K: np.ndarray, height: int, width: int,
-                supersample: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def render_view(
+    scene: Scene, c2w_opencv: np.ndarray, K: np.ndarray, height: int, width: int, supersample: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """Ray-traces one view.
 
     c2w_opencv [4, 4] (or [3, 4]), K [3, 3] pixel units -> rgb [H, W, 3] float in [0, 1]

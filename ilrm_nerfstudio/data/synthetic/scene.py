@@ -74,15 +74,21 @@ class Scene:
     trajectory: dict = field(default_factory=dict)
 
 
-def _random_color(rng: np.random.Generator, sat: tuple[float, float] = (0.15, 0.9),
-                  val: tuple[float, float] = (0.3, 0.95), hue: float | None = None) -> np.ndarray:
+def _random_color(
+    rng: np.random.Generator,
+    sat: tuple[float, float] = (0.15, 0.9),
+    val: tuple[float, float] = (0.3, 0.95),
+    hue: float | None = None,
+) -> np.ndarray:
     h = rng.uniform() if hue is None else hue % 1.0
     return np.array(colorsys.hsv_to_rgb(h, rng.uniform(*sat), rng.uniform(*val)))
 
 
-def _random_texture(rng: np.random.Generator, scale_range: tuple[float, float],
-                    kinds: tuple[str, ...] = ("checker", "stripes", "noise", "gradient", "rings")
-                    ) -> Texture:
+def _random_texture(
+    rng: np.random.Generator,
+    scale_range: tuple[float, float],
+    kinds: tuple[str, ...] = ("checker", "stripes", "noise", "gradient", "rings"),
+) -> Texture:
     kind = str(rng.choice(kinds))
     hue = rng.uniform()
     color_a = _random_color(rng, hue=hue)
@@ -96,17 +102,20 @@ def _random_texture(rng: np.random.Generator, scale_range: tuple[float, float],
         if np.linalg.norm(color_a - color_b) > 0.35:
             break
     direction = rng.normal(size=3)
-    return Texture(kind=kind, color_a=color_a, color_b=color_b,
-                   scale=float(rng.uniform(*scale_range)),
-                   direction=direction / np.linalg.norm(direction),
-                   offset=rng.uniform(0.0, 16.0, size=3),
-                   lattice=rng.uniform(size=(8, 8, 8)))
+    return Texture(
+        kind=kind,
+        color_a=color_a,
+        color_b=color_b,
+        scale=float(rng.uniform(*scale_range)),
+        direction=direction / np.linalg.norm(direction),
+        offset=rng.uniform(0.0, 16.0, size=3),
+        lattice=rng.uniform(size=(8, 8, 8)),
+    )
 
 
 def _light(rng: np.random.Generator) -> np.ndarray:
     elevation, azimuth = np.deg2rad(rng.uniform(35, 70)), rng.uniform(0, 2 * np.pi)
-    return np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
-                     np.sin(elevation)])
+    return np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
 
 
 class _ObjectBuilder:
@@ -127,8 +136,9 @@ class _ObjectBuilder:
     def free(self, x: float, y: float, radius: float, gap: float) -> bool:
         return all(np.hypot(x - fx, y - fy) >= radius + fr + gap for fx, fy, fr in self.footprints)
 
-    def add_random(self, rng: np.random.Generator, x: float, y: float, size: float,
-                   tex_scale: tuple[float, float]) -> float:
+    def add_random(
+        self, rng: np.random.Generator, x: float, y: float, size: float, tex_scale: tuple[float, float]
+    ) -> float:
         """Adds a random object standing at (x, y); returns its footprint radius."""
         mat = self.add_material(_random_texture(rng, tex_scale))
         shape = rng.choice(["sphere", "box", "cylinder"], p=[0.3, 0.4, 0.3])
@@ -138,8 +148,7 @@ class _ObjectBuilder:
             self.spheres.append(((x, y, radius + lift), radius, mat))
             footprint = radius
         elif shape == "box":
-            half = np.array([size * rng.uniform(0.6, 1.2), size * rng.uniform(0.6, 1.2),
-                             size * rng.uniform(0.5, 1.6)])
+            half = np.array([size * rng.uniform(0.6, 1.2), size * rng.uniform(0.6, 1.2), size * rng.uniform(0.5, 1.6)])
             self.boxes.append(((x, y, half[2]), half, rng.uniform(0, np.pi), mat, True))
             footprint = float(np.hypot(half[0], half[1]))
             if rng.uniform() < 0.35:  # a small object on top: stacked content, depth edges
@@ -208,10 +217,13 @@ def _make_room(rng: np.random.Generator, scene: Scene) -> None:
         kind="walk",
         start=[float(start[0]), float(start[1]), height],
         end=[float(end[0]), float(end[1]), height + rng.uniform(-0.1, 0.1)],
-        sway=float(rng.uniform(-0.25, 0.25)), bob=float(rng.uniform(0.0, 0.05)),
-        yaw0=float(yaw0), yaw_delta=float(np.deg2rad(rng.uniform(-25, 25))),
+        sway=float(rng.uniform(-0.25, 0.25)),
+        bob=float(rng.uniform(0.0, 0.05)),
+        yaw0=float(yaw0),
+        yaw_delta=float(np.deg2rad(rng.uniform(-25, 25))),
         yaw_wobble=float(np.deg2rad(rng.uniform(0, 4))),
-        pitch0=float(np.deg2rad(rng.uniform(-20, 0))), pitch_delta=float(np.deg2rad(rng.uniform(-6, 6))),
+        pitch0=float(np.deg2rad(rng.uniform(-20, 0))),
+        pitch_delta=float(np.deg2rad(rng.uniform(-6, 6))),
     )
     path = walk_positions(scene.trajectory, np.linspace(0, 1, 65))[:, :2]  # [65, 2]
 
@@ -229,8 +241,10 @@ def _make_room(rng: np.random.Generator, scene: Scene) -> None:
             else:
                 x, y = rng.uniform(scene.room_lo[:2] + 0.3, scene.room_hi[:2] - 0.3)
             reach = obj_size * 1.6  # upper bound of any footprint radius of this size
-            inside = (scene.room_lo[0] + reach < x < scene.room_hi[0] - reach
-                      and scene.room_lo[1] + reach < y < scene.room_hi[1] - reach)
+            inside = (
+                scene.room_lo[0] + reach < x < scene.room_hi[0] - reach
+                and scene.room_lo[1] + reach < y < scene.room_hi[1] - reach
+            )
             if inside and clear_of_path(x, y, reach) and b.free(x, y, reach, 0.1):
                 b.add_random(rng, x, y, obj_size, (0.08, 0.25))
                 break
@@ -253,7 +267,8 @@ def _make_room(rng: np.random.Generator, scene: Scene) -> None:
 def _make_objects(rng: np.random.Generator, scene: Scene) -> None:
     b = _ObjectBuilder(scene)
     scene.ground_material = b.add_material(
-        _random_texture(rng, (0.25, 0.7), ("checker", "stripes", "noise", "rings", "checker")))
+        _random_texture(rng, (0.25, 0.7), ("checker", "stripes", "noise", "rings", "checker"))
+    )
     hue = rng.uniform()
     scene.sky_horizon = _random_color(rng, sat=(0.05, 0.4), val=(0.75, 1.0), hue=hue)
     scene.sky_zenith = _random_color(rng, sat=(0.3, 0.8), val=(0.45, 0.85), hue=hue + rng.uniform(-0.1, 0.1))
@@ -279,7 +294,8 @@ def _make_objects(rng: np.random.Generator, scene: Scene) -> None:
         radius=float(max(rng.uniform(2.2, 3.3), extent + 0.8)),
         angle0=float(rng.uniform(0, 2 * np.pi)),
         angle_span=float(np.deg2rad(rng.uniform(40, 110)) * rng.choice([-1, 1])),
-        height0=float(rng.uniform(0.7, 2.0)), height_delta=float(rng.uniform(-0.4, 0.4)),
+        height0=float(rng.uniform(0.7, 2.0)),
+        height_delta=float(rng.uniform(-0.4, 0.4)),
         target=[float(v) for v in rng.uniform(-0.2, 0.2, size=2)] + [float(rng.uniform(0.2, 0.6))],
         target_drift=[float(v) for v in rng.uniform(-0.2, 0.2, size=3)],
     )
@@ -293,8 +309,14 @@ def make_scene(rng: np.random.Generator, kind: str | None = None) -> Scene:
         raise ValueError(f"unknown scene kind {kind!r}")
     light = _light(rng)
     fill = np.array([-light[0], -light[1], 0.5 * light[2]])
-    scene = Scene(kind=kind, materials=[], light_dir=light, ambient=float(rng.uniform(0.3, 0.45)),
-                  fill_dir=fill / np.linalg.norm(fill), fov_deg=float(rng.uniform(50, 70)))
+    scene = Scene(
+        kind=kind,
+        materials=[],
+        light_dir=light,
+        ambient=float(rng.uniform(0.3, 0.45)),
+        fill_dir=fill / np.linalg.norm(fill),
+        fov_deg=float(rng.uniform(50, 70)),
+    )
     (_make_room if kind == "room" else _make_objects)(rng, scene)
     return scene
 
