@@ -121,8 +121,8 @@ def main() -> None:
             (f"Whole networks (width 768, {layers} update layers; baseline {2 * layers} blocks)", table2),
         ],
         [
-            "FLOPs counted by torch.utils.flop_counter.FlopCounterMode on meta tensors: 4 x queries x keys x width per attention "
-            "(QK^T and AV, 2 FLOP per multiply-add); no timing involved, so the machine does not matter",
+            "FLOPs counted by torch.utils.flop_counter.FlopCounterMode on meta tensors: 4 x queries x keys x width "
+            "per attention (QK^T and AV, 2 FLOP per multiply-add); no timing involved, so the machine does not matter",
             "Fig. 2 ignores token uplifting; the base model's uplifting (k = 2) doubles the cross-attention queries",
         ],
     )

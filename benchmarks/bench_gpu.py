@@ -180,7 +180,8 @@ def section_rasterizer(ctx: Context) -> list[list]:
             gaussians, c2w[0], K[0], R, weights, "torch", torch.device("cpu")
         )
         grad_diffs = [
-            f"{(grads_a[f] - grads_b[f]).abs().max().item():.2e} ({(grads_a[f] - grads_b[f]).abs().max().item() / max(grads_b[f].abs().max().item(), 1e-30):.1e})"
+            f"{(grads_a[f] - grads_b[f]).abs().max().item():.2e} "
+            f"({(grads_a[f] - grads_b[f]).abs().max().item() / max(grads_b[f].abs().max().item(), 1e-30):.1e})"
             for f in FIELDS
         ]
         rows.append(
@@ -582,9 +583,12 @@ def main() -> None:
         lines += [f"#### {title}", "", markdown_table(columns, rows), ""]
     notes = [
         f"total {time.perf_counter() - start:.0f} s ({', '.join(timings)})",
-        "A: loss = fixed random weights . (rgb, alpha) of 2 ring cameras; relative = max abs diff / max abs gradient of the torch backend",
-        "B: Trainer.train_iteration of the registered method (data loading included), LPIPS off (its VGG weights need the internet), median of the steps after a warm-up step",
-        "C, E: base model (width 768, 12 update layers, patch 8), no_grad, median after warm-up; D: the same network with rendering of every input view and MSE, AdamW",
+        "A: loss = fixed random weights . (rgb, alpha) of 2 ring cameras; relative = max abs diff / max abs "
+        "gradient of the torch backend",
+        "B: Trainer.train_iteration of the registered method (data loading included), LPIPS off (its VGG weights need "
+        "the internet), median of the steps after a warm-up step",
+        "C, E: base model (width 768, 12 update layers, patch 8), no_grad, median after warm-up; D: the same network "
+        "with rendering of every input view and MSE, AdamW",
         "peak memory: torch.cuda.max_memory_allocated during the call (above: minus what was allocated before it)",
     ]
     if not device.type == "cuda":

@@ -164,13 +164,14 @@ def main() -> None:
         png = write_png_scenes(tmp / "scenes", args.chunks * args.scenes_per_chunk // 2, args.frames // 2, (360, 640))
         chunk_mb = (tmp / "chunks" / "train" / "000000.torch").stat().st_size / 2**20
         print(
-            f"wrote the data in {time.perf_counter() - start:.0f} s: {args.chunks} chunks of {chunk_mb:.1f} MB "
-            f"(JPEG {jpeg / 1024:.0f} KB/frame), PNG scenes ({png / 1024:.0f} KB/frame); frames 360x640 -> {args.size}x{args.size}"
+            f"wrote the data in {time.perf_counter() - start:.0f} s: {args.chunks} chunks of {chunk_mb:.1f} "
+            f"MB (JPEG {jpeg / 1024:.0f} KB/frame), PNG scenes ({png / 1024:.0f} KB/frame); frames 360x640 "
+            f"-> {args.size}x{args.size}"
         )
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(
-            f"torch {torch.__version__}, {os.cpu_count()} CPUs (load average {load:.1f}), {torch.get_num_threads()} intra-op threads, "
-            f"{args.batches} batches of 4 samples x 6 frames"
+            f"torch {torch.__version__}, {os.cpu_count()} CPUs (load average {load:.1f}), {torch.get_num_threads()} "
+            f"intra-op threads, {args.batches} batches of 4 samples x 6 frames"
         )
         print()
         print("| source | workers | samples/s | frames/s |")

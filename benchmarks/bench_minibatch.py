@@ -127,9 +127,9 @@ def main() -> None:
         "Benchmark 3: one training iteration, full vs half vs quarter cross-attention",
         [("", markdown_table(columns, rows))],
         [
-            f"{args.views} views {args.resolution}x{args.resolution}, batch {args.batch}, (V,H,F) with uplifting, width {args.width}, "
-            f"{layers} update layers, split {args.split} with rotation, {'bf16 autocast' if bf16 else 'fp32'}, "
-            f"gradient checkpointing {'on' if args.checkpointing else 'off'}",
+            f"{args.views} views {args.resolution}x{args.resolution}, batch {args.batch}, (V,H,F) with "
+            f"uplifting, width {args.width}, {layers} update layers, split {args.split} with rotation, "
+            f"{'bf16 autocast' if bf16 else 'fp32'}, gradient checkpointing {'on' if args.checkpointing else 'off'}",
             "iteration = forward + loss on the Gaussians + backward + AdamW step; no rendering",
             "peak memory: peak PyTorch tensor allocations during the iteration above model, optimizer state and inputs",
             "TFLOP: forward + backward, counted by FlopCounterMode on the meta device",

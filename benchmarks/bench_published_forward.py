@@ -8,7 +8,7 @@ DL3DV: (V, H, F) with uplifting k = 2), here from the key structure of those fil
 weights. fp32, no gradients; `--warmup` forwards (on a CPU the first forward is not slower), then
 the median of `--repeats`. Prints a markdown
 table (docs/published.md holds the measured one).
-"""
+"""  # noqa: E501 (the command line above)
 
 from __future__ import annotations
 
@@ -85,10 +85,12 @@ def main(argv=None) -> int:
     print()
     cases = "" if not args.cases else " --cases " + " ".join(map(str, args.cases))
     print(
-        f"`OMP_NUM_THREADS={threads} .venv/bin/python benchmarks/bench_published_forward.py --repeats {args.repeats} --warmup {args.warmup} --device {args.device}{cases}`"
+        f"`OMP_NUM_THREADS={threads} .venv/bin/python benchmarks/bench_published_forward.py --repeats {args.repeats} "
+        f"--warmup {args.warmup} --device {args.device}{cases}`"
     )
     print(
-        f"({platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, no grad, median of {args.repeats} after {args.warmup} warm-up)"
+        f"({platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads, fp32, no grad, median of {args.repeats} after {args.warmup} warm-up)"
     )
     print()
     print("| layout | (V, viewpoint, image) | input | Gaussians | parameters | forward (s) |")

@@ -222,8 +222,9 @@ def main() -> None:
         f"old = {args.baseline or 'none'}, load average {load:.1f})\n"
     )
     print(
-        "| image | views | Gaussians | SH | old fwd (s) | new fwd (s) | fwd ratio | old fwd+bwd (s) | new fwd+bwd (s) "
-        "| fwd+bwd ratio | new fwd+bwd CPU (s) | pairs drawn | drawn pairs/s (new fwd+bwd) | lane pairs | peak RSS (MB) |"
+        "| image | views | Gaussians | SH | old fwd (s) | new fwd (s) | fwd ratio | old fwd+bwd (s) | new "
+        "fwd+bwd (s) | fwd+bwd ratio | new fwd+bwd CPU (s) | pairs drawn | drawn pairs/s (new fwd+bwd) | "
+        "lane pairs | peak RSS (MB) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -232,9 +233,10 @@ def main() -> None:
         o = lambda key: f"{old[key]:.3f}" if old else "-"  # noqa: E731
         ratio = lambda key: f"**{old[key] / new[key]:.1f}x**" if old else "-"  # noqa: E731
         print(
-            f"| {width}x{height} | {views} | {f'{n // 1024}k' if n % 1024 == 0 else f'{n / 1000:.0f}k'} | {sh} | {o('fwd')} | {new['fwd']:.3f} | {ratio('fwd')} "
-            f"| {o('fwd_bwd')} | {new['fwd_bwd']:.3f} | {ratio('fwd_bwd')} | {new['cpu']:.3f} "
-            f"| {r['drawn'] / 1e6:.2f}M | {r['drawn'] / new['fwd_bwd'] / 1e6:.0f}M | {r['lane'] / 1e6:.1f}M | {r['peak_mb']:.0f} |"
+            f"| {width}x{height} | {views} | {f'{n // 1024}k' if n % 1024 == 0 else f'{n / 1000:.0f}k'} "
+            f"| {sh} | {o('fwd')} | {new['fwd']:.3f} | {ratio('fwd')} | {o('fwd_bwd')} | "
+            f"{new['fwd_bwd']:.3f} | {ratio('fwd_bwd')} | {new['cpu']:.3f} | {r['drawn'] / 1e6:.2f}M | "
+            f"{r['drawn'] / new['fwd_bwd'] / 1e6:.0f}M | {r['lane'] / 1e6:.1f}M | {r['peak_mb']:.0f} |"
         )
 
 

@@ -146,8 +146,8 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if lpips else ""))
     for r in rows:
         print(
-            f"| {r['name']} | {r['epochs']} | {r['gaussians']:,} | {r['seconds']:.0f} | {r['psnr']:.2f} | {r['ssim']:.3f} |"
-            + (f" {r['lpips']:.3f} |" if lpips else "")
+            f"| {r['name']} | {r['epochs']} | {r['gaussians']:,} | {r['seconds']:.0f} | "
+            f"{r['psnr']:.2f} | {r['ssim']:.3f} |" + (f" {r['lpips']:.3f} |" if lpips else "")
         )
     curve = next(r["curve"] for r in rows if r["name"].startswith("default"))
     print("\nDefault run, held-out PSNR after each epoch:\n")

@@ -51,7 +51,10 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads; 1 by default: on a shared machine, 2 threads stall for up to a second at thread barriers whenever a neighbour holds a core",
+        help=(
+            "torch CPU threads; 1 by default: on a shared machine, 2 threads stall for up to a second at thread "
+            "barriers whenever a neighbour holds a core"
+        ),
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     parser.add_argument("--output-dir", type=Path, default=None, help="also write the table there as markdown")
@@ -380,8 +383,9 @@ def main() -> None:
             (f"Resolution sweep with {args.resolution_views} views", markdown_table(columns, resolution_rows)),
         ],
         [
-            f"width {args.width}, {heads} heads, {layers} update layer(s) = {2 * layers} blocks for every model, patch {args.patch_size}, "
-            f"batch 1, inference (no_grad), {'bf16 autocast' if bf16 else 'fp32'}, SDPA backend {args.attention_backend}",
+            f"width {args.width}, {heads} heads, {layers} update layer(s) = {2 * layers} blocks for every model, "
+            f"patch {args.patch_size}, batch 1, inference (no_grad), {'bf16 autocast' if bf16 else 'fp32'}, SDPA "
+            f"backend {args.attention_backend}",
             "GFLOP: forward, counted by torch FlopCounterMode (matmuls and attention, 2 FLOP per multiply-add)",
             "peak memory: peak PyTorch tensor allocations during the forward above model + inputs",
             "GPU rows: not measured here unless the machine line above names a CUDA device",

@@ -149,9 +149,11 @@ def main() -> None:
         [("", markdown_table(columns, rows))],
         [
             f"{V} views {R}x{R}, batch 1, width {network['width']}, {network['num_layers']} update layers "
-            f"(baseline: {2 * network['num_layers']} blocks), {'bf16 autocast' if bf16 else 'fp32'}, no_grad, {args.threads} CPU thread(s)",
+            f"(baseline: {2 * network['num_layers']} blocks), {'bf16 autocast' if bf16 else 'fp32'}, no_grad, "
+            f"{args.threads} CPU thread(s)",
             f"best of {args.repeats} interleaved rounds for both the forwards and the matmul",
-            "GFLOP counted by FlopCounterMode (matmuls and attention only); elementwise work is not counted but takes time",
+            "GFLOP counted by FlopCounterMode (matmuls and attention only); elementwise work is "
+            "not counted but takes time",
             "time shares: profiler self time of matmul ops, attention kernels (and softmax) and the rest",
             "GPU rows: not measured here unless the machine line above names a CUDA device",
         ],

@@ -159,7 +159,8 @@ def main() -> None:
                 )
 
     lines = [
-        f"## Quality at a small budget: {args.steps} steps, {args.resolution}x{args.resolution}, ilrm-small, seed {args.seed}",
+        f"## Quality at a small budget: {args.steps} steps, {args.resolution}x{args.resolution}, "
+        f"ilrm-small, seed {args.seed}",
         "",
         "| variant | held-out PSNR | SSIM | nearest-view PSNR | PSNR - full | minutes |",
         "|---|---|---|---|---|---|",
@@ -173,7 +174,8 @@ def main() -> None:
         r = results[variant]
         delta = f"{r['psnr'] - full:+.2f}" if full is not None else ""
         lines.append(
-            f"| {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['baseline_nearest_view_psnr']:.2f} | {delta} | {r['minutes']:.1f} |"
+            f"| {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['baseline_nearest_view_psnr']:.2f} | "
+            f"{delta} | {r['minutes']:.1f} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -42,9 +42,12 @@ def test_bf16_autocast_keeps_gaussians_fp32_and_close():
         assert value.dtype == torch.float32 and torch.isfinite(value).all(), name
     # bf16 has 8 mantissa bits: the tokens differ by ~1%, the decoded Gaussians by about as much.
     assert float((half.opacities - reference.opacities).abs().max()) < 0.05
-    distance = lambda g: (
-        g.means - c2w[:, :, None, :3, 3].expand(-1, -1, g.means.shape[1] // c2w.shape[1], -1).flatten(1, 2)
-    ).norm(dim=-1)  # noqa: E731
+
+    def distance(g):
+        return (
+            g.means - c2w[:, :, None, :3, 3].expand(-1, -1, g.means.shape[1] // c2w.shape[1], -1).flatten(1, 2)
+        ).norm(dim=-1)
+
     assert float((distance(half) / distance(reference) - 1).abs().max()) < 0.1
     sum(t.float().sum() for t in (half.means, half.scales, half.opacities, half.sh)).backward()
     for name, parameter in model.named_parameters():

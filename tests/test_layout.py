@@ -57,7 +57,8 @@ def test_configs_of_earlier_runs_load():
     code = (
         "import yaml, sys\n"
         "config = yaml.load(open(sys.argv[1]).read(), Loader=yaml.Loader)\n"
-        "print(type(config.pipeline).__module__, type(config.pipeline.model).__name__, config.pipeline.model._target.__name__)"
+        "print(type(config.pipeline).__module__, type(config.pipeline.model).__name__, "
+        "config.pipeline.model._target.__name__)"
     )
     runs = LEGACY / "runs" / "legacy"
     found = {}

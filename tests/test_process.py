@@ -142,7 +142,8 @@ def test_photos_get_the_shared_poses_back(scene, photos):
     assert len(json.loads((dataset / "transforms.json").read_text())["frames"]) == registered
     error, spread = center_error(dataset, photos[1])
     print(
-        f"camera centers after a similarity alignment: mean error {error.mean():.3f}, max {error.max():.3f}, camera spread {spread:.3f} (shared units): {error.mean() / spread:.2%} of the spread"
+        f"camera centers after a similarity alignment: mean error {error.mean():.3f}, max {error.max():.3f}, camera "
+        f"spread {spread:.3f} (shared units): {error.mean() / spread:.2%} of the spread"
     )
     assert error.mean() < 0.05 * spread and error.max() < 0.10 * spread
     logs = {p.name for p in (dataset / "colmap").glob("*.log")}

@@ -38,9 +38,7 @@ from ilrm_nerfstudio.core.published import (
 # ---------------------------------------------------------------------------------------------
 
 
-def their_shapes(
-    kind: str, d: int, head_dim: int, blocks: int, p: int, sh_degree: int = 0
-) -> OrderedDict[str, tuple]:
+def their_shapes(kind: str, d: int, head_dim: int, blocks: int, p: int, sh_degree: int = 0) -> OrderedDict[str, tuple]:
     """Key -> shape, in module registration order, as their modules name them."""
     shapes: OrderedDict[str, tuple] = OrderedDict()
     k = 1 if kind == RE10K else 2  # query uplifting

@@ -522,7 +522,8 @@ class ILRM(nn.Module):
         B, V, _, H, W = images.shape
         if c2w.shape != (B, V, 4, 4) or K.shape != (B, V, 3, 3):
             raise ValueError(
-                f"for images {list(images.shape)} expected c2w [{B}, {V}, 4, 4] and K [{B}, {V}, 3, 3], got {list(c2w.shape)} and {list(K.shape)}"
+                f"for images {list(images.shape)} expected c2w [{B}, {V}, 4, 4] and K [{B}, {V}, 3, 3], got "
+                f"{list(c2w.shape)} and {list(K.shape)}"
             )
         cfg = self.config
         cfg.check_image_size(H, W)

@@ -291,7 +291,8 @@ def published_network_config(kind: str, state: dict[str, Tensor], path: Path | s
         or max(blocks) + 1 != len(blocks)
     ):
         raise ILRMError(
-            f"{path}: {kind} checkpoint with an unexpected architecture (tokenizer {width}x{viewpoint_in}, {len(blocks)} blocks, head dim {head_dim})"
+            f"{path}: {kind} checkpoint with an unexpected architecture (tokenizer {width}x{viewpoint_in}, "
+            f"{len(blocks)} blocks, head dim {head_dim})"
         )
     common = dict(
         patch_size=patch,
@@ -348,14 +349,16 @@ def map_state_dict(
             tensor = tensor.chunk(parts, dim=0)[part]
         if tuple(tensor.shape) != tuple(ours[our_key].shape):
             raise ILRMError(
-                f"{path}: '{their_key}' has shape {list(state[their_key].shape)}, expected one giving {list(ours[our_key].shape)} for {our_key}"
+                f"{path}: '{their_key}' has shape {list(state[their_key].shape)}, expected one giving "
+                f"{list(ours[our_key].shape)} for {our_key}"
             )
         mapped[our_key] = tensor
         used.add(their_key)
     unexpected = sorted(set(state) - used)
     if unexpected:
         raise ILRMError(
-            f"{path}: {kind} checkpoint with {len(unexpected)} unexpected network key(s), e.g. '{unexpected[0]}' (a different model?)"
+            f"{path}: {kind} checkpoint with {len(unexpected)} unexpected network key(s), e.g. "
+            f"'{unexpected[0]}' (a different model?)"
         )
     missing = sorted(set(ours) - set(mapped))
     if missing:  # the table must cover our whole network

@@ -41,7 +41,10 @@ def save_ply(gaussians: Gaussians, path: Path) -> Path:
 def load_ply(path: Path) -> Gaussians:
     """Read an INRIA-layout PLY (ours or ns-export's) back into Gaussians."""
     vertex = PlyData.read(str(path))["vertex"]
-    column = lambda *names: torch.from_numpy(np.stack([np.asarray(vertex[n], dtype=np.float32) for n in names], axis=1))
+
+    def column(*names):
+        return torch.from_numpy(np.stack([np.asarray(vertex[n], dtype=np.float32) for n in names], axis=1))
+
     rest_names = sorted((p.name for p in vertex.properties if p.name.startswith("f_rest_")), key=lambda s: int(s[7:]))
     n = len(vertex.data)
     dc = column("f_dc_0", "f_dc_1", "f_dc_2")[:, None]

@@ -340,7 +340,8 @@ def chunk_example_to_scene(example: dict, chunk: Path) -> ChunkScene:
         ) from None
     if cameras.ndim != 2 or cameras.shape[1] != 18 or len(cameras) != len(jpegs):
         raise ILRMError(
-            f"scene {key} (chunk {chunk}): cameras must be [N, 18] with one row per image, got {tuple(cameras.shape)} for {len(jpegs)} images"
+            f"scene {key} (chunk {chunk}): cameras must be [N, 18] with one row per image, got "
+            f"{tuple(cameras.shape)} for {len(jpegs)} images"
         )
     if not jpegs:
         raise ILRMError(f"scene {key} (chunk {chunk}): no frames")

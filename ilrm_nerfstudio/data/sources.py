@@ -158,7 +158,8 @@ def read_chunk_index(stage_dir: Path) -> dict[str, Path]:
         index[str(key)] = chunk
     if missing:
         print(
-            f"warning: {path}: {len(missing)} chunk file(s) listed but not found (e.g. {sorted(missing)[0]}); their scenes are left out",
+            f"warning: {path}: {len(missing)} chunk file(s) listed but not found (e.g. "
+            f"{sorted(missing)[0]}); their scenes are left out",
             file=sys.stderr,
         )
     return index

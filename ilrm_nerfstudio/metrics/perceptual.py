@@ -52,7 +52,8 @@ class PerceptualLoss(nn.Module):
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 3:
             raise ValueError(
-                f"lpips: expected two images [B, 3, H, W] of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+                f"lpips: expected two images [B, 3, H, W] of one shape, got {tuple(pred.shape)} "
+                f"and {tuple(target.shape)}"
             )
         with no_autocast(pred.device):
             return self.network(pred.float(), target.float(), normalize=True).flatten()

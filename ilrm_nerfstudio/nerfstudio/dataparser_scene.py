@@ -104,7 +104,8 @@ def load_single_scene(root: Path, options: LoadOptions) -> Scene:
         raise
     except Exception as error:  # nerfstudio's parsers assert / raise on bad input: name the scene
         raise ILRMError(
-            f"{root}: nerfstudio's {type(config).__name__.replace('Config', '')} could not read the scene ({type(error).__name__}: {error})"
+            f"{root}: nerfstudio's {type(config).__name__.replace('Config', '')} could not read the scene "
+            f"({type(error).__name__}: {error})"
         ) from None
     finally:
         CONSOLE.quiet = quiet

@@ -224,7 +224,8 @@ class ILRMFinetuneModel(GaussianSceneModel):
                 source = f"points triangulated from {len(items)} training frames (SIFT, known poses)"
             if len(points[0]) < 100:
                 raise ILRMError(
-                    f"{datamanager.config.data}: found only {len(points[0])} 3D points to start from; use --pipeline.model.init random"
+                    f"{datamanager.config.data}: found only {len(points[0])} 3D points to start from; use "
+                    f"--pipeline.model.init random"
                 )
             gaussians = points_to_gaussians(points[0], points[1], cfg.sh_degree)
             log(f"start: {len(gaussians):,} Gaussians at {source} ({time.perf_counter() - start:.1f} s)")
@@ -247,7 +248,8 @@ class ILRMFinetuneModel(GaussianSceneModel):
         cfg = self.config
         if cfg.ilrm_run is None:
             raise ILRMError(
-                "--pipeline.model.ilrm-run is needed (an ns-train ilrm / ilrm-small run), or --pipeline.model.init points / random"
+                "--pipeline.model.ilrm-run is needed (an ns-train ilrm / ilrm-small run), or "
+                "--pipeline.model.init points / random"
             )
         trained = load_network(cfg.ilrm_run, self.device)
         trained.bf16 = cfg.bf16
@@ -292,7 +294,8 @@ class ILRMFinetuneModel(GaussianSceneModel):
         seconds = time.perf_counter() - start
         if trained.sh_degree != cfg.sh_degree:
             log(
-                f"the network predicts SH degree {trained.sh_degree}; the model keeps degree {cfg.sh_degree} (padded/truncated)"
+                f"the network predicts SH degree {trained.sh_degree}; the model keeps degree "
+                f"{cfg.sh_degree} (padded/truncated)"
             )
         log(f"    {len(gaussians):,} Gaussians in {seconds:.2f} s")
         return with_sh_degree(gaussians, cfg.sh_degree)
@@ -378,7 +381,8 @@ class ILRMFinetuneModel(GaussianSceneModel):
         views = min(self.config.refine_views, self.config.refine_minutes * 60.0 / self.seconds_per_view)
         refine = max(1, round(views / frames))
         log(
-            f"auto budget: {refine} refinement epochs ({refine * frames:,} frames at ~{self.seconds_per_view:.2f} s each, {self.config.refine_minutes:g} min)"
+            f"auto budget: {refine} refinement epochs ({refine * frames:,} frames at ~{self.seconds_per_view:.2f} s "
+            f"each, {self.config.refine_minutes:g} min)"
         )
         self.time_budget = self.config.refine_minutes * 60.0
         paper = self.config.paper_epochs if self.started_from == "network" else 0
@@ -473,12 +477,14 @@ class ILRMFinetuneModel(GaussianSceneModel):
         frames = len(datamanager.train_views[1])
         if plan.paper_epochs:
             log(
-                f"epochs 1-{plan.paper_epochs}: published finetune on {len(datamanager.input_indices)} input views (one Adam step each, MSE)"
+                f"epochs 1-{plan.paper_epochs}: published finetune on {len(datamanager.input_indices)} input views "
+                f"(one Adam step each, MSE)"
             )
         if plan.epochs > plan.paper_epochs:
             log(
-                f"epochs {plan.paper_epochs + 1}-{plan.epochs}: refinement on {frames} training frames, "
-                f"{plan.steps_per_epoch} Adam steps per epoch, L1 + SSIM, densification {'on' if self.config.densify else 'off'}"
+                f"epochs {plan.paper_epochs + 1}-{plan.epochs}: refinement on {frames} training "
+                f"frames, {plan.steps_per_epoch} Adam steps per epoch, L1 + SSIM, densification "
+                f"{'on' if self.config.densify else 'off'}"
             )
         clock = {"start": time.perf_counter(), "epochs": 0}
 
@@ -497,8 +503,9 @@ class ILRMFinetuneModel(GaussianSceneModel):
             self.history.append(entry)
             loss = entry.get("loss", float("nan"))
             log(
-                f"epoch {epoch}/{plan.epochs}  loss {loss:.4f}  training-frame PSNR {entry.get('psnr', float('nan')):.2f} dB  "
-                f"{len(self.means):,} Gaussians  {elapsed / 60:.1f} min, ETA {remaining / 60:.1f} min"
+                f"epoch {epoch}/{plan.epochs}  loss {loss:.4f}  training-frame PSNR "
+                f"{entry.get('psnr', float('nan')):.2f} dB  {len(self.means):,} Gaussians  {elapsed / 60:.1f} min, "
+                f"ETA {remaining / 60:.1f} min"
             )
             if epoch == plan.epochs and self.config.report_held_out:
                 self._write_picture(datamanager, Path(trainer.base_dir))

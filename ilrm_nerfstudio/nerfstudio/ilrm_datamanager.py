@@ -384,7 +384,8 @@ class ILRMDataManager(DataManager):
         missing = [key for key in index if key not in by_name]
         if missing:
             warn(
-                f"{path}: {len(missing)} of {len(index)} indexed scenes are not in the data (e.g. {missing[0]}); they are left out"
+                f"{path}: {len(missing)} of {len(index)} indexed scenes are not in the data (e.g. "
+                f"{missing[0]}); they are left out"
             )
             if evaluation:
                 self.missing_eval_scenes = missing
@@ -410,7 +411,8 @@ class ILRMDataManager(DataManager):
         mine = shard_indices([entries[ep.entry].group for ep in episodes], self.local_rank, self.world_size)
         if not mine:
             raise ILRMError(
-                f"{self.rank_label()}no training scenes in this rank's shard ({len(episodes)} scenes for {self.world_size} ranks)"
+                f"{self.rank_label()}no training scenes in this rank's shard ({len(episodes)} scenes "
+                f"for {self.world_size} ranks)"
             )
         episodes = [episodes[i] for i in mine]
         if self.skipped_scenes:
@@ -426,7 +428,8 @@ class ILRMDataManager(DataManager):
             and has_split(cfg.data, self.source, cfg.train_split)
         ):
             raise ILRMError(
-                f"{cfg.data}: no '{cfg.eval_split}' split folder next to '{cfg.train_split}' (set --pipeline.datamanager.eval-split)"
+                f"{cfg.data}: no '{cfg.eval_split}' split folder next to '{cfg.train_split}' (set "
+                f"--pipeline.datamanager.eval-split)"
             )
         entries = self.entries(cfg.eval_split, strict=True)
         if cfg.eval_index is not None:

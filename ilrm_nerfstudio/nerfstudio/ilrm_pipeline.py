@@ -87,7 +87,8 @@ class ILRMPipeline(VanillaPipeline):
         are broadcast to every rank here."""
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(
-                "world_size > 1 needs an initialized torch.distributed process group (nerfstudio's launch or ilrm-train)"
+                "world_size > 1 needs an initialized torch.distributed process group "
+                "(nerfstudio's launch or ilrm-train)"
             )
         torch_device = torch.device(device)
         if torch_device.type == "cuda":

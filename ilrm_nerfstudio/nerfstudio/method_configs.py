@@ -144,5 +144,8 @@ def finetune_trainer_config(epochs: int = -1) -> TrainerConfig:
 
 ilrm_finetune_method = MethodSpecification(
     config=finetune_trainer_config(),
-    description="iLRM per-scene stage: Gaussians from an ilrm run's network (or the scene's points), the published 10 finetune epochs (Ours_10), then 3DGS-style refinement; one iteration = one epoch, -1 = the default budget.",
+    description=(
+        "iLRM per-scene stage: Gaussians from an ilrm run's network (or the scene's points), the published 10 "
+        "finetune epochs (Ours_10), then 3DGS-style refinement; one iteration = one epoch, -1 = the default budget."
+    ),
 )

@@ -71,7 +71,8 @@ class GaussianSceneModel(SplatfactoModel):
             )
         if gaussians.sh.shape[1] != K:
             raise ValueError(
-                f"Gaussians with {gaussians.sh.shape[1]} SH coefficients for a model of sh_degree {self.config.sh_degree}"
+                f"Gaussians with {gaussians.sh.shape[1]} SH coefficients for a model of "
+                f"sh_degree {self.config.sh_degree}"
             )
         device = self.gauss_params["means"].device if "means" in self.gauss_params else None
         g = gaussians.map(lambda t: t.detach().float().to(device) if device is not None else t.detach().float())

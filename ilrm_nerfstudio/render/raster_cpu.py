@@ -182,13 +182,13 @@ def rasterize_fwd(starts, packed, width, height, C):
         # pixel x, pixel y, T, live, walk end (relative), 4 accumulated features
         st = np.empty((9, LANES), dt)
         cast = np.empty(1, dt)
-        for l in range(LANES):
-            st[0, l] = zero + (x0 + l % BLOCK) + half
-            st[1, l] = zero + (y0 + l // BLOCK) + half
-            st[2, l] = one
-            st[3, l] = one if (y0 + l // BLOCK < height and x0 + l % BLOCK < width) else zero
+        for lane in range(LANES):
+            st[0, lane] = zero + (x0 + lane % BLOCK) + half
+            st[1, lane] = zero + (y0 + lane // BLOCK) + half
+            st[2, lane] = one
+            st[3, lane] = one if (y0 + lane // BLOCK < height and x0 + lane % BLOCK < width) else zero
             for k in range(4, 9):
-                st[k, l] = zero
+                st[k, lane] = zero
         for j in range(s, e):
             mx, my, a, b, c = packed[j, 0], packed[j, 1], packed[j, 2], packed[j, 3], packed[j, 4]
             o, th = packed[j, 5], packed[j, 6]
@@ -196,35 +196,35 @@ def rasterize_fwd(starts, packed, width, height, C):
             cast[0] = j + 1 - s
             jj = cast[0]
             n_live = zero
-            for l in range(LANES):
-                dx = mx - st[0, l]
-                dy = my - st[1, l]
+            for lane in range(LANES):
+                dx = mx - st[0, lane]
+                dy = my - st[1, lane]
                 power = half * (a * dx * dx + c * dy * dy) + b * dx * dy
                 alpha = min(amax, o * _exp_neg(min(max(power, zero), pmax), C))
-                t = st[2, l]
+                t = st[2, lane]
                 nt = t * (one - alpha)
-                ok = (power >= zero) & (power <= th) & (alpha >= amin) & (st[3, l] > zero)
+                ok = (power >= zero) & (power <= th) & (alpha >= amin) & (st[3, lane] > zero)
                 draw = ok & (nt > tmin)
                 w = alpha * t if draw else zero
-                st[5, l] += w * f0
-                st[6, l] += w * f1
-                st[7, l] += w * f2
-                st[8, l] += w * f3
-                st[2, l] = nt if draw else t
-                st[4, l] = jj if draw else st[4, l]
-                live = zero if (ok & (nt <= tmin)) else st[3, l]  # stopped: nothing more drawn
-                st[3, l] = live
+                st[5, lane] += w * f0
+                st[6, lane] += w * f1
+                st[7, lane] += w * f2
+                st[8, lane] += w * f3
+                st[2, lane] = nt if draw else t
+                st[4, lane] = jj if draw else st[4, lane]
+                live = zero if (ok & (nt <= tmin)) else st[3, lane]  # stopped: nothing more drawn
+                st[3, lane] = live
                 n_live += live
             if n_live == zero:
                 break
-        for l in range(LANES):
-            py, px = y0 + l // BLOCK, x0 + l % BLOCK
+        for lane in range(LANES):
+            py, px = y0 + lane // BLOCK, x0 + lane % BLOCK
             if py < height and px < width:
                 pix = py * width + px
                 for d in range(N_FEATURES):
-                    out[pix, d] = st[5 + d, l]
-                t_final[pix] = st[2, l]
-                end[pix] = s + int(st[4, l])
+                    out[pix, d] = st[5 + d, lane]
+                t_final[pix] = st[2, lane]
+                end[pix] = s + int(st[4, lane])
     return out, t_final, end
 
 
@@ -243,18 +243,18 @@ def rasterize_bwd(starts, packed, t_final, end, v_out, v_alpha, width, height, C
         st = np.zeros((13, LANES), dt)
         cast = np.empty(1, dt)
         last = 0
-        for l in range(LANES):
-            py, px = y0 + l // BLOCK, x0 + l % BLOCK
-            st[0, l] = zero + px + half
-            st[1, l] = zero + py + half
+        for lane in range(LANES):
+            py, px = y0 + lane // BLOCK, x0 + lane % BLOCK
+            st[0, lane] = zero + px + half
+            st[1, lane] = zero + py + half
             if py < height and px < width:
                 pix = py * width + px
                 T = t_final[pix]
-                st[2, l] = T
-                st[3, l] = zero + (end[pix] - s)
-                st[4, l] = v_alpha[pix] * T  # d(1 - T_final) / d a_i = T_final / (1 - a_i)
+                st[2, lane] = T
+                st[3, lane] = zero + (end[pix] - s)
+                st[4, lane] = v_alpha[pix] * T  # d(1 - T_final) / d a_i = T_final / (1 - a_i)
                 for d in range(N_FEATURES):
-                    st[5 + d, l] = v_out[pix, d]
+                    st[5 + d, lane] = v_out[pix, d]
                 last = max(last, end[pix])
         for j in range(last - 1, s - 1, -1):
             mx, my, a, b, c = packed[j, 0], packed[j, 1], packed[j, 2], packed[j, 3], packed[j, 4]
@@ -263,33 +263,33 @@ def rasterize_bwd(starts, packed, t_final, end, v_out, v_alpha, width, height, C
             cast[0] = j - s
             jr = cast[0]
             g_mx = g_my = g_a = g_b = g_c = g_o = g_f0 = g_f1 = g_f2 = g_f3 = zero
-            for l in range(LANES):
-                dx = mx - st[0, l]
-                dy = my - st[1, l]
+            for lane in range(LANES):
+                dx = mx - st[0, lane]
+                dy = my - st[1, lane]
                 power = half * (a * dx * dx + c * dy * dy) + b * dx * dy
                 ex = _exp_neg(min(max(power, zero), pmax), C)
                 raw = o * ex
                 alpha = min(amax, raw)
-                ok = (power >= zero) & (power <= th) & (alpha >= amin) & (jr < st[3, l])
+                ok = (power >= zero) & (power <= th) & (alpha >= amin) & (jr < st[3, lane])
                 ra = one / (one - alpha)
-                t = st[2, l] * ra  # transmittance in front of this Gaussian
+                t = st[2, lane] * ra  # transmittance in front of this Gaussian
                 w = alpha * t if ok else zero
-                v0, v1, v2, v3 = st[5, l], st[6, l], st[7, l], st[8, l]
-                v_a = st[4, l] * ra + (
-                    v0 * (f0 * t - st[9, l] * ra)
-                    + v1 * (f1 * t - st[10, l] * ra)
-                    + v2 * (f2 * t - st[11, l] * ra)
-                    + v3 * (f3 * t - st[12, l] * ra)
+                v0, v1, v2, v3 = st[5, lane], st[6, lane], st[7, lane], st[8, lane]
+                v_a = st[4, lane] * ra + (
+                    v0 * (f0 * t - st[9, lane] * ra)
+                    + v1 * (f1 * t - st[10, lane] * ra)
+                    + v2 * (f2 * t - st[11, lane] * ra)
+                    + v3 * (f3 * t - st[12, lane] * ra)
                 )
                 g_f0 += w * v0
                 g_f1 += w * v1
                 g_f2 += w * v2
                 g_f3 += w * v3
-                st[9, l] += w * f0
-                st[10, l] += w * f1
-                st[11, l] += w * f2
-                st[12, l] += w * f3
-                st[2, l] = t if ok else st[2, l]
+                st[9, lane] += w * f0
+                st[10, lane] += w * f1
+                st[11, lane] += w * f2
+                st[12, lane] += w * f3
+                st[2, lane] = t if ok else st[2, lane]
                 v_p = -v_a * alpha if (ok & (raw < amax)) else zero  # no gradient through the clamp
                 g_o += v_a * ex if (ok & (raw < amax)) else zero  # d alpha / d o = exp(-power)
                 g_mx += v_p * (a * dx + b * dy)

@@ -381,7 +381,7 @@ def _render_torch(
     near_plane: float,
     far_plane: float,
 ) -> RenderOutput:
-    C, N = c2w.shape[0], len(g)
+    C = c2w.shape[0]
     w2c = torch.linalg.inv(c2w)  # [C, 4, 4]
     means2d, conics, depths, cov2d, radii = _Project.apply(
         g.means, g.quats, g.scales, w2c, K, width, height, near_plane, far_plane

@@ -96,7 +96,8 @@ def reconstruct_capture(workdir: Path, minutes: float) -> dict:
     for line in lines:
         print("    " + line.split("]", 1)[1].strip())
     print(
-        f"[demo] wrote {workdir / 'real_capture.png'} (held-out frames: ground truth | render) and {workdir / 'real_capture.ply'}"
+        f"[demo] wrote {workdir / 'real_capture.png'} (held-out frames: ground truth | render) and "
+        f"{workdir / 'real_capture.ply'}"
     )
     return result
 

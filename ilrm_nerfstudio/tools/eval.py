@@ -113,7 +113,10 @@ def evaluate(
         "index": None if cfg.eval_index is None else str(cfg.eval_index),
         "protocol": "index" if cfg.eval_index is not None else cfg.eval_protocol,
         "image_size": [cfg.image_height, cfg.image_width],
-        "metrics_protocol": "PSNR on [0,1]-clipped images; SSIM win 11 Gaussian (sigma 1.5) data_range 1; LPIPS-VGG normalize=True; mean over targets, then scenes",
+        "metrics_protocol": (
+            "PSNR on [0,1]-clipped images; SSIM win 11 Gaussian (sigma 1.5) data_range 1; LPIPS-VGG "
+            "normalize=True; mean over targets, then scenes"
+        ),
         "results": summary,
         "lpips": "computed" if lpips_ok else "omitted: the VGG16 weights could not be loaded (see the warning)",
         "missing_scenes": dm.missing_eval_scenes,
@@ -235,7 +238,10 @@ def evaluate_published(
         "protocol": "index" if cfg.eval_index is not None else cfg.eval_protocol,
         "image_size": [cfg.image_height, cfg.image_width],
         "context_views": cfg.eval_context_views,
-        "metrics_protocol": "PSNR on [0,1]-clipped images; SSIM win 11 Gaussian (sigma 1.5) data_range 1; LPIPS-VGG normalize=True; mean over targets, then scenes",
+        "metrics_protocol": (
+            "PSNR on [0,1]-clipped images; SSIM win 11 Gaussian (sigma 1.5) data_range 1; LPIPS-VGG "
+            "normalize=True; mean over targets, then scenes"
+        ),
         "results": summary,
         "lpips": "computed" if lpips_ok else "omitted: the VGG16 weights could not be loaded (see the warning)",
         "missing_scenes": dm.missing_eval_scenes,

@@ -47,7 +47,10 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 MIN_KEYPOINTS = 100  # fewer SIFT features than this: the image is featureless for COLMAP
 MIN_PAIR_MATCHES = 15  # COLMAP's default min_num_inliers for a verified image pair
 
-OVERLAP_HINT = "each part of the scene should be in 3 or more photos taken a small step apart (about 60-80% overlap), sharp and evenly lit"
+OVERLAP_HINT = (
+    "each part of the scene should be in 3 or more photos taken a small step apart (about 60-80% "
+    "overlap), sharp and evenly lit"
+)
 
 
 class ProcessError(Exception):
@@ -103,7 +106,10 @@ class Result:
 
     def summary(self) -> str:
         unit = "photos" if self.kind == "images" else "video frames"
-        what = f"COLMAP registered {len(self.registered)} of {self.total} {unit} ({self.matching} matching, {self.colmap_seconds:.0f} s)"
+        what = (
+            f"COLMAP registered {len(self.registered)} of {self.total} {unit} ({self.matching} matching, "
+            f"{self.colmap_seconds:.0f} s)"
+        )
         if not self.dropped:
             return f"{what}; dataset in {self.output_dir}"
         split = (
@@ -113,10 +119,20 @@ class Result:
 
     def hint(self) -> str:
         if self.kind == "video":
-            return f"dropped frames are usually blurred or fast pans: move slower, or extract fewer frames (--num-frames-target, now {len(self.registered) + len(self.dropped)})"
+            return (
+                f"dropped frames are usually blurred or fast pans: move slower, or extract fewer frames "
+                f"(--num-frames-target, now {len(self.registered) + len(self.dropped)})"
+            )
         if self.matching == "sequential":
-            return "sequential matching only pairs neighbours in file-name order: if the photos are not in capture order, try --matching exhaustive; otherwise add photos between the dropped ones or remove blurred ones"
-        return f"dropped photos usually overlap too little with the others or are blurred: add photos between them or remove them ({OVERLAP_HINT})"
+            return (
+                "sequential matching only pairs neighbours in file-name order: if the photos are not "
+                "in capture order, try --matching exhaustive; otherwise add photos between the dropped "
+                "ones or remove blurred ones"
+            )
+        return (
+            f"dropped photos usually overlap too little with the others or are blurred: add photos between them or "
+            f"remove them ({OVERLAP_HINT})"
+        )
 
 
 def short_list(names: list[str], limit: int = 12) -> str:
@@ -149,13 +165,15 @@ def colmap_binary(colmap_cmd: str) -> None:
     name = shlex.split(colmap_cmd)[0] if colmap_cmd.strip() else "colmap"
     if shutil.which(name) is None:
         raise ProcessError(
-            f"COLMAP not found ('{name}' is not on PATH): run `make setup` (installs it with apt as root) or `sudo apt-get install colmap`, or pass --colmap-cmd /path/to/colmap"
+            f"COLMAP not found ('{name}' is not on PATH): run `make setup` (installs it with apt as root) or "
+            f"`sudo apt-get install colmap`, or pass --colmap-cmd /path/to/colmap"
         )
     out = subprocess.run(f"{colmap_cmd} -h", shell=True, capture_output=True, text=True, env=colmap_env())
     if out.returncode != 0:
         last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
         raise ProcessError(
-            f"COLMAP does not start ('{colmap_cmd} -h' exited with {out.returncode}: {last[0]}): reinstall it (`sudo apt-get install --reinstall colmap`)"
+            f"COLMAP does not start ('{colmap_cmd} -h' exited with {out.returncode}: {last[0]}): reinstall it "
+            f"(`sudo apt-get install --reinstall colmap`)"
         )
 
 
@@ -183,15 +201,24 @@ def database_diagnosis(database: Path) -> str:
         second = pair_id % 2147483647
         connected.update(((pair_id - second) // 2147483647, second))
     if len(featureless) == len(names):
-        return f"COLMAP found (almost) no features in any of the {len(names)} images (textureless, dark or tiny): photograph a textured, well-lit scene"
+        return (
+            f"COLMAP found (almost) no features in any of the {len(names)} images (textureless, dark or tiny): "
+            f"photograph a textured, well-lit scene"
+        )
     if len(connected) < 2:
-        return f"no two of the {len(names)} images share enough matching features ({MIN_PAIR_MATCHES}): they do not show the same scene from nearby viewpoints; {OVERLAP_HINT}"
+        return (
+            f"no two of the {len(names)} images share enough matching features ({MIN_PAIR_MATCHES}): they do not show "
+            f"the same scene from nearby viewpoints; {OVERLAP_HINT}"
+        )
     which = (
         f"all {len(names)} images match some other one"
         if len(connected) >= len(names)
         else f"{len(connected)} of the {len(names)} images match some other one"
     )
-    return f"{which}, but no pair is good enough to start a model from (neighbouring views too far apart, or too little parallax): {OVERLAP_HINT}"
+    return (
+        f"{which}, but no pair is good enough to start a model from (neighbouring views too far apart, or too "
+        f"little parallax): {OVERLAP_HINT}"
+    )
 
 
 def largest_model_first(sparse: Path) -> int:
@@ -247,14 +274,16 @@ def colmap_steps(config: ProcessConfig, colmap_dir: Path, stats: dict) -> Iterat
             detail = (errors or lines or [f"exit status {out.returncode}"])[-1]
             if step == "mapper":
                 raise ProcessError(
-                    f"COLMAP's mapper made no model of {config.data} ({detail}): {database_diagnosis(colmap_dir / 'database.db')}; log: {log}"
+                    f"COLMAP's mapper made no model of {config.data} ({detail}): "
+                    f"{database_diagnosis(colmap_dir / 'database.db')}; log: {log}"
                 )
             raise ProcessError(f"COLMAP {step} failed on {config.data} ({detail}); log: {log}")
         if step == "mapper":
             stats["models"] = largest_model_first(colmap_dir / "sparse")
             if stats["models"] == 0:
                 raise ProcessError(
-                    f"COLMAP's mapper made no model of {config.data}: {database_diagnosis(colmap_dir / 'database.db')}; log: {log}"
+                    f"COLMAP's mapper made no model of {config.data}: "
+                    f"{database_diagnosis(colmap_dir / 'database.db')}; log: {log}"
                 )
         return text
 
@@ -274,7 +303,8 @@ def check_paths(config: ProcessConfig) -> Literal["images", "video"]:
             r"[\s'\"$`&;|()<>*?]", str(path)
         ):  # nerfstudio runs COLMAP and ffmpeg through an unquoted shell line
             raise ProcessError(
-                f"{given}: the path {path} has spaces or shell characters, which nerfstudio's processing does not quote; rename or move it"
+                f"{given}: the path {path} has spaces or shell characters, which nerfstudio's processing does "
+                f"not quote; rename or move it"
             )
     if data.is_file():
         if data.suffix.lower() not in VIDEO_SUFFIXES:
@@ -287,7 +317,8 @@ def check_paths(config: ProcessConfig) -> Literal["images", "video"]:
         images = output / ("images" if i == 0 else f"images_{2**i}")
         if data == output or data == images or images in data.parents:
             raise ProcessError(
-                f"{config.data}: the photos are inside {config.output_dir}, whose images folders are rewritten; choose another output folder"
+                f"{config.data}: the photos are inside {config.output_dir}, whose images folders are rewritten; "
+                f"choose another output folder"
             )
     return "images"
 
@@ -314,7 +345,8 @@ def process(config: ProcessConfig) -> Result:
     colmap_binary(config.colmap_cmd)
     if shutil.which("ffmpeg") is None:
         raise ProcessError(
-            "ffmpeg not found (not on PATH; nerfstudio copies and scales the images with it): run `make setup` or `sudo apt-get install ffmpeg`"
+            "ffmpeg not found (not on PATH; nerfstudio copies and scales the images with it): run `make setup` or "
+            "`sudo apt-get install ffmpeg`"
         )
     common = dict(
         output_dir=config.output_dir,
@@ -329,7 +361,8 @@ def process(config: ProcessConfig) -> Result:
         photos = list_photos(config.data)
         if len(photos) < 3:
             raise ProcessError(
-                f"{config.data}: {len(photos)} photos (jpg, png, tif) found; COLMAP needs at least 3, and ilrm-finetune {config.min_frames} or more"
+                f"{config.data}: {len(photos)} photos (jpg, png, tif) found; COLMAP needs at least 3, and "
+                f"ilrm-finetune {config.min_frames} or more"
             )
         names = [p.relative_to(config.data).as_posix() for p in photos]
         matching = (
@@ -338,7 +371,8 @@ def process(config: ProcessConfig) -> Result:
             else ("exhaustive" if len(photos) <= config.exhaustive_up_to else "sequential")
         )
         print(
-            f"ilrm-process: {len(photos)} photos in {config.data}, {matching} matching, CPU SIFT at up to {config.max_image_size or 3200} px",
+            f"ilrm-process: {len(photos)} photos in {config.data}, {matching} matching, CPU SIFT at up to "
+            f"{config.max_image_size or 3200} px",
             flush=True,
         )
         converter = ImagesToNerfstudioDataset(
@@ -350,7 +384,8 @@ def process(config: ProcessConfig) -> Result:
         names = None
         matching = config.matching if config.matching != "auto" else "sequential"
         print(
-            f"ilrm-process: video {config.data}, about {config.num_frames_target} frames, {matching} matching, CPU SIFT at up to {config.max_image_size or 3200} px",
+            f"ilrm-process: video {config.data}, about {config.num_frames_target} frames, {matching} matching, CPU "
+            f"SIFT at up to {config.max_image_size or 3200} px",
             flush=True,
         )
         converter = VideoToNerfstudioDataset(
