@@ -47,7 +47,7 @@ def instrumented_train_loop(local_rank: int, world_size: int, config, global_ran
 
     torch.save = recording_save
     setup, train_iteration, after_train = Trainer.setup, Trainer.train_iteration, Trainer._after_train
-    average, evaluate_scenes = ILRMPipeline.get_average_eval_image_metrics, ILRMPipeline._evaluate_scenes
+    average, evaluate_scenes = ILRMPipeline.get_average_eval_image_metrics, ILRMPipeline.evaluate_scenes
 
     def setup_recorded(self, *args, **kwargs):
         setup(self, *args, **kwargs)
@@ -86,7 +86,7 @@ def instrumented_train_loop(local_rank: int, world_size: int, config, global_ran
         after_train_recorded,
     )
     ILRMPipeline.get_average_eval_image_metrics = average_recorded
-    ILRMPipeline._evaluate_scenes = evaluate_scenes_recorded
+    ILRMPipeline.evaluate_scenes = evaluate_scenes_recorded
     ns_train.train_loop(local_rank, world_size, config, global_rank)
 
 
