@@ -615,8 +615,8 @@ def test_bad_chunk_samples_are_skipped_in_training_and_named_in_evaluation(tmp_p
         or specs[3]["key"] in joined
     )
     for i, problem in (
-        (1, "frame 4.*cannot decode"),
-        (2, "frame 6.*not finite"),
+        (1, "frame 4.*not an image"),
+        (2, "frame 6.*NaN or infinite"),
         (3, "3 frames, but 2 context \\+ 8 target"),
     ):
         with pytest.raises(ILRMError, match=f"scene {specs[i]['key']}.*{problem}"):

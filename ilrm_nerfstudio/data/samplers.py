@@ -18,7 +18,6 @@ the step and works the same in background loader processes.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.data.validate import read_json
 
 # ------------------------------------------------------------------------------------------------
 # Frame-gap warm-up
@@ -244,29 +244,28 @@ def holdout_episodes(
 # ------------------------------------------------------------------------------------------------
 
 
+def _is_frame_number(value: object) -> bool:
+    """An integer (1.0 from a float-writing tool too), never a bool or a string."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and float(value).is_integer()
+
+
 def load_index(path: Path) -> dict[str, tuple[list[int], list[int]]]:
     """Read an evaluation index `{scene_key: null | {"context": [...], "target": [...]}}`; null
     entries are skipped. Raises ILRMError naming the key for malformed entries."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ILRMError(f"{path}: evaluation index not found") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise ILRMError(f"{path}: cannot read the evaluation index ({error})") from None
+    if not path.exists():
+        raise ILRMError(f"{path}: evaluation index not found")
+    raw = read_json(path)
     if not isinstance(raw, dict):
         raise ILRMError(f"{path}: an evaluation index maps scene keys to {{'context': [...], 'target': [...]}}")
     index = {}
     for key, entry in raw.items():
         if entry is None:
             continue
-        try:
-            context = [int(i) for i in entry["context"]]
-            target = [int(i) for i in entry["target"]]
-        except (TypeError, KeyError, ValueError):
-            raise ILRMError(
-                f"{path}: entry {key!r} needs integer lists 'context' and 'target', got {entry!r}"
-            ) from None
+        views = [entry.get(name) if isinstance(entry, dict) else None for name in ("context", "target")]
+        if not all(isinstance(v, list) and all(_is_frame_number(i) for i in v) for v in views):
+            raise ILRMError(f"{path}: entry {key!r} needs integer lists 'context' and 'target', got {entry!r}")
+        context, target = ([int(i) for i in v] for v in views)
         if not context or not target:
             raise ILRMError(f"{path}: entry {key!r} has no context or no target frames")
         index[str(key)] = (context, target)

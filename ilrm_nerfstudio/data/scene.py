@@ -13,24 +13,35 @@ Readers here (no nerfstudio import):
 - `ChunkScene`: one example of a pixelSplat-style torch chunk (see `sources.py`), JPEG bytes
   decoded only when a frame is read.
 Lens distortion (OpenCV k1, k2, p1, p2, k3) is removed when a frame is read (`undistort_image`).
+
+Every reader checks each camera with `validate.py` (numbers, matrix shape, finiteness, rigidity,
+focal lengths and image sizes > 0, cameras not all at one position) and raises ILRMError naming
+the file and the frame; every frame is decoded by `images.decode_rgb8` (`Scene.read_image`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import intrinsics_matrix, opengl_to_opencv, resize_and_crop_intrinsics
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.data.images import decode_rgb8, file_problem, upright_size
+from ilrm_nerfstudio.data.validate import (
+    fits_camera_problem,
+    intrinsics_problem,
+    number_problem,
+    pose_problem,
+    read_json,
+    spread_problem,
+)
 
 DOWNSCALE_FACTORS = (8, 4, 2)  # `images_8`, `images_4`, `images_2` next to `images`
 
@@ -56,15 +67,12 @@ class Scene:
         return f"scene {self.name} frame {self.frame_id(index)} ({self.image_paths[index]})"
 
     def read_image(self, index: int) -> Image.Image:
-        """Frame `index` decoded as an RGB PIL image (raises ILRMError naming scene and frame)."""
-        path = self.image_paths[index]
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except FileNotFoundError:
-            raise ILRMError(f"{path}: image file not found ({self.describe(index)})") from None
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            raise ILRMError(f"{path}: cannot read image ({error}) ({self.describe(index)})") from None
+        """Frame `index` as an 8-bit RGB image, upright, decoded by `images.decode_rgb8`: EXIF
+        orientation applied, 16-bit gray scaled (not clipped), palette and CMYK converted, and
+        alpha (RGBA, LA, PA) composited on white, the models' default background. The one decoder
+        of every frame: network inputs, targets and metrics see the same pixels. A missing,
+        empty, truncated or non-image file raises ILRMError naming the scene, frame and file."""
+        return decode_rgb8(self.image_paths[index], self.describe(index))
 
     def subset(self, indices: list[int]) -> Scene:
         """The scene restricted to `indices` (messages keep the original frame numbers)."""
@@ -97,19 +105,23 @@ class ChunkScene(Scene):
         return f"scene {self.name} frame {self.frame_id(index)} (chunk {self.image_paths[index]})"
 
     def read_image(self, index: int) -> Image.Image:
-        try:
-            data = self.jpegs[index].numpy().tobytes()
-            with Image.open(io.BytesIO(data)) as image:
-                return image.convert("RGB")
-        except UnidentifiedImageError:
-            raise ILRMError(f"{self.describe(index)}: cannot decode the image (not a valid JPEG/PNG)") from None
-        except (OSError, ValueError, AttributeError) as error:
-            raise ILRMError(f"{self.describe(index)}: cannot decode the image ({error})") from None
+        """As `Scene.read_image`, from the frame's bytes."""
+        return decode_rgb8(_image_bytes(self.jpegs[index], self.describe(index)), self.describe(index))
 
     def subset(self, indices: list[int]) -> ChunkScene:
         scene = Scene.subset(self, indices)
         scene.jpegs = [self.jpegs[i] for i in indices]
         return scene
+
+
+def _image_bytes(value: object, where: str) -> bytes:
+    """A chunk frame (a uint8 tensor of the encoded file, as pixelSplat writes them) -> bytes."""
+    if isinstance(value, Tensor) and value.dtype == torch.uint8:
+        return value.contiguous().numpy().tobytes()
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    kind = f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
+    raise ILRMError(f"{where}: an image must be the encoded file as a uint8 tensor, got {kind}")
 
 
 def pose_problems(c2w: Tensor) -> tuple[int, str] | None:
@@ -129,31 +141,144 @@ def pose_problems(c2w: Tensor) -> tuple[int, str] | None:
 
 
 # ------------------------------------------------------------------------------------------------
-# nerfstudio transforms.json
+# JSON scenes: the frame checks shared by transforms.json and opencv_cameras.json
 # ------------------------------------------------------------------------------------------------
 
+NERFSTUDIO_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
+OPENCV_KEYS = ("fx", "fy", "cx", "cy", "w", "h")
 _DISTORTION_KEYS = ("k1", "k2", "p1", "p2", "k3")  # OpenCV order
+_MISSING = object()
 
 
-def _intrinsics_of(frame: dict, meta: dict, path: Path) -> tuple[list[float], tuple[int, int]]:
-    # As nerfstudio's own dataparser reads them: a global value applies to every frame, per-frame
-    # values are used where there is no global one.
-    values = []
-    for key in ("fl_x", "fl_y", "cx", "cy", "h", "w"):
-        value = meta.get(key, frame.get(key))
-        if value is None:
-            raise ILRMError(f"{path}: missing camera intrinsic '{key}' (neither per frame nor global)")
-        values.append(float(value))
-    fx, fy, cx, cy, h, w = values
-    if not all(math.isfinite(v) for v in values) or min(fx, fy, h, w) <= 0:
-        raise ILRMError(f"{path}: invalid intrinsics fl_x={fx} fl_y={fy} cx={cx} cy={cy} w={w} h={h}")
-    return [fx, fy, cx, cy], (int(h), int(w))
+@dataclass
+class _Frame:
+    """One checked frame of a JSON scene."""
+
+    index: int  # position in the file's frame list
+    image: Path
+    pose: np.ndarray  # [4, 4] as stored (transforms.json: OpenGL c2w; opencv_cameras.json: w2c)
+    intrinsics: list[float]  # fx, fy, cx, cy in pixels
+    size: tuple[int, int]  # (height, width)
+    distortion: list[float]  # OpenCV k1, k2, p1, p2, k3
 
 
-def _distortion_of(frame: dict, meta: dict, path: Path, i: int) -> list[float]:
-    if abs(float(meta.get("k4", frame.get("k4", 0.0)))) > 1e-12:
-        raise ILRMError(f"{path}: frame {i}: distortion coefficient k4 is not supported for perspective cameras")
-    return [float(meta.get(k, frame.get(k, 0.0))) for k in _DISTORTION_KEYS]
+def _parse_frame(
+    raw: object, i: int, meta: dict, base: Path, pose_key: str, keys: tuple[str, ...], shared: bool
+) -> tuple[_Frame | None, str | None]:
+    """Frame `i` of a JSON scene checked for types, shape, finiteness, sign and rigidity: (frame,
+    None), or (None, "frame i (file): problem"). `shared`: top-level values apply to every frame
+    (nerfstudio's transforms.json, where they also win over per-frame ones)."""
+    if not isinstance(raw, dict):
+        return None, f"frame {i}: must be an object with 'file_path' and '{pose_key}', got {type(raw).__name__}"
+    file_path = raw.get("file_path")
+    label = f"frame {i} ({file_path})" if isinstance(file_path, str) else f"frame {i}"
+    if not isinstance(file_path, str) or not file_path.strip():
+        return None, f"{label}: 'file_path' must be the image's path, got {file_path!r}"
+    if pose_key not in raw:
+        return None, f"{label}: missing '{pose_key}'"
+    pose, problem = pose_problem(raw[pose_key])
+    if problem is not None:
+        return None, f"{label}: {pose_key} {problem}"
+
+    def value(key: str, default: object = _MISSING) -> object:
+        return meta[key] if shared and key in meta else raw.get(key, default)
+
+    values = [value(key) for key in keys]
+    missing = [key for key, v in zip(keys, values) if v is _MISSING]
+    if missing:
+        where = " (neither in the frame nor at the top level)" if shared else ""
+        return None, f"{label}: missing camera intrinsic(s) {', '.join(missing)}{where}"
+    problem = intrinsics_problem(*values, names=keys)
+    if problem is not None:
+        return None, f"{label}: {problem}"
+    distortion = [0.0] * 5
+    if shared:  # transforms.json may hold OpenCV distortion (k4 belongs to fisheye cameras)
+        coefficients = {key: value(key, 0.0) for key in (*_DISTORTION_KEYS, "k4")}
+        for key, coefficient in coefficients.items():
+            problem = number_problem(coefficient)
+            if problem is not None:
+                return None, f"{label}: distortion coefficient {key} {problem}"
+        if abs(float(coefficients["k4"])) > 1e-12:
+            return None, f"{label}: distortion coefficient k4 is not supported for perspective cameras"
+        distortion = [float(coefficients[key]) for key in _DISTORTION_KEYS]
+    full = np.eye(4)
+    full[:3] = pose[:3]
+    fx, fy, cx, cy, w, h = (float(v) for v in values)
+    return _Frame(i, base / file_path, full, [fx, fy, cx, cy], (int(h), int(w)), distortion), None
+
+
+def _read_meta(path: Path) -> dict:
+    """The top level of a JSON scene file: an object with a non-empty 'frames' list."""
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise ILRMError(f"{path}: must be a JSON object with a 'frames' list, got a {type(meta).__name__}")
+    if not isinstance(meta.get("frames"), list) or not meta["frames"]:
+        raise ILRMError(f"{path}: no 'frames' (a non-empty list of frames)")
+    return meta
+
+
+def _read_frames(
+    path: Path,
+    meta: dict,
+    pose_key: str,
+    keys: tuple[str, ...],
+    shared: bool,
+    image_folder: str | None,
+    target_hw: tuple[int, int] | None,
+    on_bad_frame: Callable[[str], None] | None,
+) -> list[_Frame]:
+    """The checked frames of a scene file (`_read_meta`), with their image files (after
+    `choose_image_folder`) checked to exist. A bad frame raises ILRMError naming the file and the
+    frame, or, with `on_bad_frame`, is reported to it and left out."""
+    raw_frames = meta["frames"]
+
+    def bad(problem: str) -> None:
+        if on_bad_frame is None:
+            raise ILRMError(f"{path}: {problem}")
+        on_bad_frame(f"{path}: {problem}; the frame is left out")
+
+    frames = []
+    for i, raw in enumerate(raw_frames):
+        frame, problem = _parse_frame(raw, i, meta, path.parent, pose_key, keys, shared)
+        if problem is None:
+            frames.append(frame)
+        else:
+            bad(problem)
+    chosen = choose_image_folder([f.image for f in frames], [f.size for f in frames], image_folder, target_hw, path)
+    kept = []
+    for frame, image in zip(frames, chosen):
+        problem = file_problem(image)
+        if problem is None:
+            kept.append(dataclasses.replace(frame, image=image))
+        else:
+            bad(f"frame {frame.index}: {problem}")
+    if not kept:
+        raise ILRMError(f"{path}: none of its {len(raw_frames)} frames can be used (see the lines above)")
+    return kept
+
+
+def _json_scene(name: str, path: Path, frames: list[_Frame], c2w: Tensor, distortion: Tensor | None) -> Scene:
+    """A Scene of checked frames; frame numbers stay those of the file when some were left out."""
+    if len(frames) >= 2:  # a single frame is left to the callers' frame counts
+        problem = spread_problem(c2w[:, :3, 3].numpy())
+        if problem is not None:
+            raise ILRMError(f"{path}: {problem}")
+    fx, fy, cx, cy = torch.tensor([f.intrinsics for f in frames], dtype=torch.float64).unbind(-1)
+    ids = [f.index for f in frames]
+    return Scene(
+        name,
+        [f.image for f in frames],
+        c2w,
+        intrinsics_matrix(fx, fy, cx, cy),
+        [f.size for f in frames],
+        distortion,
+        frame_ids=None if ids == list(range(len(ids))) else ids,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# nerfstudio transforms.json
+# ------------------------------------------------------------------------------------------------
 
 
 def resolve_transforms(scene_dir: Path) -> Path:
@@ -165,6 +290,8 @@ def resolve_transforms(scene_dir: Path) -> Path:
     for candidate in (scene_dir / "transforms.json", scene_dir / "nerfstudio" / "transforms.json"):
         if candidate.is_file():
             return candidate
+        if candidate.is_dir():
+            raise ILRMError(f"{candidate}: is a folder, not the scene's transforms.json file")
     raise ILRMError(f"{scene_dir / 'transforms.json'}: not found (a scene folder needs a nerfstudio transforms.json)")
 
 
@@ -213,56 +340,31 @@ def load_nerfstudio_scene(
     target_hw: tuple[int, int] | None = None,
     distortion: str = "undistort",
     name: str | None = None,
+    on_bad_frame: Callable[[str], None] | None = None,
 ) -> Scene:
-    """Read a nerfstudio scene (see `resolve_transforms`); check that poses are finite and rigid
-    and that every image file exists. Image contents are read later, lazily.
+    """Read a nerfstudio scene (see `resolve_transforms`). Every frame is checked (`_parse_frame`:
+    numbers, pose shape, finiteness and rigidity, intrinsics > 0, image file present) and the
+    cameras must not all sit at one position; image contents are read later, lazily. A problem
+    raises ILRMError naming the file and the frame; with `on_bad_frame`, a bad frame is reported
+    to it and left out instead.
 
     `image_folder`: see `choose_image_folder`. `distortion`: "undistort" (frames are undistorted
     when read) or "ignore" (treat the cameras as pinholes, as the peer projects do)."""
     scene_dir = Path(scene_dir)
     path = resolve_transforms(scene_dir)
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ILRMError(f"{path}: not valid JSON ({error})") from None
-    frames = meta.get("frames") if isinstance(meta, dict) else None
-    if not frames:
-        raise ILRMError(f"{path}: no 'frames'")
+    meta = _read_meta(path)
     if meta.get("camera_model", "OPENCV") not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
         raise ILRMError(
             f"{path}: camera_model {meta['camera_model']!r} is not supported (pinhole and OPENCV cameras only; "
             "undistort fisheye/equirectangular images first, e.g. with COLMAP's image_undistorter)"
         )
-    base = path.parent
-    paths, poses, intrinsics, sizes, distortions = [], [], [], [], []
-    for i, frame in enumerate(frames):
-        if "file_path" not in frame or "transform_matrix" not in frame:
-            raise ILRMError(f"{path}: frame {i} needs 'file_path' and 'transform_matrix'")
-        pose = np.asarray(frame["transform_matrix"], dtype=np.float64)
-        if pose.shape not in ((4, 4), (3, 4)) or not np.isfinite(pose).all():
-            raise ILRMError(f"{path}: frame {i} ({frame['file_path']}): transform_matrix must be a finite 4x4 matrix")
-        rotation = pose[:3, :3]
-        if np.abs(rotation @ rotation.T - np.eye(3)).max() > 1e-3 or np.linalg.det(rotation) < 0:
-            raise ILRMError(f"{path}: frame {i} ({frame['file_path']}): transform_matrix is not a rigid transform")
-        params, size = _intrinsics_of(frame, meta, path)
-        paths.append(base / frame["file_path"])
-        poses.append(pose[:3])
-        intrinsics.append(params)
-        sizes.append(size)
-        distortions.append(_distortion_of(frame, meta, path, i))
-    chosen = choose_image_folder(paths, sizes, image_folder, target_hw, path)
-    for i, image_path in enumerate(chosen):
-        if not image_path.is_file():
-            raise ILRMError(f"{path}: frame {i}: image file {image_path} not found")
-
-    c2w_gl = torch.eye(4, dtype=torch.float64).repeat(len(poses), 1, 1)
-    c2w_gl[:, :3] = torch.from_numpy(np.stack(poses))
-    fx, fy, cx, cy = torch.tensor(intrinsics, dtype=torch.float64).unbind(-1)
-    dist = torch.tensor(distortions, dtype=torch.float32)
+    frames = _read_frames(path, meta, "transform_matrix", NERFSTUDIO_KEYS, True, image_folder, target_hw, on_bad_frame)
+    c2w = opengl_to_opencv(torch.from_numpy(np.stack([f.pose for f in frames])))
+    dist = torch.tensor([f.distortion for f in frames], dtype=torch.float32)
     dist = dist if distortion == "undistort" and bool(dist.abs().max() > 0) else None
     if name is None:
         name = scene_dir.name if scene_dir.suffix != ".json" else scene_dir.parent.name
-    return Scene(name, chosen, opengl_to_opencv(c2w_gl), intrinsics_matrix(fx, fy, cx, cy), sizes, dist)
+    return _json_scene(name, path, frames, c2w, dist)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -271,52 +373,23 @@ def load_nerfstudio_scene(
 
 
 def load_opencv_scene(
-    path: Path, image_folder: str | None = None, target_hw: tuple[int, int] | None = None, name: str | None = None
+    path: Path,
+    image_folder: str | None = None,
+    target_hw: tuple[int, int] | None = None,
+    name: str | None = None,
+    on_bad_frame: Callable[[str], None] | None = None,
 ) -> Scene:
     """Read `{scene_name, frames: [{file_path, w2c (4x4), h, w, fx, fy, cx, cy}]}` (OpenCV, pixel
-    units). `path` is the json file or its folder; relative file paths are relative to the json."""
+    units). `path` is the json file or its folder; relative file paths are relative to the json.
+    Checked as `load_nerfstudio_scene` checks its frames."""
     path = Path(path)
     if path.is_dir():
         path = path / "opencv_cameras.json"
-    if not path.is_file():
-        raise ILRMError(f"{path}: not found (an opencv_cameras.json scene)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ILRMError(f"{path}: not valid JSON ({error})") from None
-    frames = meta.get("frames") if isinstance(meta, dict) else None
-    if not frames:
-        raise ILRMError(f"{path}: no 'frames'")
-    paths, w2cs, intrinsics, sizes = [], [], [], []
-    for i, frame in enumerate(frames):
-        try:
-            w2c = np.asarray(frame["w2c"], dtype=np.float64)
-            values = [float(frame[k]) for k in ("fx", "fy", "cx", "cy", "h", "w")]
-            file_path = frame["file_path"]
-        except (KeyError, TypeError, ValueError) as error:
-            raise ILRMError(f"{path}: frame {i} needs file_path, w2c, h, w, fx, fy, cx, cy ({error!r})") from None
-        if w2c.shape not in ((4, 4), (3, 4)) or not np.isfinite(w2c).all():
-            raise ILRMError(f"{path}: frame {i} ({file_path}): w2c must be a finite 4x4 matrix")
-        rotation = w2c[:3, :3]
-        if np.abs(rotation @ rotation.T - np.eye(3)).max() > 1e-3 or np.linalg.det(rotation) < 0:
-            raise ILRMError(f"{path}: frame {i} ({file_path}): w2c is not a rigid transform")
-        fx, fy, cx, cy, h, w = values
-        if not all(math.isfinite(v) for v in values) or min(fx, fy, h, w) <= 0:
-            raise ILRMError(f"{path}: frame {i}: invalid intrinsics fx={fx} fy={fy} cx={cx} cy={cy} w={w} h={h}")
-        full = np.eye(4)
-        full[:3] = w2c[:3]
-        paths.append(Path(file_path) if Path(file_path).is_absolute() else path.parent / file_path)
-        w2cs.append(full)
-        intrinsics.append([fx, fy, cx, cy])
-        sizes.append((int(h), int(w)))
-    chosen = choose_image_folder(paths, sizes, image_folder, target_hw, path)
-    for i, image_path in enumerate(chosen):
-        if not image_path.is_file():
-            raise ILRMError(f"{path}: frame {i}: image file {image_path} not found")
-    c2w = torch.linalg.inv(torch.from_numpy(np.stack(w2cs)))
-    fx, fy, cx, cy = torch.tensor(intrinsics, dtype=torch.float64).unbind(-1)
+    meta = _read_meta(path)
+    frames = _read_frames(path, meta, "w2c", OPENCV_KEYS, False, image_folder, target_hw, on_bad_frame)
+    c2w = torch.linalg.inv(torch.from_numpy(np.stack([f.pose for f in frames])))  # rigid: invertible
     name = name or str(meta.get("scene_name") or path.parent.name)
-    return Scene(name, chosen, c2w, intrinsics_matrix(fx, fy, cx, cy), sizes)
+    return _json_scene(name, path, frames, c2w, None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,37 +401,42 @@ def chunk_example_to_scene(example: dict, chunk: Path) -> ChunkScene:
     """One chunk example {key, url, timestamps, images (JPEG bytes), cameras [N, 18]} -> scene.
 
     cameras = [fx/W, fy/H, cx/W, cy/H, 0, 0, w2c (3x4, row-major, OpenCV)]. The normalized
-    intrinsics are turned into pixels with the size of the first frame (read from its JPEG
-    header); frames of another size get them rescaled when read."""
-    key = str(example.get("key", "?"))
+    intrinsics are turned into pixels with the (upright) size of the first frame, read from its
+    header; frames of another size get them rescaled when read. Every camera is checked
+    (intrinsics finite, focal lengths > 0, w2c a rigid transform) and the cameras must not all sit
+    at one position: ILRMError naming the scene, the frame and the chunk file."""
+    key = str(example.get("key", "?")) if isinstance(example, dict) else "?"
+    where = f"scene {key} (chunk {chunk})"
     try:
         cameras = torch.as_tensor(example["cameras"]).double()
         jpegs = list(example["images"])
-    except (KeyError, TypeError) as error:
-        raise ILRMError(
-            f"scene {key} (chunk {chunk}): malformed example, needs 'cameras' and 'images' ({error!r})"
-        ) from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ILRMError(f"{where}: malformed example, needs 'cameras' [N, 18] and 'images' ({error!r})") from None
     if cameras.ndim != 2 or cameras.shape[1] != 18 or len(cameras) != len(jpegs):
         raise ILRMError(
-            f"scene {key} (chunk {chunk}): cameras must be [N, 18] with one row per image, got "
-            f"{tuple(cameras.shape)} for {len(jpegs)} images"
+            f"{where}: cameras must be [N, 18] with one row per image, got {tuple(cameras.shape)} for "
+            f"{len(jpegs)} images"
         )
     if not jpegs:
-        raise ILRMError(f"scene {key} (chunk {chunk}): no frames")
-    try:
-        with Image.open(io.BytesIO(jpegs[0].numpy().tobytes())) as first:
-            width, height = first.size
-    except (OSError, UnidentifiedImageError, ValueError, AttributeError) as error:
-        detail = "not a valid JPEG/PNG" if isinstance(error, UnidentifiedImageError) else str(error)
-        raise ILRMError(f"scene {key} frame 0 (chunk {chunk}): cannot decode the image ({detail})") from None
-    w2c = torch.eye(4, dtype=torch.float64).repeat(len(cameras), 1, 1)
-    w2c[:, :3] = cameras[:, 6:].reshape(-1, 3, 4)
-    finite = torch.isfinite(w2c).flatten(1).all(1)
-    c2w = torch.full_like(w2c, float("nan"))
-    if bool(finite.any()):
-        c2w[finite] = torch.linalg.inv(w2c[finite])
-    fx, fy, cx, cy = cameras[:, 0] * width, cameras[:, 1] * height, cameras[:, 2] * width, cameras[:, 3] * height
-    K = intrinsics_matrix(fx, fy, cx, cy)
+        raise ILRMError(f"{where}: no frames")
+    first = f"scene {key} frame 0 (chunk {chunk})"
+    height, width = upright_size(_image_bytes(jpegs[0], first), first)
+    w2c = np.tile(np.eye(4), (len(cameras), 1, 1))
+    for i, row in enumerate(cameras.tolist()):
+        label = f"scene {key} frame {i} (chunk {chunk})"
+        problem = intrinsics_problem(row[0] * width, row[1] * height, row[2] * width, row[3] * height, width, height)
+        if problem is not None:
+            raise ILRMError(f"{label}: camera intrinsics: {problem}")
+        matrix, problem = pose_problem(np.reshape(row[6:], (3, 4)))
+        if problem is not None:
+            raise ILRMError(f"{label}: camera matrix (w2c) {problem}")
+        w2c[i, :3] = matrix
+    c2w = torch.linalg.inv(torch.from_numpy(w2c))  # rigid: invertible
+    if len(c2w) >= 2:
+        problem = spread_problem(c2w[:, :3, 3].numpy())
+        if problem is not None:
+            raise ILRMError(f"{where}: {problem}")
+    K = intrinsics_matrix(cameras[:, 0] * width, cameras[:, 1] * height, cameras[:, 2] * width, cameras[:, 3] * height)
     return ChunkScene(key, [Path(chunk)] * len(jpegs), c2w, K, [(height, width)] * len(jpegs), jpegs=jpegs)
 
 
@@ -420,22 +498,29 @@ def load_view(scene: Scene, index: int, height: int, width: int) -> tuple[Tensor
 
 def read_undistorted(scene: Scene, index: int) -> tuple[Image.Image, Tensor]:
     """Frame `index` as stored, lens distortion removed, with its exact pinhole intrinsics."""
-    image = scene.read_image(index)
+    image = scene.read_image(index)  # upright
     stored_h, stored_w = scene.image_sizes[index]
     # Intrinsics refer to the stored size; a downscaled copy (images_4 ...) rescales them. Anything
     # but a uniform rescale (up to one pixel of rounding) means the file does not fit its camera.
-    scale_x, scale_y = image.width / stored_w, image.height / stored_h
-    if abs(scale_x - scale_y) > 1.0 / min(image.width, image.height) + 1e-9:
-        raise ILRMError(
-            f"{scene.describe(index)}: image is {image.width}x{image.height} but its camera is for "
-            f"{stored_w}x{stored_h} (width x height): not a uniform rescale"
-        )
+    problem = fits_camera_problem((image.height, image.width), (stored_h, stored_w))
+    if problem is not None:
+        raise ILRMError(f"{scene.describe(index)}: {problem}")
     K = scene.K[index].clone()
     if (image.height, image.width) != (stored_h, stored_w):
-        K[0] *= scale_x
-        K[1] *= scale_y
+        K[0] *= image.width / stored_w
+        K[1] *= image.height / stored_h
     if scene.distortion is not None and bool(scene.distortion[index].abs().max() > 0):
-        image, K = undistort_image(image, K, scene.distortion[index])
+        try:
+            image, K = undistort_image(image, K, scene.distortion[index])
+        except ILRMError:
+            raise
+        except Exception as error:  # OpenCV on coefficients it cannot invert
+            raise ILRMError(f"{scene.describe(index)}: cannot undistort the frame ({error})") from None
+        if not bool(torch.isfinite(K).all()) or min(float(K[0, 0]), float(K[1, 1])) <= 0:
+            raise ILRMError(
+                f"{scene.describe(index)}: its distortion coefficients {scene.distortion[index].tolist()} give no "
+                "usable pinhole camera; check them, or set distortion='ignore'"
+            )
     return image, K
 
 

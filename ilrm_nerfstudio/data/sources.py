@@ -35,6 +35,7 @@ from ilrm_nerfstudio.data.scene import (
     load_nerfstudio_scene,
     load_opencv_scene,
 )
+from ilrm_nerfstudio.data.validate import read_json
 
 SourceKind = Literal["auto", "chunks", "nerfstudio-scenes", "opencv-scenes", "single-scene"]
 SOURCES = ("chunks", "nerfstudio-scenes", "opencv-scenes", "single-scene")
@@ -143,15 +144,17 @@ def read_chunk_index(stage_dir: Path) -> dict[str, Path]:
             f"{path}: not found. A chunk folder needs the index.json that maps scene keys to chunk files; "
             f"build it with: ilrm-data index {stage_dir}"
         )
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ILRMError(f"{path}: cannot read ({error})") from None
+    raw = read_json(path)
     if not isinstance(raw, dict):
-        raise ILRMError(f"{path}: must map scene keys to chunk file names")
+        raise ILRMError(f"{path}: must map scene keys to chunk file names, got a {type(raw).__name__}")
     index, missing = {}, set()
     for key, name in raw.items():
-        chunk = Path(stage_dir) / Path(str(name)).name
+        if not isinstance(name, str) or not name.strip():
+            raise ILRMError(
+                f"{path}: scene {key!r} must map to a chunk file name, got {name!r}; rebuild it with: "
+                f"ilrm-data index {stage_dir}"
+            )
+        chunk = Path(stage_dir) / Path(name).name
         if not chunk.is_file():
             missing.add(chunk.name)
             continue
@@ -170,7 +173,9 @@ def build_chunk_index(stage_dir: Path) -> Path:
     stage_dir = Path(stage_dir)
     index = {}
     for chunk in sorted(stage_dir.glob("*.torch")):
-        for example in load_chunk(chunk):
+        for j, example in enumerate(load_chunk(chunk)):
+            if not isinstance(example, dict) or "key" not in example:
+                raise ILRMError(f"{chunk}: example {j} is not a dict with a 'key' (not a pixelSplat chunk)")
             index[str(example["key"])] = chunk.name
     path = stage_dir / "index.json"
     path.write_text(json.dumps(index, indent=1))
@@ -188,18 +193,18 @@ def load_chunk(chunk: Path) -> list[dict]:
 
 
 class ChunkCache:
-    """Per-process LRU of decoded chunk files (key -> example). Never pickled: a loader process
-    starts with an empty cache."""
+    """Per-process LRU of decoded chunk files (key -> example, replaced by its checked scene when
+    first used). Never pickled: a loader process starts with an empty cache."""
 
     def __init__(self, size: int = 2):
         self.size = max(1, size)
-        self.chunks: OrderedDict[Path, dict[str, dict]] = OrderedDict()
+        self.chunks: OrderedDict[Path, dict[str, dict | Scene]] = OrderedDict()  # an example, or its scene
         self.loads = 0
 
     def __getstate__(self):
         return {"size": self.size, "chunks": OrderedDict(), "loads": 0}
 
-    def examples(self, chunk: Path) -> dict[str, dict]:
+    def examples(self, chunk: Path) -> dict[str, dict | Scene]:
         if chunk in self.chunks:
             self.chunks.move_to_end(chunk)
             return self.chunks[chunk]
@@ -214,7 +219,9 @@ class ChunkCache:
         examples = self.examples(chunk)
         if key not in examples:
             raise ILRMError(f"scene {key}: not in its chunk {chunk} (index.json is out of date)")
-        return chunk_example_to_scene(examples[key], chunk)
+        if not isinstance(examples[key], Scene):  # checked once while its chunk stays in memory
+            examples[key] = chunk_example_to_scene(examples[key], chunk)
+        return examples[key]
 
 
 def chunk_entries(root: Path, split: str) -> list[SceneEntry]:
@@ -245,7 +252,13 @@ def find_scenes(root: Path, split: str, kind: str) -> list[tuple[str, Path]]:
     root = Path(root)
     if root.is_file() and root.suffix == ".txt":
         found = []
-        for line in root.read_text().splitlines():
+        try:
+            text = root.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise ILRMError(
+                f"{root}: not UTF-8 text (byte {error.start}); a scene list has one path per line"
+            ) from None
+        for line in text.splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 path = Path(line) if Path(line).is_absolute() else root.parent / line

@@ -103,9 +103,7 @@ class ContextTargetDataset(Dataset):
         entry = self.entries[entry_index]
         if entry.scene is not None:
             return entry.scene
-        scene = self.chunks.scene(entry.name, entry.chunk)
-        scene.check_poses()
-        return scene
+        return self.chunks.scene(entry.name, entry.chunk)  # cameras checked by chunk_example_to_scene
 
     def load_frame(self, entry_index: int, scene: Scene, frame: int) -> tuple[Tensor, Tensor]:
         key = (entry_index, frame)
@@ -160,6 +158,8 @@ class ContextTargetDataset(Dataset):
         except ILRMError as error:
             message = str(error)
             raise ILRMError(message if name in message else f"scene {name}: {message}") from None
+        except Exception as error:  # anything else reading this scene's files (a decoder, OpenCV): name it
+            raise ILRMError(f"scene {name}: cannot load a sample ({type(error).__name__}: {error})") from None
         images = torch.stack([image for image, _ in views]).float() / 255.0
         K = torch.stack([k for _, k in views])
         context_c2w, target_c2w, _ = normalize_poses(scene.c2w[context].double(), scene.c2w[targets].double())
@@ -272,7 +272,8 @@ class ILRMDataManagerConfig(DataManagerConfig):
 
     def eval_views(self) -> tuple[int, int]:
         """(context, target) views per held-out sample; the eval_* fields fall back to training's."""
-        return self.eval_context_views or self.num_context_views, self.eval_target_views or self.num_target_views
+        context = self.num_context_views if self.eval_context_views is None else self.eval_context_views
+        return context, self.num_target_views if self.eval_target_views is None else self.eval_target_views
 
 
 class ILRMDataManager(DataManager):
@@ -314,9 +315,20 @@ class ILRMDataManager(DataManager):
     # -- configuration and loading -------------------------------------------------------------
 
     def check_config(self) -> None:
+        """Impossible settings are errors naming the option, never silently replaced."""
         cfg = self.config
-        if cfg.num_context_views < 1 or cfg.num_target_views < 1:
-            raise ILRMError("num_context_views and num_target_views must be at least 1")
+        at_least = (  # (smallest value, options); None stays allowed where it means "the default"
+            (1, "num_context_views num_target_views image_height image_width scenes_per_batch eval_context_views"),
+            (1, "eval_target_views wide_target_interval chunk_cache_size max_sample_attempts"),
+            (2, "holdout_interval"),
+            (0, "num_workers eval_num_workers cache_frames num_eval_scenes"),  # 0 scenes: said when evaluating
+        )
+        for least, names in at_least:
+            for name in names.split():
+                value = getattr(cfg, name)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                    option = f"--pipeline.datamanager.{name.replace('_', '-')}"
+                    raise ILRMError(f"{option} {value!r}: must be a whole number, at least {least}")
         if cfg.view_sampler == "index" and cfg.train_index is None:
             raise ILRMError("view_sampler='index' needs --pipeline.datamanager.train-index <index.json>")
         low, high = self.context_range()
@@ -332,7 +344,8 @@ class ILRMDataManager(DataManager):
         cfg = self.config
         if cfg.view_sampler != "multiview":
             return cfg.num_context_views, cfg.num_context_views
-        return cfg.min_context_views or cfg.num_context_views, cfg.max_context_views or cfg.num_context_views
+        low = cfg.num_context_views if cfg.min_context_views is None else cfg.min_context_views
+        return low, cfg.num_context_views if cfg.max_context_views is None else cfg.max_context_views
 
     def load_options(self) -> LoadOptions:
         cfg = self.config
@@ -541,14 +554,24 @@ class ILRMDataManager(DataManager):
             raise ILRMError(f"evaluation: {one_line(error)}") from None
         return self.to_device(default_collate(samples))
 
+    def check_eval_scenes(self) -> None:
+        if not self.eval_dataset.episodes:
+            cfg = self.config
+            raise ILRMError(
+                f"{cfg.data}: no held-out scenes to evaluate (split '{cfg.eval_split}', num_eval_scenes "
+                f"{cfg.num_eval_scenes})"
+            )
+
     def next_eval(self, step: int) -> dict:
         """A batch of held-out scenes (deterministic views), cycling through them."""
+        self.check_eval_scenes()
         batch = self.eval_batches[self.eval_count % len(self.eval_batches)]
         self.eval_count += 1
         return self.eval_batch(batch)
 
     def next_eval_image(self, step: int) -> dict:
         """One held-out scene."""
+        self.check_eval_scenes()
         index = self.eval_count % len(self.eval_dataset)
         self.eval_count += 1
         return self.eval_batch([index])
