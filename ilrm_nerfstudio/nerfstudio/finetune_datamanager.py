@@ -11,7 +11,13 @@ dataparser (default: `nerfstudio-data`, i.e. ns-process-data output, every 8th f
   optimize on.
 - Refinement epochs optimize on every training frame, `views_per_step` at a time
   (`epoch_batches`).
-- Held-out views: the dataparser's eval split; ns-eval scores them.
+- Held-out views: the frames of the dataparser's eval split that are not training frames
+  (`--eval-mode all` has none); ns-eval scores them, and says so in one line when there are none.
+- Bad input (capture_check.py): a transforms.json is checked before nerfstudio-data reads it, and
+  what any dataparser returns after; unusable frames are dropped with a warning each, too few
+  usable ones (or nerfstudio's own errors) are one line naming the data. Every tool on a run
+  (ns-eval, ns-render, ns-viewer) repeats the same checks, so it sees the same frames; ns-export
+  and ns-render camera-path (inference mode) open no image and go on without a damaged capture.
 
 It is a `VanillaDataManager` subclass because nerfstudio's tools check for that type
 (`ns-render spiral`, `ns-render dataset`, the viewer's `train_dataset`); its ray samplers and
@@ -20,28 +26,38 @@ loader processes are not used. The cached images are pinhole (distortion removed
 
 from __future__ import annotations
 
-import json
+import contextlib
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import tyro
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
-from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.data.datamanagers.base_datamanager import DataManager, VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.pixel_samplers import PixelSamplerConfig
 from nerfstudio.data.utils.dataloaders import RandIndicesEvalDataloader
+from PIL import Image
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
-from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.core.errors import ILRMError, one_line
+from ilrm_nerfstudio.data.images import to_rgb8
 from ilrm_nerfstudio.data.samplers import kmeans_views
 from ilrm_nerfstudio.data.scene import Scene, load_view, load_working_view
+from ilrm_nerfstudio.nerfstudio.capture_check import (
+    CheckedCapture,
+    check_outputs,
+    check_parser_options,
+    check_transforms,
+    reading_checked,
+)
 from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.dataparser_scene import scene_from_dataparser_outputs
 
@@ -86,6 +102,47 @@ class ILRMSceneDataManagerConfig(VanillaDataManagerConfig):
     images_on_gpu: tyro.conf.Suppress[bool] = False
 
 
+class CaptureDataset(InputDataset):
+    """nerfstudio's dataset of one split, its images decoded as the stage decodes them (any Pillow
+    mode -> 8-bit RGB, upright; data/images.py): what the viewer and `ns-render dataset` show."""
+
+    def get_numpy_image(self, image_idx: int) -> np.ndarray:
+        path = self._dataparser_outputs.image_filenames[image_idx]
+        try:
+            with Image.open(path) as image:
+                rgb = to_rgb8(image)
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ILRMError(f"{path}: cannot read the image ({error})") from None
+        if self.scale_factor != 1.0:
+            size = (int(rgb.width * self.scale_factor), int(rgb.height * self.scale_factor))
+            rgb = rgb.resize(size, resample=Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def _short(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+
+
+def warn(message: str) -> None:
+    log_line(message, style="yellow", prefix="[ilrm-finetune] warning: ")
+
+
+def check_options(config: ILRMSceneDataManagerConfig) -> None:
+    """Impossible option values are errors, never replaced."""
+    option = "--pipeline.datamanager."
+    if config.num_input_views is not None and config.num_input_views < 1:
+        raise ILRMError(f"{option}num-input-views must be >= 1 (or unset), got {config.num_input_views}")
+    if config.view_stride < 1:
+        raise ILRMError(f"{option}view-stride must be >= 1, got {config.view_stride}")
+    if config.views_per_step < 0:
+        raise ILRMError(
+            f"{option}views-per-step must be >= 0 (0: every training frame in one step), got {config.views_per_step}"
+        )
+    if config.image_size is not None and config.image_size < 0:
+        raise ILRMError(f"{option}image-size must be >= 0 (0: full size), got {config.image_size}")
+    check_parser_options(config.dataparser)
+
+
 class ILRMSceneDataManager(VanillaDataManager):
     config: ILRMSceneDataManagerConfig
 
@@ -99,42 +156,102 @@ class ILRMSceneDataManager(VanillaDataManager):
         **kwargs,
     ):
         self.default_input_views = 8  # a published network's protocol may ask for more
-        if (
-            (config.num_input_views is not None and config.num_input_views < 1)
-            or config.view_stride < 1
-            or config.views_per_step < 0
-        ):
-            raise ILRMError("num_input_views and view_stride must be >= 1, views_per_step >= 0")
-        if config.image_size is not None and config.image_size < 0:
-            raise ILRMError(f"image_size must be >= 0 (0: full size), got {config.image_size}")
-        data = config.data if config.data is not None else config.dataparser.data
-        if not Path(data).exists():
+        check_options(config)
+        data = Path(config.data if config.data is not None else config.dataparser.data)
+        if not data.exists():
             if test_mode != "inference":
                 raise ILRMError(f"{data}: data folder not found")
             # ns-export / ns-render camera-path need only the checkpoint: work without the data.
             self._init_without_data(config, device, test_mode, world_size, local_rank)
             return
-        self._request_point_cloud(config, Path(data))
-        super().__init__(
-            config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, **kwargs
+        if test_mode != "inference":
+            self._init_from_dataparser(config, data, device, test_mode, world_size, local_rank)
+            return
+        try:  # the frames are not needed here: a damaged capture is no reason to stop
+            self._init_from_dataparser(config, data, device, test_mode, world_size, local_rank)
+        except ILRMError as error:
+            warn(f"{one_line(error)}; going on without the capture's frames (this command does not need them)")
+            self._init_without_data(config, device, test_mode, world_size, local_rank)
+
+    def _init_from_dataparser(self, config, data: Path, device, test_mode, world_size, local_rank) -> None:
+        """VanillaDataManager's construction, with the capture checked before the dataparser reads
+        it (nerfstudio-data) and what it returns checked after (every dataparser); images are
+        opened (decoded fully) unless in inference mode, where nerfstudio does not open them."""
+        self.config, self.device, self.test_mode = config, device, test_mode
+        self.world_size, self.local_rank, self.sampler = world_size, local_rank, None
+        self.test_split = "test" if test_mode in ("test", "inference") else "val"
+        self.dataparser_config = config.dataparser
+        config.dataparser.data = data
+        open_images = test_mode != "inference"
+        self.dropped_frames = 0
+
+        def warn_and_count(message: str) -> None:
+            self.dropped_frames += message.endswith("frame dropped")
+            warn(message)
+
+        checked = None
+        if isinstance(config.dataparser, NerfstudioDataParserConfig):
+            checked = check_transforms(config.dataparser, data, warn_and_count, open_images)
+            config.dataparser.load_3D_points = self._has_point_cloud(checked)
+        self.dataparser = config.dataparser.setup()
+        if test_mode == "inference":
+            self.dataparser.downscale_factor = 1  # as nerfstudio: avoid opening images
+        elif checked is not None:
+            self.dataparser.downscale_factor = checked.downscale_factor  # the images checked
+        self.includes_time = self.dataparser.includes_time
+        recheck_images = open_images and checked is None  # nerfstudio-data's were checked before
+        train = self._parse(data, "train", checked)
+        train = check_outputs(train, data, "train", warn_and_count, recheck_images, training=True)
+        held = self._parse(data, self.test_split, checked)
+        held = check_outputs(held, data, self.test_split, warn_and_count, recheck_images, training=False)
+        self.train_dataparser_outputs = train
+        self.train_dataset = CaptureDataset(train, scale_factor=config.camera_res_scale_factor)
+        self.eval_dataset = CaptureDataset(held, scale_factor=config.camera_res_scale_factor)
+        self.exclude_batch_keys_from_device = list(self.train_dataset.exclude_batch_keys_from_device)
+        if test_mode == "val" and not self.held_out_indices:
+            warn(f"{self.no_held_out_frames()}. Training goes on; no held-out PSNR is reported")
+        DataManager.__init__(self)
+        if not self.eval_dataset and test_mode != "inference":
+            self.setup_eval()  # nerfstudio skips it for an empty split; ns-render spiral needs it
+
+    def _parse(self, data: Path, split: str, checked: CheckedCapture | None):
+        """The dataparser's outputs of a split; its own exceptions become one line naming the data.
+        SfM points that it cannot load (e.g. an empty COLMAP points3D) only cost the points."""
+
+        def parse():
+            with reading_checked(checked) if checked is not None else contextlib.nullcontext():
+                return self.dataparser.get_dataparser_outputs(split=split)
+
+        try:
+            return parse()
+        except ILRMError:
+            raise
+        except Exception as error:  # nerfstudio's parsers assert / raise on bad input
+            failure = error
+        parser_config = self.dataparser.config
+        if getattr(parser_config, "load_3D_points", False):
+            parser_config.load_3D_points = False
+            try:
+                outputs = parse()
+            except Exception:
+                parser_config.load_3D_points = True
+            else:
+                warn(f"{data}: nerfstudio could not load the SfM points ({_short(failure)}); starting without them")
+                return outputs
+        raise ILRMError(
+            f"{data}: nerfstudio's dataparser ({type(self.dataparser).__name__}) could not read the {split} split "
+            f"({_short(failure)}); check the capture, or read it with another dataparser subcommand "
+            "(nerfstudio-data, colmap)"
         )
 
     @staticmethod
-    def _request_point_cloud(config: ILRMSceneDataManagerConfig, data: Path) -> None:
-        """Have nerfstudio-data load the SfM points when transforms.json names them (asking for
-        them otherwise only makes nerfstudio prompt or warn)."""
-        if not isinstance(config.dataparser, NerfstudioDataParserConfig):
-            return
-        transforms = data if data.suffix == ".json" else data / "transforms.json"
-        try:
-            meta = json.loads(transforms.read_text())
-        except (OSError, ValueError):
-            return  # the dataparser reports unreadable files itself
-        ply = meta.get("ply_file_path") if isinstance(meta, dict) else None
-        config.dataparser.load_3D_points = bool(ply) and (transforms.parent / str(ply)).is_file()
+    def _has_point_cloud(checked: CheckedCapture) -> bool:
+        """Have nerfstudio-data load the SfM points only when transforms.json names an existing
+        file (asking for them otherwise only makes nerfstudio prompt or warn)."""
+        ply = checked.meta.get("ply_file_path")
+        return isinstance(ply, str) and bool(ply) and (checked.transforms.parent / ply).is_file()
 
     def _init_without_data(self, config, device, test_mode, world_size, local_rank) -> None:
-        from nerfstudio.data.datamanagers.base_datamanager import DataManager
         from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
         from nerfstudio.data.scene_box import SceneBox
 
@@ -155,10 +272,33 @@ class ILRMSceneDataManager(VanillaDataManager):
         self.train_dataparser_outputs = DataparserOutputs(
             image_filenames=[], cameras=empty, scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
         )
-        self.train_dataset = InputDataset(self.train_dataparser_outputs)
-        self.eval_dataset = InputDataset(self.train_dataparser_outputs)
+        self.train_dataset = CaptureDataset(self.train_dataparser_outputs)
+        self.eval_dataset = CaptureDataset(self.train_dataparser_outputs)
         self.exclude_batch_keys_from_device = list(self.train_dataset.exclude_batch_keys_from_device)
         DataManager.__init__(self)
+
+    # -- held-out frames -------------------------------------------------------------------------
+
+    @cached_property
+    def held_out_indices(self) -> list[int]:
+        """Frames of the eval split that are not training frames (`--eval-mode all` has none):
+        the only ones whose scores are held-out scores."""
+        training = {str(path) for path in self.train_dataset.image_filenames}
+        return [i for i, path in enumerate(self.eval_dataset.image_filenames) if str(path) not in training]
+
+    def no_held_out_frames(self) -> str:
+        """Why there is nothing to score, for messages."""
+        data = self.config.data
+        if len(self.eval_dataset) == 0:
+            why = f"the dataparser's {self.test_split} split is empty"
+            if getattr(self, "dropped_frames", 0):
+                why += f"; {self.dropped_frames} damaged frame(s) dropped, see the warnings above"
+        else:
+            why = f"every frame of the dataparser's {self.test_split} split is also a training frame (--eval-mode all?)"
+        return (
+            f"{data}: no held-out frames ({why}); to score a run, hold frames out, e.g. nerfstudio-data "
+            "--eval-mode interval"
+        )
 
     # -- which views ----------------------------------------------------------------------------
 
@@ -235,8 +375,8 @@ class ILRMSceneDataManager(VanillaDataManager):
         if n == 0:
             raise ILRMError(f"{self.config.data}: the dataparser's training split is empty")
         cameras, items = self._load_views(self.train_dataset, list(range(n)))
-        height, width = items[0]["image"].shape[:2]
-        log_line(f"loaded {n} training frames at {width}x{height}")
+        sizes = sorted({(int(item["image"].shape[1]), int(item["image"].shape[0])) for item in items})
+        log_line(f"loaded {n} training frames at {', '.join(f'{w}x{h}' for w, h in sizes)}")
         return cameras, items
 
     @property
@@ -247,7 +387,8 @@ class ILRMSceneDataManager(VanillaDataManager):
 
     @cached_property
     def eval_views(self) -> tuple[Cameras, list[dict]]:
-        return self._load_views(self.eval_dataset, list(range(len(self.eval_dataset))))
+        """Every held-out frame at the working size (none: see `held_out_indices`)."""
+        return self._load_views(self.eval_dataset, self.held_out_indices)
 
     def network_views(self, height: int, width: int, indices: list[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Training frames (default: the input views) at the network's resolution (resized to
@@ -279,7 +420,12 @@ class ILRMSceneDataManager(VanillaDataManager):
         metadata = self.train_dataparser_outputs.metadata
         if "points3D_xyz" not in metadata:
             return None
-        return metadata["points3D_xyz"].float(), metadata["points3D_rgb"].float() / 255.0
+        xyz, rgb = metadata["points3D_xyz"].float(), metadata["points3D_rgb"].float() / 255.0
+        finite = torch.isfinite(xyz).all(-1)
+        if not bool(finite.all()):  # a damaged point file: NaN Gaussians would follow
+            warn(f"{self.config.data}: {int((~finite).sum())} SfM points with NaN or infinite coordinates ignored")
+            xyz, rgb = xyz[finite], rgb[finite]
+        return xyz, rgb
 
     # -- batches -------------------------------------------------------------------------------
 
@@ -311,12 +457,16 @@ class ILRMSceneDataManager(VanillaDataManager):
 
     def setup_eval(self):
         # `ns-render spiral` starts from eval_dataloader.get_camera(0).
-        self.eval_dataloader = RandIndicesEvalDataloader(input_dataset=self.eval_dataset, device=self.device)
+        # An empty eval split: a training frame is as good a start.
+        dataset = self.eval_dataset if len(self.eval_dataset) else self.train_dataset
+        self.eval_dataloader = RandIndicesEvalDataloader(input_dataset=dataset, device=self.device)
 
     @property
     def fixed_indices_eval_dataloader(self) -> list[tuple[Cameras, dict]]:
         """Every held-out view as (camera [1], {"image": [H, W, 3]}), for ns-eval."""
         cameras, items = self.eval_views
+        if not items:  # nerfstudio's average over no images is an IndexError
+            raise ILRMError(f"nothing to evaluate: {self.no_held_out_frames()}")
         return [(cameras[i : i + 1], items[i]) for i in range(len(items))]
 
     def next_train(self, step: int) -> tuple[Cameras, dict]:
@@ -330,7 +480,7 @@ class ILRMSceneDataManager(VanillaDataManager):
     def next_eval_image(self, step: int) -> tuple[Cameras, dict]:
         cameras, items = self.eval_views
         if not items:
-            raise ILRMError("the dataparser's evaluation split is empty")
+            raise ILRMError(f"nothing to evaluate: {self.no_held_out_frames()}")
         i = self.eval_count % len(items)
         self.eval_count += 1
         return cameras[i : i + 1], items[i]

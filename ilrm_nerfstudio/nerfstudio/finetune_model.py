@@ -178,10 +178,47 @@ class ILRMFinetuneModelConfig(GaussianSceneModelConfig):
     held_out.png into the run folder."""
 
 
+def check_options(cfg: ILRMFinetuneModelConfig) -> None:
+    """Impossible option values are errors at setup, never replaced (NaN fails every rule)."""
+
+    def need(ok: bool, name: str, rule: str, value: object) -> None:
+        if not ok:
+            raise ILRMError(f"--pipeline.model.{name} must be {rule}, got {value!r}")
+
+    need(0 <= cfg.sh_degree <= 3, "sh-degree", "in 0..3", cfg.sh_degree)
+    need(cfg.paper_epochs >= 0, "paper-epochs", ">= 0", cfg.paper_epochs)
+    need(0 < cfg.refine_minutes < math.inf, "refine-minutes", "> 0 (the auto budget's minutes)", cfg.refine_minutes)
+    need(cfg.refine_views >= 1, "refine-views", ">= 1 (frames rendered under the auto budget)", cfg.refine_views)
+    need(0 <= cfg.ssim_weight <= 1, "ssim-weight", "in [0, 1]", cfg.ssim_weight)
+    need(0 <= cfg.lpips_weight < math.inf, "lpips-weight", ">= 0", cfg.lpips_weight)
+    need(0 < cfg.densify_grad < math.inf, "densify-grad", "> 0", cfg.densify_grad)
+    need(cfg.densify_every >= 1, "densify-every", ">= 1 (Adam steps)", cfg.densify_every)
+    need(0 <= cfg.densify_start <= 1, "densify-start", "a fraction in [0, 1]", cfg.densify_start)
+    need(0 <= cfg.densify_stop <= 1, "densify-stop", "a fraction in [0, 1]", cfg.densify_stop)
+    need(
+        cfg.densify_start <= cfg.densify_stop,
+        "densify-start",
+        f"<= --pipeline.model.densify-stop ({cfg.densify_stop})",
+        cfg.densify_start,
+    )
+    need(cfg.max_gaussians >= 1, "max-gaussians", ">= 1", cfg.max_gaussians)
+    need(cfg.random_init_count >= 1, "random-init-count", ">= 1", cfg.random_init_count)
+    need(0 < cfg.random_init_extent < math.inf, "random-init-extent", "> 0", cfg.random_init_extent)
+    need(cfg.network_group_size >= 0, "network-group-size", ">= 0 (0: automatic)", cfg.network_group_size)
+    if cfg.network_resolution is not None:
+        need(
+            len(cfg.network_resolution) == 2 and min(cfg.network_resolution) >= 1,
+            "network-resolution",
+            "two sizes >= 1 (height width)",
+            cfg.network_resolution,
+        )
+
+
 class ILRMFinetuneModel(GaussianSceneModel):
     config: ILRMFinetuneModelConfig
 
     def populate_modules(self):
+        check_options(self.config)
         super().populate_modules()
         self.started_from = "network"
         self.plan: EpochPlan | None = None
@@ -465,7 +502,12 @@ class ILRMFinetuneModel(GaussianSceneModel):
         if trainer is None or pipeline is None:
             return callbacks
         datamanager = pipeline.datamanager
-        if trainer.config.max_num_iterations < 0:  # auto: the default budget
+        if trainer.config.max_num_iterations < -1:
+            raise ILRMError(
+                f"--max-num-iterations must be >= 0 (epochs) or -1 (the auto budget), got "
+                f"{trainer.config.max_num_iterations}"
+            )
+        if trainer.config.max_num_iterations == -1:  # auto: the default budget
             trainer.config.max_num_iterations = self.auto_epochs(datamanager)
         plan = self.make_plan(trainer.config.max_num_iterations, datamanager)
         self.start_training(plan, training_callback_attributes.optimizers)

@@ -7,6 +7,7 @@ held-out scene (`viewer_scene`), so that ns-export, ns-render and ns-viewer work
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -55,6 +56,42 @@ class ILRMModelConfig(GaussianSceneModelConfig):
     convention (largest |coordinate| of a context camera position = 1); "auto": the latter with
     `init_from`, else "data"."""
 
+    def check(self) -> None:
+        """Impossible options -> ILRMError naming the option (at setup, before any data is read;
+        whether `viewer_scene` names an evaluation scene is checked by the pipeline, which has them)."""
+        super().check()
+        weight = self.lpips_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ILRMError(f"--pipeline.model.lpips-weight {weight}: must be 0 (MSE only) or a positive number")
+        which = str(self.viewer_scene).strip()
+        if not which:
+            raise ILRMError("--pipeline.model.viewer-scene is empty: give an evaluation scene's index or name, or none")
+        if which.lstrip("-").isdigit() and int(which) < 0:
+            raise ILRMError(f"--pipeline.model.viewer-scene {which}: an index is 0 or more (or give a scene name)")
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            raise ILRMError(f"--pipeline.model.init-from {self.init_from}: checkpoint file not found")
+        check_network(self.network)
+
+
+def check_network(network: ILRMNetworkConfig) -> None:
+    """The network's options (--pipeline.model.network.*): sizes positive, near < far, then the
+    network's own consistency checks (width divisible by heads, feature names, ...)."""
+    prefix = "--pipeline.model.network."
+    for name in ("patch_size", "width", "num_heads", "num_layers", "viewpoint_factor"):
+        value = getattr(network, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ILRMError(f"{prefix}{name.replace('_', '-')} {value}: must be a whole number, at least 1")
+    if network.uplift is not None and network.uplift < 1:
+        raise ILRMError(f"{prefix}uplift {network.uplift}: must be at least 1 (or None: automatic)")
+    if not (math.isfinite(network.mlp_ratio) and network.mlp_ratio > 0):
+        raise ILRMError(f"{prefix}mlp-ratio {network.mlp_ratio}: must be positive")
+    if not (math.isfinite(network.near) and math.isfinite(network.far) and 0 < network.near < network.far):
+        raise ILRMError(f"{prefix}near {network.near}, far {network.far}: need 0 < near < far")
+    try:
+        network.validate()
+    except ValueError as error:  # the network's own checks name the field (core/network.py)
+        raise ILRMError(f"{prefix}*: {error}") from None
+
 
 # Network fields that `init_from` keeps from the run's config: how the network runs, not what it is.
 INIT_FROM_KEEPS = (
@@ -71,7 +108,7 @@ class ILRMModel(GaussianSceneModel):
     config: ILRMModelConfig
 
     def populate_modules(self):
-        super().populate_modules()
+        super().populate_modules()  # checks the config
         if self.config.init_from is not None:
             self.network = self._published_network(Path(self.config.init_from))
         else:

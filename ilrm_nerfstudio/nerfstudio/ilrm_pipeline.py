@@ -37,7 +37,7 @@ from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
 from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
-from ilrm_nerfstudio.nerfstudio.viewer_scene import hold_eval_scene
+from ilrm_nerfstudio.nerfstudio.viewer_scene import find_episode, hold_eval_scene
 
 
 @dataclass
@@ -74,6 +74,8 @@ class ILRMPipeline(VanillaPipeline):
             grad_scaler=grad_scaler,
         )
         self.model.to(device)
+        if test_mode == "val":  # training: a held scene that is not there would fail every checkpoint
+            self.check_viewer_scene()
         if test_mode == "test":  # ns-viewer: the views of the scene the checkpoint holds
             self.datamanager.show_scene_in_viewer(config.model.viewer_scene)
         self._object_group = None  # for gathering Python objects (evaluation results)
@@ -143,7 +145,34 @@ class ILRMPipeline(VanillaPipeline):
 
     def check_config(self) -> None:
         data = self.config.datamanager
+        self.config.model.check()  # first: the image size check divides by the network's sizes
         self.config.model.network.check_image_size(data.image_height, data.image_width)
+
+    def check_viewer_scene(self) -> None:
+        """--pipeline.model.viewer-scene must name an evaluation scene (index or name) or be none."""
+        which = str(self.config.model.viewer_scene)
+        if which.strip().lower() == "none":
+            return
+        try:
+            find_episode(self.datamanager, which)
+        except ILRMError as error:
+            raise ILRMError(
+                f"--pipeline.model.viewer-scene {which}: {error}; give the index or name of a held-out scene, or none"
+            ) from None
+
+    def check_held_out_scenes(self) -> None:
+        """Evaluation needs held-out scenes: none is one line naming the data and what to change."""
+        if getattr(self.datamanager, "eval_batches", None):  # set up only when there are held-out scenes
+            return
+        cfg = self.datamanager.config
+        skipped = self.datamanager.skipped_eval_scenes
+        raise ILRMError(
+            f"{cfg.data}: no held-out scenes to evaluate (split '{cfg.eval_split}'"
+            + (f", {len(skipped)} skipped: see the lines above" if skipped else "")
+            + (f", num_eval_scenes {cfg.num_eval_scenes}" if cfg.num_eval_scenes is not None else "")
+            + "); give data with held-out scenes (a test split folder, or a single capture with "
+            "--pipeline.datamanager.holdout-interval) or another --pipeline.datamanager.eval-split"
+        )
 
     def get_train_loss_dict(self, step: int):
         batch = self.datamanager.next_train(step)
@@ -220,6 +249,7 @@ class ILRMPipeline(VanillaPipeline):
         metrics (PSNR, SSIM, LPIPS when its weights load, trivial baselines; see
         `ILRMModel.scene_metrics`) and its context and target frames; with `render_dir`, renders
         and ground truth are written there (`save_renders`). ns-eval and ilrm-eval both use it."""
+        self.check_held_out_scenes()
         datamanager = self.datamanager
         all_batches = datamanager.eval_batches
         mine = list(range(len(all_batches))) if shard is None else list(range(shard[0], len(all_batches), shard[1]))

@@ -10,10 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import tyro
 from nerfstudio.configs.base_config import LoggingConfig, MachineConfig, ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
@@ -27,13 +24,7 @@ from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
 from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import ILRMPipelineConfig
 from ilrm_nerfstudio.nerfstudio.optim import AdamWMatricesConfig, WarmupCosineSchedulerConfig
 from ilrm_nerfstudio.nerfstudio.scene_model import GAUSSIAN_FIELDS
-
-
-@dataclass
-class ILRMTrainerConfig(TrainerConfig):
-    """nerfstudio's trainer config, without the text prompt that no model of ours reads."""
-
-    prompt: tyro.conf.Suppress[str | None] = None
+from ilrm_nerfstudio.nerfstudio.trainer import ILRMTrainerConfig
 
 
 def default_machine() -> MachineConfig:

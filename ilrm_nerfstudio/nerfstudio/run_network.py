@@ -19,6 +19,7 @@ from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.core.frames import normalized_to_world
 from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.core.network import ILRM
+from ilrm_nerfstudio.nerfstudio.console import log_line
 
 # ------------------------------------------------------------------------------------------------
 # The trained network of an ilrm run
@@ -36,9 +37,9 @@ class TrainedNetwork:
     published: bool = False  # the authors' weights: their pose normalization
 
 
-def find_run_files(path: Path) -> tuple[Path, Path]:
+def find_run_files(path: Path) -> tuple[Path, list[Path]]:
     """An ilrm run given as its folder, its config.yml or one of its checkpoints -> (config.yml,
-    checkpoint); the latest checkpoint unless one is named."""
+    checkpoints to try in order): the named one, or every step-*.ckpt, newest first."""
     path = Path(path)
     if not path.exists():
         raise ILRMError(f"{path}: ilrm run not found (give its folder, config.yml or a .ckpt)")
@@ -50,12 +51,13 @@ def find_run_files(path: Path) -> tuple[Path, Path]:
         config, checkpoint = path, None
     if not config.is_file():
         raise ILRMError(f"{config}: not found; --pipeline.model.ilrm-run needs an ns-train ilrm / ilrm-small run")
-    if checkpoint is None:
-        checkpoints = sorted((config.parent / "nerfstudio_models").glob("step-*.ckpt"))
-        if not checkpoints:
-            raise ILRMError(f"{config.parent / 'nerfstudio_models'}: no checkpoint (step-*.ckpt) in this run")
-        checkpoint = checkpoints[-1]
-    return config, checkpoint
+    if checkpoint is not None:
+        return config, [checkpoint]
+    folder = config.parent / "nerfstudio_models"
+    checkpoints = sorted((p for p in folder.glob("step-*.ckpt") if p.is_file()), reverse=True)
+    if not checkpoints:
+        raise ILRMError(f"{folder}: no checkpoint (step-*.ckpt) in this run; train it first, or name another run")
+    return config, checkpoints
 
 
 def is_run_path(path: Path) -> bool:
@@ -76,42 +78,97 @@ def load_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwo
         return load_trained_network(path, device)
     from ilrm_nerfstudio.core.published import load_published_network
 
-    network = load_published_network(path, device)
+    try:
+        network = load_published_network(path, device)
+    except ILRMError:
+        raise
+    except Exception as error:  # a torn or foreign file that got past the format checks: name it
+        raise ILRMError(
+            f"{path}: cannot load this as a published iLRM checkpoint ({type(error).__name__}: {_first_line(error)})"
+        ) from None
     protocol = network.published_protocol
     return TrainedNetwork(
         network, tuple(protocol.image_size), protocol.sh_degree, path, True, protocol.num_views, published=True
     )
 
 
-def load_trained_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwork:
-    """The network of an `ilrm` run with its trained weights (frozen, eval mode)."""
-    config_path, checkpoint = find_run_files(path)
-    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-    model_config = getattr(getattr(config, "pipeline", None), "model", None)
-    if model_config is None or not hasattr(model_config, "network"):
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:160] if text else type(error).__name__
+
+
+def _read_run_config(config_path: Path):
+    """The run's config.yml (nerfstudio writes it with yaml.dump of its dataclasses)."""
+    try:
+        config = yaml.load(config_path.read_text(encoding="utf-8"), Loader=yaml.Loader)
+    except Exception as error:  # not UTF-8, not YAML, or classes this installation lacks
         raise ILRMError(
-            f"{config_path}: not an ilrm run (method {getattr(config, 'method_name', '?')!r} has no network)"
+            f"{config_path}: not a readable ns-train config.yml ({type(error).__name__}: {_first_line(error)})"
+        ) from None
+    model_config = getattr(getattr(config, "pipeline", None), "model", None)
+    if model_config is None or not dataclasses.is_dataclass(getattr(model_config, "network", None)):
+        raise ILRMError(
+            f"{config_path}: not an ilrm run (method {getattr(config, 'method_name', '?')!r} has no network); "
+            "--pipeline.model.ilrm-run needs an ns-train ilrm / ilrm-small run"
         )
-    network_config = dataclasses.replace(
-        model_config.network, sh_degree=model_config.sh_degree, compile=False, gradient_checkpointing=False
-    )
-    network = ILRM(network_config)
+    return config, model_config
+
+
+def _read_weights(checkpoint: Path) -> dict[str, Tensor]:
+    """The network's weights in an ns-train checkpoint (ILRMError naming the file otherwise)."""
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
+        weights = {key.split("network.", 1)[1]: value for key, value in state.items() if "_model.network." in key}
     except Exception as error:  # torn or foreign file: name it
         raise ILRMError(
-            f"{checkpoint}: cannot read this checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+            f"{checkpoint}: cannot read this checkpoint, truncated or not an ns-train checkpoint? "
+            f"({type(error).__name__}: {_first_line(error)[:120]})"
         ) from None
-    weights = {key.split("network.", 1)[1]: value for key, value in state.items() if "_model.network." in key}
     if not weights:
-        raise ILRMError(f"{checkpoint}: holds no network weights")
-    network.load_state_dict(weights)
+        raise ILRMError(f"{checkpoint}: holds no network weights (not a checkpoint of an ilrm run)")
+    return weights
+
+
+def load_trained_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwork:
+    """The network of an `ilrm` run with its trained weights (frozen, eval mode). Without a named
+    checkpoint, the newest readable one (a torn newest one is skipped with a warning)."""
+    config_path, checkpoints = find_run_files(path)
+    config, model_config = _read_run_config(config_path)
+    try:
+        network_config = dataclasses.replace(
+            model_config.network, sh_degree=model_config.sh_degree, compile=False, gradient_checkpointing=False
+        )
+        network = ILRM(network_config)
+        data = config.pipeline.datamanager
+        resolution = (int(data.image_height), int(data.image_width))
+    except ILRMError:
+        raise
+    except Exception as error:
+        raise ILRMError(
+            f"{config_path}: its network options do not make an iLRM network ({type(error).__name__}: "
+            f"{_first_line(error)})"
+        ) from None
+    for index, checkpoint in enumerate(checkpoints):
+        try:
+            weights = _read_weights(checkpoint)
+            break
+        except ILRMError as error:
+            if index + 1 == len(checkpoints):
+                raise
+            message = f"{error}; trying the previous checkpoint {checkpoints[index + 1].name}"
+            log_line(message, style="yellow", prefix="[ilrm-finetune] warning: ")
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as error:  # missing / unexpected keys or other shapes: another network
+        raise ILRMError(
+            f"{checkpoint}: its weights do not fit the network that {config_path} describes "
+            f"({_first_line(error)[:160]})"
+        ) from None
     network.requires_grad_(False)
     network.eval()
-    data = config.pipeline.datamanager
     return TrainedNetwork(
         network.to(device),
-        (int(data.image_height), int(data.image_width)),
+        resolution,
         int(model_config.sh_degree),
         checkpoint,
         bool(getattr(model_config, "bf16", True)),

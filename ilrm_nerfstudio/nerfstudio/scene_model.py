@@ -22,6 +22,7 @@ from nerfstudio.models.splatfacto import SplatfactoModel
 from torch import Tensor, nn
 
 from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
+from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.core.sh import SH_C0
 from ilrm_nerfstudio.render.rendering import render
@@ -47,6 +48,11 @@ class GaussianSceneModelConfig(ModelConfig):
     eval_num_rays_per_chunk: tyro.conf.Suppress[int] = 1 << 30
     prompt: tyro.conf.Suppress[str | None] = None
 
+    def check(self) -> None:
+        """Impossible options -> ILRMError naming the option (called when the model is built)."""
+        if isinstance(self.sh_degree, bool) or self.sh_degree not in (0, 1, 2, 3):
+            raise ILRMError(f"--pipeline.model.sh-degree {self.sh_degree}: must be 0, 1, 2 or 3")
+
 
 class GaussianSceneModel(SplatfactoModel):
     """A SplatfactoModel whose Gaussians are set from outside (`set_scene_gaussians`)."""
@@ -54,6 +60,7 @@ class GaussianSceneModel(SplatfactoModel):
     config: GaussianSceneModelConfig
 
     def populate_modules(self):
+        self.config.check()
         self.gauss_params = nn.ParameterDict()
         self.set_scene_gaussians(None)
         self.crop_box = None

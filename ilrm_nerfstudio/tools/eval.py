@@ -31,8 +31,9 @@ from typing import Annotated, Literal
 
 import torch
 import tyro
+import yaml
 
-from ilrm_nerfstudio.core.errors import ILRMError, exit_on_error
+from ilrm_nerfstudio.core.errors import ILRMError, exit_on_error, one_line
 
 METRICS = ("psnr", "ssim", "lpips")
 
@@ -71,11 +72,11 @@ def evaluate(
     """Run the evaluation and write the JSON (to `output`, default `<run>/eval_results.json`)."""
     from nerfstudio.utils.eval_utils import eval_setup
 
-    load_config = Path(load_config)
-    if not load_config.is_file():
-        raise ILRMError(f"{load_config}: run config not found (pass the config.yml that ns-train wrote)")
+    load_config = run_config_path(Path(load_config))
 
     def update(config):
+        if hasattr(config, "use_run_folder"):  # done when eval_setup read it; a no-op then (method_configs.py)
+            config.use_run_folder(load_config.parent)
         dm = config.pipeline.datamanager
         if data is not None:
             dm.data = Path(data)
@@ -98,6 +99,8 @@ def evaluate(
         if isinstance(error.code, str):
             raise ILRMError(error.code.removeprefix("ilrm: ")) from None
         raise
+    except yaml.YAMLError as error:
+        raise ILRMError(f"{load_config}: not a readable run config ({one_line(error)})") from None
     dm = pipeline.datamanager
     lpips_ok = _lpips_available(pipeline.model)
     per_scene, summary = evaluate_pipeline(pipeline, render_dir, num_workers)
@@ -157,11 +160,13 @@ def published_pipeline_config(
         _views_from_name(Path(published)) if kind == "dl3dv" else None,
         network.patch_size * network.viewpoint_factor,
     )
-    height, width = image_size or model_protocol.image_size
-    views = context_views or model_protocol.num_views
+    height, width = image_size if image_size is not None else model_protocol.image_size
+    if image_size is not None:
+        network.check_image_size(height, width, what="--image-size")
+    views = context_views if context_views is not None else model_protocol.num_views
     datamanager = ILRMDataManagerConfig(
         data=None if data is None else Path(data),
-        source=source or "auto",
+        source="auto" if source is None else source,
         image_height=height,
         image_width=width,
         num_context_views=views,
@@ -171,7 +176,7 @@ def published_pipeline_config(
         eval_protocol=protocol or ("wide" if model_protocol.view_selection == "kmeans" else "sequence"),
         wide_target_interval=model_protocol.target_interval or 8,
         num_eval_scenes=num_scenes,
-        eval_num_workers=num_workers or 0,
+        eval_num_workers=0 if num_workers is None else num_workers,
         scenes_per_batch=1,
     )
     model = ILRMModelConfig(
@@ -206,10 +211,13 @@ def evaluate_published(
     published = Path(published)
     if data is None:
         raise ILRMError("--published needs --data (RE10K torch chunks or DL3DV scenes)")
+    if not published.is_file():
+        problem = "is a folder, not a checkpoint file" if published.is_dir() else "checkpoint file not found"
+        raise ILRMError(f"--published {published}: {problem} (see docs/published.md)")
     config, model_protocol = published_pipeline_config(
         published, data, index, protocol, context_views, split, num_scenes, num_workers, source, image_size
     )
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         pipeline = config.setup(device=device, test_mode="test")
     except SystemExit as error:  # the pipeline turns bad data into SystemExit("ilrm: ...")
@@ -294,13 +302,89 @@ class EvalConfig:
     """--published: cpu or cuda (default: cuda when available)."""
 
 
-@exit_on_error
-def run(config: EvalConfig) -> None:
-    """Evaluate what `config` names; bad input raises ILRMError."""
+def run_config_path(path: Path) -> Path:
+    """--load-config: a run's config.yml (or the run folder holding it), readable as text."""
+    if path.is_dir() and (path / "config.yml").is_file():
+        path = path / "config.yml"
+    if not path.is_file():
+        problem = "is a folder without a config.yml" if path.is_dir() else "run config not found"
+        raise ILRMError(f"{path}: {problem} (pass the config.yml that ns-train wrote in the run folder)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ILRMError(f"{path}: cannot read this run config (not UTF-8 text: a binary file?)") from None
+    except OSError as error:
+        raise ILRMError(f"{path}: cannot read this run config ({error.strerror or error})") from None
+    if not text.lstrip().startswith("!!python/object:"):
+        raise ILRMError(f"{path}: not a run config written by ns-train (empty, or another YAML file)")
+    return path
+
+
+def check_device(device: str) -> str:
+    """--device: cpu, cuda[:N] or mps, and present on this machine."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ILRMError(f"--device {device}: not a device (cpu, cuda, cuda:N or mps)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ILRMError(f"--device {device}: no CUDA GPU; use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ILRMError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ILRMError(f"--device {device}: no Apple MPS device; use --device cpu")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ILRMError(f"--device {device}: not a device (cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def _writable_place(path: Path) -> bool:
+    """The nearest existing folder at or above `path` is a folder (so `path` can be created)."""
+    for parent in (path, *path.parents):
+        if parent.exists():
+            return parent.is_dir()
+    return True
+
+
+def check_arguments(config: EvalConfig) -> None:
+    """Impossible values are errors (one line, exit code 2), never replaced by another value."""
     if (config.load_config is None) == (config.published is None):
         raise ILRMError("give one of --load-config RUN/config.yml or --published CHECKPOINT")
     if config.load_config is not None and (config.image_size is not None or config.device is not None):
         raise ILRMError("--image-size and --device go with --published (a run evaluates at its own size)")
+    for name, value, low, meaning in (
+        ("context-views", config.context_views, 1, "at least 1"),
+        ("num-scenes", config.num_scenes, 1, "at least 1 (leave it out for every scene)"),
+        ("num-workers", config.num_workers, 0, "0 (load in this process) or more"),
+    ):
+        if value is not None and value < low:
+            raise ILRMError(f"--{name} {value}: must be {meaning}")
+    if config.image_size is not None and min(config.image_size) < 1:
+        raise ILRMError(
+            f"--image-size {config.image_size[0]} {config.image_size[1]}: height and width must be positive"
+        )
+    if config.index is not None and (config.context_views is not None or config.protocol is not None):
+        raise ILRMError(
+            "--index names the context and target views of every scene: leave out --context-views and --protocol"
+        )
+    if config.data is not None and not config.data.exists():
+        raise ILRMError(f"--data {config.data}: data folder not found")
+    if config.index is not None and not config.index.is_file():
+        problem = "is a folder, not an index JSON file" if config.index.is_dir() else "index file not found"
+        raise ILRMError(f"--index {config.index}: {problem}")
+    if config.render_dir is not None and (
+        (config.render_dir.exists() and not config.render_dir.is_dir()) or not _writable_place(config.render_dir)
+    ):
+        raise ILRMError(f"--render-dir {config.render_dir}: a file is in the way; give a folder (created if missing)")
+    if config.output is not None and (config.output.is_dir() or not _writable_place(config.output.parent)):
+        raise ILRMError(f"--output {config.output}: cannot write a file there; give a .json file path")
+    if config.split is not None and not config.split.strip():
+        raise ILRMError("--split is empty: give the held-out split folder's name (e.g. test)")
+
+
+@exit_on_error
+def run(config: EvalConfig) -> None:
+    """Evaluate what `config` names; bad input raises ILRMError."""
+    check_arguments(config)
     if config.published is not None:
         evaluate_published(
             config.published,
