@@ -613,7 +613,7 @@ def test_model_init_from_a_published_file(files, capsys):
     assert build_model().rescale_poses(batch) is batch  # without init_from: the data manager's scale
     with pytest.raises(ILRMError, match="published model has sh_degree 0.*--pipeline.model.sh-degree 0"):
         build_model(init_from=path, sh_degree=1)
-    with pytest.raises(ILRMError, match="missing.pt: file not found"):
+    with pytest.raises(ILRMError, match="missing.pt: checkpoint file not found"):
         build_model(init_from=path.parent / "missing.pt")
 
 
@@ -682,7 +682,7 @@ def test_ilrm_eval_published_dl3dv_wide_protocol(files, chunk_data, tmp_path, ca
         assert row["target"] == [0, 8] and len(row["context"]) == 3 and not {0, 8} & set(row["context"])
     # Bad input: one line naming the file.
     assert ilrm_eval(["--published", str(tmp_path / "nope.pt"), "--data", str(root)]) == 2
-    assert "nope.pt: file not found" in capsys.readouterr().err
+    assert "nope.pt: checkpoint file not found" in capsys.readouterr().err
     assert ilrm_eval(["--published", str(files[DL3DV][0]), "--data", str(root), "--image-size", "36", "48"]) == 2
     assert "divisible" in capsys.readouterr().err
 
@@ -703,4 +703,4 @@ def test_ns_train_ilrm_init_from_a_published_file(files, chunk_data, tmp_path):
         str(tmp_path / "none.pt"),
         timestamp="bad",
     )
-    assert missing.returncode != 0 and "none.pt: file not found" in missing.stdout + missing.stderr
+    assert missing.returncode != 0 and "none.pt: checkpoint file not found" in missing.stdout + missing.stderr

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 F = TypeVar("F", bound=Callable)
 EXIT_CODE = 2
@@ -33,20 +33,20 @@ def one_line(error: BaseException) -> str:
     return " ".join(text.split("\n")[:1]) if "Traceback" in text else text
 
 
-def exit_with(error: BaseException) -> NoReturn:
-    print(f"ilrm: {one_line(error)}", file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_CODE)
-
-
 def exit_on_error(main: F) -> F:
-    """Decorator for a CLI's main(): ILRMError -> one line on stderr, exit code 2."""
+    """Decorator for a CLI's main(), whose return value is the exit code (console scripts call
+    sys.exit(main())): ILRMError -> one line on stderr and 2; Ctrl-C -> one line and 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except ILRMError as error:
-            exit_with(error)
+            print(f"ilrm: {one_line(error)}", file=sys.stderr, flush=True)
+            return EXIT_CODE
+        except KeyboardInterrupt:
+            print("ilrm: interrupted", file=sys.stderr, flush=True)
+            return 130
 
     return wrapper  # type: ignore[return-value]
 

@@ -249,7 +249,11 @@ def detect_format(obj: object, path: Path) -> tuple[str, dict[str, Tensor]]:
 def read_published(path: str | Path, trusted: bool | None = None) -> tuple[str, dict[str, Tensor]]:
     """Load a published file: (kind, state dict with their key names). ILRMError otherwise."""
     path = Path(path)
-    return detect_format(_torch_load(path, trusted), path)
+    kind, state = detect_format(_torch_load(path, trusted), path)
+    for key, value in state.items():  # a damaged or hand-edited file: name the entry
+        if not isinstance(value, Tensor):
+            raise ILRMError(f"{path}: entry {key!r} of the {kind} weights is a {type(value).__name__}, not a tensor")
+    return kind, state
 
 
 def is_published_checkpoint(path: str | Path) -> bool:

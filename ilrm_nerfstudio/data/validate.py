@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ilrm_nerfstudio.core.errors import ILRMError
-from ilrm_nerfstudio.data.images import to_rgb8
+from ilrm_nerfstudio.data.images import file_problem, to_rgb8
 
 RIGID_TOLERANCE = 1e-3  # |R R^T - I| above this: not a rotation
 
@@ -136,8 +136,9 @@ def image_problem(path: Path, camera_hw: tuple[int, int] | None = None) -> str |
     or None. With `camera_hw`, the upright image must have the camera's aspect ratio (a
     downscaled copy is fine)."""
     path = Path(path)
-    if not path.is_file():
-        return f"image file {path} not found"
+    missing = file_problem(path)
+    if missing is not None:
+        return missing
     try:
         with Image.open(path) as image:
             width, height = to_rgb8(image).size  # decoded and converted as training will

@@ -57,18 +57,11 @@ SPLIT_KEYS = ("train_filenames", "val_filenames", "test_filenames")
 Warn = Callable[[str], None]
 
 
-def image_problem(path: Path, camera_hw: tuple[int, int] | None) -> str | None:
-    """data/validate's check, with a directory where an image should be said plainly."""
-    if path.is_dir():
-        return f"{path} is a folder, not an image file"
-    return validate.image_problem(path, camera_hw)
-
-
 def check_images(paths: list[Path], sizes: list[tuple[int, int] | None]) -> list[str | None]:
-    """`image_problem` of many images, decoded in parallel (Pillow releases the GIL)."""
+    """`validate.image_problem` of many images, decoded in parallel (Pillow releases the GIL)."""
     workers = max(1, min(8, os.cpu_count() or 1, len(paths)))
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(image_problem, paths, sizes))
+        return list(pool.map(validate.image_problem, paths, sizes))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,7 +273,7 @@ def check_transforms(
                 factor = _downscale_factor(config, data_dir, frames[i]["file_path"])
                 break
             except (OSError, ValueError, SyntaxError):
-                problems[i] = image_problem(data_dir / frames[i]["file_path"], None) or "cannot open the image"
+                problems[i] = validate.image_problem(data_dir / frames[i]["file_path"]) or "cannot open the image"
         usable = [i for i in usable if i not in problems]
         files = [_image_file(data_dir, frames[i]["file_path"], factor or 1) for i in usable]
         sizes = [cameras[i][1] for i in usable]

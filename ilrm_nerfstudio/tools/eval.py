@@ -95,7 +95,7 @@ def evaluate(
 
     try:
         config, pipeline, checkpoint, step = eval_setup(load_config, test_mode="test", update_config_callback=update)
-    except SystemExit as error:  # the pipeline turns bad data into SystemExit("ilrm: ...")
+    except SystemExit as error:  # a message of nerfstudio's own checks: keep it, as one line
         if isinstance(error.code, str):
             raise ILRMError(error.code.removeprefix("ilrm: ")) from None
         raise
@@ -220,7 +220,7 @@ def evaluate_published(
     device = check_device(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         pipeline = config.setup(device=device, test_mode="test")
-    except SystemExit as error:  # the pipeline turns bad data into SystemExit("ilrm: ...")
+    except SystemExit as error:  # a message of nerfstudio's own checks: keep it, as one line
         if isinstance(error.code, str):
             raise ILRMError(error.code.removeprefix("ilrm: ")) from None
         raise
@@ -381,7 +381,6 @@ def check_arguments(config: EvalConfig) -> None:
         raise ILRMError("--split is empty: give the held-out split folder's name (e.g. test)")
 
 
-@exit_on_error
 def run(config: EvalConfig) -> None:
     """Evaluate what `config` names; bad input raises ILRMError."""
     check_arguments(config)
@@ -417,18 +416,10 @@ def run(config: EvalConfig) -> None:
         )
 
 
+@exit_on_error
 def main(argv: list[str] | None = None) -> int:
     """`ilrm-eval`; returns the exit code (0, 2 for bad input, 130 when interrupted)."""
-    config = tyro.cli(EvalConfig, prog="ilrm-eval", args=argv)
-    try:
-        run(config)
-    except SystemExit as error:
-        if not isinstance(error.__context__, ILRMError):
-            raise
-        return error.code  # exit_on_error printed the ILRMError as one line (code 2)
-    except KeyboardInterrupt:
-        print("ilrm-eval: interrupted", file=sys.stderr)
-        return 130
+    run(tyro.cli(EvalConfig, prog="ilrm-eval", args=argv))
     return 0
 
 

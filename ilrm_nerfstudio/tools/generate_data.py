@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tyro
 
-from ilrm_nerfstudio.core.errors import ILRMError, exit_on_error
+from ilrm_nerfstudio.core.errors import exit_on_error
 from ilrm_nerfstudio.data.synthetic import generate_dataset
 
 PROG = "ilrm-generate-data"
@@ -51,7 +51,6 @@ class GenerateDataConfig:
     """No progress lines."""
 
 
-@exit_on_error
 def run(config: GenerateDataConfig) -> dict:
     """Generate what `config` names and print a one-line summary; bad input raises ILRMError."""
     summary = generate_dataset(
@@ -79,16 +78,13 @@ def run(config: GenerateDataConfig) -> dict:
     return summary
 
 
+@exit_on_error
 def main(argv: list[str] | None = None) -> int:
     """`ilrm-generate-data`; returns the exit code (0; 2 for bad input, 1 when the output cannot be
     written, 130 when interrupted). Unparsable arguments exit (code 2) with a usage message."""
     config = tyro.cli(GenerateDataConfig, prog=PROG, args=argv, config=(tyro.conf.FlagCreatePairsOff,))
     try:
         run(config)
-    except SystemExit as error:
-        if not isinstance(error.__context__, ILRMError):
-            raise
-        return error.code  # exit_on_error printed the ILRMError as one line (code 2)
     except OSError as error:
         print(f"{PROG}: error: cannot write {config.output}: {error}", file=sys.stderr)
         return 1

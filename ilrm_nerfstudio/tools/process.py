@@ -43,6 +43,8 @@ from typing import Annotated, Literal
 
 import tyro
 
+from ilrm_nerfstudio.core.errors import ILRMError
+
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 MIN_KEYPOINTS = 100  # fewer SIFT features than this: the image is featureless for COLMAP
 MIN_PAIR_MATCHES = 15  # COLMAP's default min_num_inliers for a verified image pair
@@ -53,8 +55,9 @@ OVERLAP_HINT = (
 )
 
 
-class ProcessError(Exception):
-    """A failure explained in one line (printed without a traceback)."""
+class ProcessError(ILRMError):
+    """A failure of ilrm-process, explained in one line (printed without a traceback, exit 1, as
+    `ilrm-process: error: ...`)."""
 
 
 @dataclass
