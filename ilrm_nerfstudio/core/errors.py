@@ -23,6 +23,14 @@ class ILRMError(ValueError):
     """Bad input; the message names the file or option and the problem."""
 
 
+def brief(error: BaseException, limit: int = 160) -> str:
+    """A foreign exception as a short clause for an ILRMError message: its type and first sentence
+    (PyTorch's zip reader, for one, appends a paragraph of advice)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    first = " ".join(lines[0].split()).split(". ")[0] if lines else ""
+    return f"{type(error).__name__}: {first[:limit]}" if first else type(error).__name__
+
+
 def one_line(error: BaseException) -> str:
     """The message of `error` without what PyTorch's DataLoader wraps around a worker's error
     ("Caught ILRMError in DataLoader worker process 0. Original Traceback ...")."""

@@ -47,7 +47,7 @@ from PIL import Image
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
-from ilrm_nerfstudio.core.errors import ILRMError, one_line
+from ilrm_nerfstudio.core.errors import ILRMError, brief, one_line
 from ilrm_nerfstudio.data.images import to_rgb8
 from ilrm_nerfstudio.data.samplers import kmeans_views
 from ilrm_nerfstudio.data.scene import Scene, load_view, load_working_view
@@ -117,10 +117,6 @@ class CaptureDataset(InputDataset):
             size = (int(rgb.width * self.scale_factor), int(rgb.height * self.scale_factor))
             rgb = rgb.resize(size, resample=Image.Resampling.BILINEAR)
         return np.asarray(rgb, dtype=np.uint8)
-
-
-def _short(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
 
 def warn(message: str) -> None:
@@ -236,11 +232,11 @@ class ILRMSceneDataManager(VanillaDataManager):
             except Exception:
                 parser_config.load_3D_points = True
             else:
-                warn(f"{data}: nerfstudio could not load the SfM points ({_short(failure)}); starting without them")
+                warn(f"{data}: nerfstudio could not load the SfM points ({brief(failure)}); starting without them")
                 return outputs
         raise ILRMError(
             f"{data}: nerfstudio's dataparser ({type(self.dataparser).__name__}) could not read the {split} split "
-            f"({_short(failure)}); check the capture, or read it with another dataparser subcommand "
+            f"({brief(failure)}); check the capture, or read it with another dataparser subcommand "
             "(nerfstudio-data, colmap)"
         )
 

@@ -15,7 +15,7 @@ import yaml
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import normalize_poses
-from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.core.errors import ILRMError, brief
 from ilrm_nerfstudio.core.frames import normalized_to_world
 from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.core.network import ILRM
@@ -83,18 +83,11 @@ def load_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwo
     except ILRMError:
         raise
     except Exception as error:  # a torn or foreign file that got past the format checks: name it
-        raise ILRMError(
-            f"{path}: cannot load this as a published iLRM checkpoint ({type(error).__name__}: {_first_line(error)})"
-        ) from None
+        raise ILRMError(f"{path}: cannot load this as a published iLRM checkpoint ({brief(error)})") from None
     protocol = network.published_protocol
     return TrainedNetwork(
         network, tuple(protocol.image_size), protocol.sh_degree, path, True, protocol.num_views, published=True
     )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:160] if text else type(error).__name__
 
 
 def _read_run_config(config_path: Path):
@@ -102,9 +95,7 @@ def _read_run_config(config_path: Path):
     try:
         config = yaml.load(config_path.read_text(encoding="utf-8"), Loader=yaml.Loader)
     except Exception as error:  # not UTF-8, not YAML, or classes this installation lacks
-        raise ILRMError(
-            f"{config_path}: not a readable ns-train config.yml ({type(error).__name__}: {_first_line(error)})"
-        ) from None
+        raise ILRMError(f"{config_path}: not a readable ns-train config.yml ({brief(error)})") from None
     model_config = getattr(getattr(config, "pipeline", None), "model", None)
     if model_config is None or not dataclasses.is_dataclass(getattr(model_config, "network", None)):
         raise ILRMError(
@@ -121,8 +112,7 @@ def _read_weights(checkpoint: Path) -> dict[str, Tensor]:
         weights = {key.split("network.", 1)[1]: value for key, value in state.items() if "_model.network." in key}
     except Exception as error:  # torn or foreign file: name it
         raise ILRMError(
-            f"{checkpoint}: cannot read this checkpoint, truncated or not an ns-train checkpoint? "
-            f"({type(error).__name__}: {_first_line(error)[:120]})"
+            f"{checkpoint}: cannot read this checkpoint, truncated or not an ns-train checkpoint? ({brief(error)})"
         ) from None
     if not weights:
         raise ILRMError(f"{checkpoint}: holds no network weights (not a checkpoint of an ilrm run)")
@@ -144,10 +134,7 @@ def load_trained_network(path: Path, device: torch.device | str = "cpu") -> Trai
     except ILRMError:
         raise
     except Exception as error:
-        raise ILRMError(
-            f"{config_path}: its network options do not make an iLRM network ({type(error).__name__}: "
-            f"{_first_line(error)})"
-        ) from None
+        raise ILRMError(f"{config_path}: its network options do not make an iLRM network ({brief(error)})") from None
     for index, checkpoint in enumerate(checkpoints):
         try:
             weights = _read_weights(checkpoint)
@@ -161,8 +148,7 @@ def load_trained_network(path: Path, device: torch.device | str = "cpu") -> Trai
         network.load_state_dict(weights)
     except RuntimeError as error:  # missing / unexpected keys or other shapes: another network
         raise ILRMError(
-            f"{checkpoint}: its weights do not fit the network that {config_path} describes "
-            f"({_first_line(error)[:160]})"
+            f"{checkpoint}: its weights do not fit the network that {config_path} describes ({brief(error)})"
         ) from None
     network.requires_grad_(False)
     network.eval()

@@ -32,7 +32,7 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.core.errors import ILRMError, brief
 from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import ILRMPipelineConfig
 
@@ -42,12 +42,6 @@ PARTIAL_SUFFIX = ".partial"  # a checkpoint being written; never matches step-*.
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:09d}.ckpt"
-
-
-def _first_line(error: BaseException) -> str:
-    """The error's type and first sentence (PyTorch's zip reader appends a paragraph of advice)."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0].split('. ')[0][:160] if lines else ''}"
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -65,7 +59,7 @@ def checkpoint_problem(path: Path) -> str | None:
             return "is empty (0 bytes: an interrupted write?)"
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure to read it is the answer
-        return f"cannot be read, truncated or damaged ({_first_line(error)})"
+        return f"cannot be read, truncated or damaged ({brief(error)})"
     if not isinstance(state, dict) or not {"step", "pipeline"} <= set(state):
         return "is not a nerfstudio checkpoint (no 'step' and 'pipeline' entries)"
     return None
@@ -138,7 +132,7 @@ def write_checkpoint(state: dict, path: Path) -> None:
         partial.unlink(missing_ok=True)
         if isinstance(error, OSError):
             raise ILRMError(
-                f"{path}: cannot write this checkpoint ({_first_line(error)}); the previous checkpoints are "
+                f"{path}: cannot write this checkpoint ({brief(error)}); the previous checkpoints are "
                 "intact: free disk space or choose another --output-dir, then resume with --load-dir"
             ) from None
         raise
@@ -205,7 +199,7 @@ class ILRMTrainer(Trainer):
         try:
             state = torch.load(path, map_location="cpu")
         except Exception as error:  # noqa: BLE001 - damaged after the check (bit rot inside a tensor)
-            raise ILRMError(f"{path}: cannot read this checkpoint ({_first_line(error)})") from None
+            raise ILRMError(f"{path}: cannot read this checkpoint ({brief(error)})") from None
         try:
             self.pipeline.load_pipeline(state["pipeline"], state["step"])
             self.optimizers.load_optimizers(state["optimizers"])
@@ -216,7 +210,7 @@ class ILRMTrainer(Trainer):
             raise
         except (RuntimeError, KeyError, ValueError) as error:
             raise ILRMError(
-                f"{path}: this checkpoint does not fit the model being trained ({_first_line(error)}); resume with "
+                f"{path}: this checkpoint does not fit the model being trained ({brief(error)}); resume with "
                 "the method and network options of the run that wrote it"
             ) from None
         self._start_step = state["step"] + 1

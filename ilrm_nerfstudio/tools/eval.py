@@ -22,6 +22,7 @@ be loaded (offline). Bad data ends with one line naming the scene and the proble
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -54,6 +55,49 @@ def evaluate_pipeline(
 
     per_scene = [row for _, row in pipeline.evaluate_scenes(render_dir, num_workers=num_workers, progress=progress)]
     return per_scene, summarize(per_scene, with_std=True)
+
+
+@contextlib.contextmanager
+def nerfstudio_exits_as_errors():
+    """nerfstudio's own checks print a reason and sys.exit(message): keep the message, as one line."""
+    try:
+        yield
+    except SystemExit as error:
+        if isinstance(error.code, str):
+            raise ILRMError(error.code.removeprefix("ilrm: ")) from None
+        raise
+
+
+def evaluate_and_write(pipeline, header: dict, output: Path, render_dir, num_workers, what: str) -> dict:
+    """Evaluate every held-out scene of `pipeline` and write `header` + the data, the protocol,
+    the summary and the per-scene rows as JSON to `output`."""
+    dm = pipeline.datamanager
+    lpips_ok = _lpips_available(pipeline.model)
+    per_scene, summary = evaluate_pipeline(pipeline, render_dir, num_workers)
+    cfg = dm.config
+    results = {
+        **header,
+        "data": str(cfg.data),
+        "source": dm.source,
+        "split": cfg.eval_split,
+        "index": None if cfg.eval_index is None else str(cfg.eval_index),
+        "protocol": "index" if cfg.eval_index is not None else cfg.eval_protocol,
+        "image_size": [cfg.image_height, cfg.image_width],
+        "metrics_protocol": (
+            "PSNR on [0,1]-clipped images; SSIM win 11 Gaussian (sigma 1.5) data_range 1; LPIPS-VGG "
+            "normalize=True; mean over targets, then scenes"
+        ),
+        "results": summary,
+        "lpips": "computed" if lpips_ok else "omitted: the VGG16 weights could not be loaded (see the warning)",
+        "missing_scenes": dm.missing_eval_scenes,
+        "skipped_scenes": dm.skipped_eval_scenes,
+        "per_scene": per_scene,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2, allow_nan=True))
+    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in METRICS if k in summary and math.isfinite(summary[k]))
+    print(f"evaluated {len(per_scene)} scenes{what}: {shown}; wrote {output}", flush=True)
+    return results
 
 
 def evaluate(
@@ -93,45 +137,21 @@ def evaluate(
         dm.num_eval_scenes = num_scenes
         return config
 
-    try:
-        config, pipeline, checkpoint, step = eval_setup(load_config, test_mode="test", update_config_callback=update)
-    except SystemExit as error:  # a message of nerfstudio's own checks: keep it, as one line
-        if isinstance(error.code, str):
-            raise ILRMError(error.code.removeprefix("ilrm: ")) from None
-        raise
-    except yaml.YAMLError as error:
-        raise ILRMError(f"{load_config}: not a readable run config ({one_line(error)})") from None
-    dm = pipeline.datamanager
-    lpips_ok = _lpips_available(pipeline.model)
-    per_scene, summary = evaluate_pipeline(pipeline, render_dir, num_workers)
-    cfg = dm.config
-    results = {
+    with nerfstudio_exits_as_errors():
+        try:
+            config, pipeline, checkpoint, step = eval_setup(
+                load_config, test_mode="test", update_config_callback=update
+            )
+        except yaml.YAMLError as error:
+            raise ILRMError(f"{load_config}: not a readable run config ({one_line(error)})") from None
+    header = {
         "experiment_name": config.experiment_name,
         "method_name": config.method_name,
         "checkpoint": str(checkpoint),
         "step": step,
-        "data": str(cfg.data),
-        "source": dm.source,
-        "split": cfg.eval_split,
-        "index": None if cfg.eval_index is None else str(cfg.eval_index),
-        "protocol": "index" if cfg.eval_index is not None else cfg.eval_protocol,
-        "image_size": [cfg.image_height, cfg.image_width],
-        "metrics_protocol": (
-            "PSNR on [0,1]-clipped images; SSIM win 11 Gaussian (sigma 1.5) data_range 1; LPIPS-VGG "
-            "normalize=True; mean over targets, then scenes"
-        ),
-        "results": summary,
-        "lpips": "computed" if lpips_ok else "omitted: the VGG16 weights could not be loaded (see the warning)",
-        "missing_scenes": dm.missing_eval_scenes,
-        "skipped_scenes": dm.skipped_eval_scenes,
-        "per_scene": per_scene,
     }
     output = Path(output) if output is not None else load_config.parent / "eval_results.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, allow_nan=True))
-    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in METRICS if k in summary and math.isfinite(summary[k]))
-    print(f"evaluated {len(per_scene)} scenes: {shown}; wrote {output}", flush=True)
-    return results
+    return evaluate_and_write(pipeline, header, output, render_dir, num_workers, "")
 
 
 def published_pipeline_config(
@@ -158,7 +178,7 @@ def published_pipeline_config(
     model_protocol = protocol_for(
         kind,
         _views_from_name(Path(published)) if kind == "dl3dv" else None,
-        network.patch_size * network.viewpoint_factor,
+        network.size_multiple,
     )
     height, width = image_size if image_size is not None else model_protocol.image_size
     if image_size is not None:
@@ -218,17 +238,9 @@ def evaluate_published(
         published, data, index, protocol, context_views, split, num_scenes, num_workers, source, image_size
     )
     device = check_device(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
+    with nerfstudio_exits_as_errors():
         pipeline = config.setup(device=device, test_mode="test")
-    except SystemExit as error:  # a message of nerfstudio's own checks: keep it, as one line
-        if isinstance(error.code, str):
-            raise ILRMError(error.code.removeprefix("ilrm: ")) from None
-        raise
-    dm = pipeline.datamanager
-    lpips_ok = _lpips_available(pipeline.model)
-    per_scene, summary = evaluate_pipeline(pipeline, render_dir, num_workers)
-    cfg = dm.config
-    results = {
+    header = {
         "published": str(published),
         "model": model_protocol.name,
         "model_protocol": {
@@ -239,32 +251,12 @@ def evaluate_published(
             "background": model_protocol.background_name,
             "pose_scale": model_protocol.pose_scale,
         },
-        "data": str(cfg.data),
-        "source": dm.source,
-        "split": cfg.eval_split,
-        "index": None if cfg.eval_index is None else str(cfg.eval_index),
-        "protocol": "index" if cfg.eval_index is not None else cfg.eval_protocol,
-        "image_size": [cfg.image_height, cfg.image_width],
-        "context_views": cfg.eval_context_views,
-        "metrics_protocol": (
-            "PSNR on [0,1]-clipped images; SSIM win 11 Gaussian (sigma 1.5) data_range 1; LPIPS-VGG "
-            "normalize=True; mean over targets, then scenes"
-        ),
-        "results": summary,
-        "lpips": "computed" if lpips_ok else "omitted: the VGG16 weights could not be loaded (see the warning)",
-        "missing_scenes": dm.missing_eval_scenes,
-        "skipped_scenes": dm.skipped_eval_scenes,
-        "per_scene": per_scene,
+        "context_views": pipeline.datamanager.config.eval_context_views,
     }
     output = Path(output) if output is not None else published.parent / f"{published.stem}_eval_results.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, allow_nan=True))
-    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in METRICS if k in summary and math.isfinite(summary[k]))
-    print(
-        f"evaluated {len(per_scene)} scenes with the published {model_protocol.name} model: {shown}; wrote {output}",
-        flush=True,
+    return evaluate_and_write(
+        pipeline, header, output, render_dir, num_workers, f" with the published {model_protocol.name} model"
     )
-    return results
 
 
 @dataclass
