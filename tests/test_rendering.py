@@ -15,9 +15,11 @@ import math
 import pytest
 import torch
 
+from ilrm_nerfstudio.core.cameras import rigid_inverse
+from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.core.sh import sh_to_rgb
-from ilrm_nerfstudio.render.rendering import RenderOutput, _Rasterize, render
+from ilrm_nerfstudio.render.rendering import RenderOutput, _Rasterize, check_gsplat, render
 
 
 @pytest.fixture(autouse=True)
@@ -319,15 +321,30 @@ def test_tile_clipping_matches_gsplat(box_end):
     compare_to_reference(g, torch.eye(4)[None], K, width, 16)
 
 
+def posed(c2w: torch.Tensor, twist: torch.Tensor) -> torch.Tensor:
+    """c2w [C, 4, 4] moved by twist [C, 6]: rotation exp([w]x) R, translation t + v (a camera
+    optimizer's parametrization: every value of it is a rigid pose)."""
+    w, v = twist[:, :3], twist[:, 3:]
+    zero = torch.zeros_like(w[:, 0])
+    skew = torch.stack([zero, -w[:, 2], w[:, 1], w[:, 2], zero, -w[:, 0], -w[:, 1], w[:, 0], zero], -1)
+    rotation = torch.linalg.matrix_exp(skew.reshape(-1, 3, 3)) @ c2w[:, :3, :3]
+    top = torch.cat([rotation, (c2w[:, :3, 3] + v)[..., None]], dim=-1)
+    return torch.cat([top, c2w[:, 3:]], dim=1)
+
+
 def test_camera_pose_gradient_matches_reference():
-    """Gradients also flow to c2w (through its inverse and the camera center of the SH)."""
+    """Gradients also flow to the camera poses (through world-to-camera and the camera center of
+    the SH). Compared along rigid motions of the cameras: the renderer inverts poses as rigid
+    transforms, the reference with a general matrix inverse; the two agree on rigid poses."""
     g = random_scene(80, 9, sh_degree=1)
-    ours_c2w, ref_c2w = CAMS.clone().requires_grad_(True), CAMS.double().requires_grad_(True)
-    out = render(g, ours_c2w, KS, W, H)
+    ours_twist, ref_twist = (
+        torch.zeros(2, 6, dtype=dtype, requires_grad=True) for dtype in (torch.float32, torch.float64)
+    )
+    out = render(g, posed(CAMS, ours_twist), KS, W, H)
     loss_of(out.rgb, out.alpha, out.depth).backward()
-    loss_of(*ref_render(g.map(lambda t: t.double()), ref_c2w, KS, W, H)).backward()
-    scale = float(ref_c2w.grad.abs().max())
-    assert float((ours_c2w.grad.double() - ref_c2w.grad).abs().max()) <= 2e-3 * scale
+    loss_of(*ref_render(g.map(lambda t: t.double()), posed(CAMS.double(), ref_twist), KS, W, H)).backward()
+    scale = float(ref_twist.grad.abs().max())
+    assert scale > 0 and float((ours_twist.grad.double() - ref_twist.grad).abs().max()) <= 2e-3 * scale
 
 
 def test_rasterize_backward_gradcheck():
@@ -534,6 +551,82 @@ def test_nan_and_other_bad_values_raise():
         render(random_scene(10, 0), CAMS, KS, W, H, backend="gsplat")
 
 
+def test_poses_must_be_rigid_and_are_inverted_as_rigid():
+    scaled = CAMS.clone()
+    scaled[1, :3, :3] *= 1.1
+    with pytest.raises(ValueError, match=r"c2w\[1\] is not a rigid camera pose"):
+        render(random_scene(10, 0), scaled, KS, W, H)
+    torch.testing.assert_close(rigid_inverse(CAMS), torch.linalg.inv(CAMS), atol=1e-6, rtol=0)
+
+
+def test_value_checks_are_for_host_tensors_or_on_request():
+    """check_values=None checks CPU tensors (free there; a device sync on CUDA); False reads
+    no values at all (what the CUDA path does by default)."""
+    bad = random_scene(10, 0)
+    bad.quats[2] = 0.0
+    with pytest.raises(ValueError, match="all-zero quaternions"):
+        render(bad, CAMS, KS, W, H, check_values=True)
+    out = render(random_scene(10, 0), CAMS * 1.1, KS, W, H, check_values=False)  # not rigid, not checked
+    assert out.rgb.shape == (2, H, W, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# gsplat's kernels: checked once
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_gsplat_check(monkeypatch):
+    """check_gsplat's memory emptied for the test (restored after), with a count of the checks."""
+    from ilrm_nerfstudio.render import rendering
+
+    monkeypatch.setattr(rendering, "_gsplat_problem", [])
+    calls = []
+    find = rendering._find_gsplat_problem
+
+    def counted():
+        calls.append(1)
+        return find()
+
+    monkeypatch.setattr(rendering, "_find_gsplat_problem", counted)
+    return calls
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")
+def test_gsplat_check_runs_once_and_fails_in_one_line(fresh_gsplat_check):
+    messages = []
+    for _ in range(3):
+        with pytest.raises(ILRMError) as error:
+            check_gsplat()
+        messages.append(str(error.value))
+    assert len(fresh_gsplat_check) == 1  # checked once, then answered from memory
+    assert len(set(messages)) == 1 and "\n" not in messages[0]
+    assert "no CUDA device" in messages[0] and "backend='torch'" in messages[0]
+
+
+def test_gsplat_without_nvcc_is_named(tmp_path):
+    """gsplat 1.4.0 builds its kernels with nvcc on first use; without nvcc (and without a build
+    that ships them) the cause is said, not "'NoneType' object has no attribute"."""
+    import importlib.util
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("gsplat")
+    if importlib.util.find_spec("gsplat.csrc") is not None:
+        pytest.skip("this gsplat ships compiled kernels: nothing to build")
+    path = os.pathsep.join(
+        d for d in os.environ.get("PATH", "").split(os.pathsep) if d and shutil.which("nvcc", path=d) is None
+    )
+    code = "from ilrm_nerfstudio.render.rendering import gsplat_kernels_problem; print(gsplat_kernels_problem())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": path}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no nvcc on the PATH" in result.stdout.strip().splitlines()[-1]
+
+
 # ------------------------------------------------------------------------------------------------
 # gsplat backend (CUDA only)
 # ------------------------------------------------------------------------------------------------
@@ -554,6 +647,12 @@ def test_gsplat_backend_matches_torch_backend(sh_degree):
     b = render(b_in, c2w, K, W, H, background=bg, backend="torch")
     for name in ("rgb", "alpha", "depth"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-4, rtol=1e-4)
+    # the densification meta: the same Gaussians seen, at the same pixels, the same radii (float32
+    # on the GPU, float64 inside ours: a radius may round up differently at an integer)
+    seen = b.radii > 0
+    assert torch.equal(a.radii > 0, seen)
+    assert (a.radii[seen] - b.radii[seen]).abs().max() <= 1 and (a.radii[seen] != b.radii[seen]).float().mean() < 0.01
+    torch.testing.assert_close(a.means2d[seen], b.means2d[seen], atol=1e-3, rtol=1e-5)
     loss_of(a.rgb, a.alpha, a.depth).backward()
     loss_of(b.rgb, b.alpha, b.depth).backward()
     for name in ("means", "scales", "quats", "opacities", "sh"):

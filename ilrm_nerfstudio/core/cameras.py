@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# OpenGL/nerfstudio (x right, y up, z back) <-> OpenCV (x right, y down, z forward): flip y and z.
-_GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
-
 
 def opengl_to_opencv(c2w: Tensor) -> Tensor:
-    """[..., 4, 4] or [..., 3, 4] OpenGL c2w -> OpenCV c2w (its own inverse)."""
-    flip = _GL_TO_CV.to(c2w)[: c2w.shape[-1], : c2w.shape[-1]]
-    return c2w @ flip
+    """[..., 4, 4] or [..., 3, 4] OpenGL c2w -> OpenCV c2w (its own inverse).
+
+    OpenGL/nerfstudio (x right, y up, z back) <-> OpenCV (x right, y down, z forward): the y and z
+    axes (columns 1 and 2) change sign. (A sign flip, not a product with a constant matrix: no
+    constant is copied to the device at every call.)"""
+    return torch.cat([c2w[..., :1], -c2w[..., 1:3], c2w[..., 3:]], dim=-1)
 
 
 opencv_to_opengl = opengl_to_opencv
@@ -28,9 +28,18 @@ def to_homogeneous(c2w: Tensor) -> Tensor:
     """[..., 3, 4] -> [..., 4, 4] (no-op for [..., 4, 4])."""
     if c2w.shape[-2] == 4:
         return c2w
-    bottom = torch.zeros_like(c2w[..., :1, :])
-    bottom[..., 0, 3] = 1.0
+    # (0, 0, 0, 1) made where c2w is: writing a Python 1.0 into a CUDA tensor would copy it there
+    bottom = torch.eye(4, dtype=c2w.dtype, device=c2w.device)[3:].expand(*c2w.shape[:-2], 1, 4)
     return torch.cat([c2w, bottom], dim=-2)
+
+
+def rigid_inverse(c2w: Tensor) -> Tensor:
+    """World-to-camera matrices [..., 4, 4] of rigid camera-to-world matrices c2w [..., 4, 4]
+    (rotation R, translation t): [R^T, -R^T t]. Exact for rigid poses and free of the device sync
+    of `torch.linalg.inv` (which checks for singular matrices on the host)."""
+    rotation_t = c2w[..., :3, :3].transpose(-1, -2)  # [..., 3, 3]
+    translation = -(rotation_t @ c2w[..., :3, 3:])  # [..., 3, 1]
+    return to_homogeneous(torch.cat([rotation_t, translation], dim=-1))
 
 
 def intrinsics_matrix(fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor) -> Tensor:
@@ -47,8 +56,8 @@ def scale_intrinsics(K: Tensor, factor_x: float, factor_y: float | None = None) 
     scale by the same factor; this is exact for any principal point.
     """
     factor_y = factor_x if factor_y is None else factor_y
-    scale = torch.tensor([factor_x, factor_y, 1.0], dtype=K.dtype, device=K.device)
-    return K * scale[:, None]
+    # rows (fx, 0, cx) and (0, fy, cy) scale; Python scalars: no constant tensor copied to the device
+    return torch.cat([K[..., :1, :] * factor_x, K[..., 1:2, :] * factor_y, K[..., 2:, :]], dim=-2)
 
 
 @torch.autocast("cuda", enabled=False)

@@ -535,6 +535,14 @@ class ILRM(nn.Module):
                 f"cross_attention_groups = {cfg.cross_attention_groups} ({self.groups.gh}x{self.groups.gw} "
                 f"subsets): image size must be divisible by {multiple * self.groups.gh}x{multiple * self.groups.gw}"
             )
+        if c2w.device.type == "cpu":  # values: see check_values
+            self.check_values(c2w, K)
+
+    @staticmethod
+    def check_values(c2w: Tensor, K: Tensor) -> None:
+        """NaN/Inf cameras -> ValueError. Run for host tensors only, where it is free (data enters
+        there and the loaders check it): reading a CUDA tensor's answer back would stall the GPU at
+        every step."""
         if not (torch.isfinite(c2w).all() and torch.isfinite(K).all()):
             raise ValueError("camera poses or intrinsics contain NaN or infinite values")
 
@@ -616,8 +624,8 @@ def decode_gaussians(
 
     means = ray_o + distance * ray_d
     quats = parts["rotation"]
-    if cfg.gaussian_param == "bounded":  # start near the identity rotation
-        quats = quats + torch.tensor([1.0, 0.0, 0.0, 0.0], device=raw.device)
+    if cfg.gaussian_param == "bounded":  # start near the identity rotation: w + 1
+        quats = torch.cat([quats[..., :1] + 1.0, quats[..., 1:]], dim=-1)
     quats = F.normalize(quats, dim=-1)
     sh = parts["sh"].unflatten(-1, ((cfg.sh_degree + 1) ** 2, 3))
     B = raw.shape[0]

@@ -486,11 +486,19 @@ class ILRMDataManager(DataManager):
             num_workers=cfg.num_workers,
             persistent_workers=cfg.num_workers > 0,
             collate_fn=default_collate,
+            pin_memory=self.pin_memory(),
         )
         self.train_iterator = iter(self.train_loader)
 
+    def pin_memory(self) -> bool:
+        """Loaders put batches in page-locked memory when they go to a GPU (copied asynchronously)."""
+        return torch.device(self.device).type == "cuda"
+
     def to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        """The batch's tensors on the training device; from page-locked memory (`pin_memory`) the
+        copies are queued without waiting for the GPU."""
+        queued = self.pin_memory()
+        return {k: v.to(self.device, non_blocking=queued) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def next_train(self, step: int) -> dict:
         self.train_count += 1
@@ -552,7 +560,10 @@ class ILRMDataManager(DataManager):
             samples = [self.eval_dataset[i] for i in indices]
         except ILRMError as error:
             raise ILRMError(f"evaluation: {one_line(error)}") from None
-        return self.to_device(default_collate(samples))
+        batch = default_collate(samples)
+        if self.pin_memory():
+            batch = {k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in batch.items()}
+        return self.to_device(batch)
 
     def check_eval_scenes(self) -> None:
         if not self.eval_dataset.episodes:
@@ -585,7 +596,13 @@ class ILRMDataManager(DataManager):
             for batch in batches:
                 yield self.eval_batch(batch)
             return
-        loader = DataLoader(self.eval_dataset, batch_sampler=batches, num_workers=workers, collate_fn=default_collate)
+        loader = DataLoader(
+            self.eval_dataset,
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=default_collate,
+            pin_memory=self.pin_memory(),
+        )
         iterator = iter(loader)
         while True:
             try:

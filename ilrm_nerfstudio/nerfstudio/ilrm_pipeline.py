@@ -92,15 +92,17 @@ class ILRMPipeline(VanillaPipeline):
                 "world_size > 1 needs an initialized torch.distributed process group "
                 "(nerfstudio's launch or ilrm-train)"
             )
+        # Every trainable parameter gets a gradient at every step (nerfstudio's device marker and
+        # the stored scene's Gaussians are not trainable), so DDP needs no find_unused_parameters
+        # and its extra traversal of the graph.
+        self._model.device_indicator_param.requires_grad_(False)
         torch_device = torch.device(device)
         if torch_device.type == "cuda":
             index = torch_device.index if torch_device.index is not None else torch.cuda.current_device()
             torch.cuda.set_device(index)  # NCCL collectives (barrier, all_gather_object) use the current device
-            self._model = typing.cast(
-                Model, DDP(self._model, device_ids=[index], output_device=index, find_unused_parameters=True)
-            )
+            self._model = typing.cast(Model, DDP(self._model, device_ids=[index], output_device=index))
         else:
-            self._model = typing.cast(Model, DDP(self._model, find_unused_parameters=True))
+            self._model = typing.cast(Model, DDP(self._model))
         # Evaluation results are Python objects: gather them over gloo, whatever the backend (NCCL
         # would need them on the right GPU). Every rank creates the group, in the same order.
         self._object_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD

@@ -64,7 +64,9 @@ class GaussianSceneModel(SplatfactoModel):
         self.gauss_params = nn.ParameterDict()
         self.set_scene_gaussians(None)
         self.crop_box = None
-        self.background_color = self._fixed_background()
+        # A buffer: it moves with the model, so no render copies it to the device (not saved in
+        # checkpoints; the viewer's set_background replaces it).
+        self.register_buffer("background_color", self._fixed_background(), persistent=False)
         self.step = 0
 
     # -- the scene ------------------------------------------------------------------------------
@@ -144,7 +146,7 @@ class GaussianSceneModel(SplatfactoModel):
     def _get_background_color(self) -> Tensor:
         if self.config.background_color == "random" and self.training:
             return torch.rand(3, device=self.device)
-        return self.background_color.to(self.device)
+        return self.background_color.to(self.device)  # a no-op: the buffer is there (unless replaced)
 
     # -- rendering ---------------------------------------------------------------------------------
 
@@ -174,12 +176,13 @@ class GaussianSceneModel(SplatfactoModel):
 
     def render_camera_batch(self, camera: Cameras, background: Tensor | None = None) -> dict[str, Tensor]:
         """Every camera of `camera` (all of one size) -> rgb [C, H, W, 3], accumulation, depth."""
-        camera = camera.to(self.device)
-        c2w, K = self.opencv_cameras(camera)
+        # image sizes: read before the move (free on the host, a device sync on the device)
         widths, heights = camera.width.reshape(-1), camera.height.reshape(-1)
         if bool((widths != widths[0]).any() or (heights != heights[0]).any()):
             raise ValueError("render_camera_batch: all cameras must have the same image size")
-        return self.render_views(self.visible_gaussians(), c2w, K, int(heights[0]), int(widths[0]), background)
+        height, width = int(heights[0]), int(widths[0])
+        c2w, K = self.opencv_cameras(camera.to(self.device))
+        return self.render_views(self.visible_gaussians(), c2w, K, height, width, background)
 
     def render_cameras(self, camera: Cameras) -> dict:
         """The first camera of `camera` -> [H, W, c] outputs (what the viewer and ns-render use)."""

@@ -32,6 +32,7 @@ ALPHA_MAX = 0.999
 ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
 TILE_SIZE = 16
+RADIUS_MAX = 2**31 - 1  # gsplat's int32 radii: CUDA's float -> int32 conversion saturates here
 
 BLOCK = 8  # pixel block side: 64 SIMD lanes; must divide TILE_SIZE
 LANES = BLOCK * BLOCK
@@ -475,7 +476,7 @@ def project_fwd(means, quats, scales, w2c, Ks, width, height, near, far, eps2d, 
             radius = math.ceil(3.0 * math.sqrt(v1))
             if radius <= 0 or mx + radius <= 0 or mx - radius >= width or my + radius <= 0 or my - radius >= height:
                 continue
-            radii[c, g] = int(min(radius, 2.0**30))
+            radii[c, g] = int(min(radius, RADIUS_MAX))
             means2d[c, g, 0], means2d[c, g, 1] = mx, my
             conics[c, g, 0], conics[c, g, 1], conics[c, g, 2] = cc / det, -b / det, a / det
             cov2d[c, g, 0], cov2d[c, g, 1], cov2d[c, g, 2] = a, b, cc

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ilrm_nerfstudio.core.cameras import rigid_inverse
+from ilrm_nerfstudio.core.errors import ILRMError, brief
 from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.core.precision import no_autocast
 from ilrm_nerfstudio.core.sh import sh_to_rgb
@@ -53,6 +55,8 @@ T_MIN = 1e-4  # a pixel stops before the Gaussian that would bring T to <= T_MIN
 EPS2D = 0.3  # low-pass filter added to the 2D covariance diagonal, px^2
 TILE_SIZE = 16  # gsplat's default tile size; it decides where tails are clipped
 FOV_MARGIN = 0.3  # x/z is clamped to the image bounds + 0.3 * tan(fov / 2)
+
+RIGID_TOLERANCE = 1e-3  # |R R^T - I| of a camera pose, as the data loaders' check (data/validate.py)
 
 BACKENDS = ("auto", "gsplat", "torch")
 
@@ -251,7 +255,9 @@ class _Rasterize(torch.autograd.Function):
 
 def _validate(
     gaussians: Gaussians, c2w: Tensor, K: Tensor, width, height, background, near_plane, far_plane, backend
-) -> None:
+) -> dict[str, Tensor]:
+    """Types, shapes, options and devices -> ValueError naming the input (no tensor values are
+    read: no device sync). Returns the input tensors by name, for `_check_values`."""
     if not isinstance(gaussians, Gaussians):
         raise ValueError(f"gaussians must be a Gaussians instance, got {type(gaussians).__name__}")
     means = gaussians.means
@@ -293,16 +299,37 @@ def _validate(
     devices = {t.device for t in tensors.values()}
     if len(devices) > 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(str(d) for d in devices)}")
-    # One device sync for all the NaN/Inf checks; name the culprit only when one fails.
+    return tensors
+
+
+def _check_values(tensors: dict[str, Tensor], quats: Tensor, c2w: Tensor) -> None:
+    """NaN or Inf anywhere, all-zero quaternions, camera poses that are not rigid -> ValueError
+    naming the input. Reading the answers back is a host-device sync (see `render`)."""
+    # One read-back for all the NaN/Inf checks; name the culprit only when one fails.
     # (max |t| propagates NaN and Inf and is ~10x cheaper than isfinite(t).all() on a CPU)
     finite = torch.stack(
-        [torch.isfinite(t.abs().amax()) if t.numel() else torch.tensor(True, device=t.device) for t in tensors.values()]
+        [
+            torch.isfinite(t.abs().amax()) if t.numel() else torch.ones((), dtype=torch.bool, device=t.device)
+            for t in tensors.values()
+        ]
     )
     if not bool(finite.all()):
         bad = [name for name, ok in zip(tensors, finite.tolist()) if not ok]
         raise ValueError(f"{', '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or Inf values")
-    if N and bool((gaussians.quats == 0).all(dim=-1).any()):
+    if len(quats) and bool((quats == 0).all(dim=-1).any()):
         raise ValueError("gaussians.quats contains all-zero quaternions (no rotation can be derived from them)")
+    # render() inverts poses as rigid transforms ([R^T, -R^T t]): anything else would be drawn wrong
+    pose = c2w.detach().double()
+    rotation = pose[:, :3, :3]
+    eye = torch.eye(3, dtype=torch.float64, device=pose.device)
+    error = (rotation @ rotation.transpose(1, 2) - eye).abs().amax(dim=(1, 2))  # [C]
+    error = error.maximum(pose[:, 3, :3].abs().amax(1)).maximum((pose[:, 3, 3] - 1.0).abs())
+    if bool((error > RIGID_TOLERANCE).any()):
+        i = int(error.argmax())
+        raise ValueError(
+            f"c2w[{i}] is not a rigid camera pose (rotation not orthonormal or last row not 0 0 0 1: "
+            f"error {float(error[i]):.3g}); render() takes rotation + translation camera-to-world matrices"
+        )
 
 
 def render(
@@ -315,31 +342,40 @@ def render(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     backend: str = "auto",
+    check_values: bool | None = None,
 ) -> RenderOutput:
     """Render `gaussians` into C cameras.
 
     gaussians: see `Gaussians` (means [N, 3], scales [N, 3], quats [N, 4] wxyz, opacities [N],
         sh [N, K, 3]); the SH degree comes from K.
-    c2w: [C, 4, 4] OpenCV camera-to-world; K: [C, 3, 3] pixel intrinsics (pixel centers at +0.5).
+    c2w: [C, 4, 4] OpenCV camera-to-world, rigid (rotation + translation; inverted as [R^T, -R^T t]);
+        K: [C, 3, 3] pixel intrinsics (pixel centers at +0.5).
     background: [3] (or [C, 3]) color composited as rgb + (1 - alpha) * background; None = black.
     backend: "gsplat" (CUDA only), "torch" (the CPU rasterizer; anywhere) or "auto" (gsplat for
-        CUDA tensors).
+        CUDA tensors). The first gsplat render checks once that gsplat's CUDA kernels load
+        (`check_gsplat`).
+    check_values: look for NaN/Inf values, all-zero quaternions and non-rigid poses (ValueError
+        naming the input). None (default): only for CPU tensors, where it is free; on CUDA it
+        would stall the GPU at every render (the values come from data that the loaders check on
+        the CPU, or from the network). True/False: always/never.
     Everything is computed in fp32 with autocast disabled; outputs are fp32.
 
     Returns a `RenderOutput`: rgb [C, H, W, 3], alpha [C, H, W, 1], depth [C, H, W, 1] and, for
-    densification (torch backend; None from the gsplat backend), what gsplat's
-    `rasterization(packed=False)` puts in its meta:
+    densification, what gsplat's `rasterization(packed=False)` puts in its meta:
       means2d [C, N, 2] float32: projected pixel coordinates of every (camera, Gaussian), 0 where
-        culled. A non-leaf tensor of the graph: call `out.means2d.retain_grad()` before
-        `backward()`, then `out.means2d.grad` is the screen-space gradient (pixel units) that
-        gsplat's DefaultStrategy accumulates (it rescales by width / 2 * n_cameras itself).
+        culled (torch backend; gsplat leaves those entries undefined). A non-leaf tensor of the
+        graph: call `out.means2d.retain_grad()` before `backward()`, then `out.means2d.grad` is
+        the screen-space gradient (pixel units) that gsplat's DefaultStrategy accumulates (it
+        rescales by width / 2 * n_cameras itself).
       radii [C, N] int32: gsplat's 3-sigma pixel radius, 0 where culled (visible = radii > 0).
       info: a dict {"means2d", "radii", "gaussian_ids": None, "width", "height", "n_cameras"},
         what `DefaultStrategy.step_pre_backward / step_post_backward(..., info, packed=False)`
         read.
     """
-    _validate(gaussians, c2w, K, width, height, background, near_plane, far_plane, backend)
+    tensors = _validate(gaussians, c2w, K, width, height, background, near_plane, far_plane, backend)
     device = gaussians.means.device
+    if check_values if check_values is not None else device.type == "cpu":
+        _check_values(tensors, gaussians.quats, c2w)
     if backend == "auto":
         backend = "gsplat" if device.type == "cuda" else "torch"
     width, height = int(width), int(height)
@@ -382,7 +418,7 @@ def _render_torch(
     far_plane: float,
 ) -> RenderOutput:
     C = c2w.shape[0]
-    w2c = torch.linalg.inv(c2w)  # [C, 4, 4]
+    w2c = rigid_inverse(c2w)  # [C, 4, 4]
     means2d, conics, depths, cov2d, radii = _Project.apply(
         g.means, g.quats, g.scales, w2c, K, width, height, near_plane, far_plane
     )
@@ -411,27 +447,27 @@ def _render_gsplat(
 ) -> RenderOutput:
     if c2w.device.type != "cuda":
         raise ValueError(f"backend='gsplat' needs CUDA tensors, got device {c2w.device}; use backend='torch'")
-    try:
-        from gsplat import rasterization
-    except Exception as error:  # ImportError, or a broken CUDA extension
-        raise RuntimeError(
-            "backend='gsplat' needs the gsplat package (pip install gsplat>=1.4.0) with a working "
-            f"CUDA build; importing it failed: {error!r}. Use backend='torch' instead."
-        ) from error
-    colors, alphas, meta = rasterization(
+    check_gsplat()
+    from gsplat import rasterization
+
+    if g.sh_degree == 0:  # view-independent: gsplat composites the colors as given, no SH pass
+        colors, sh_degree = sh_to_rgb(g.sh, g.means), None  # [N, 3] (degree 0 ignores directions)
+    else:
+        colors, sh_degree = g.sh, g.sh_degree  # [N, K, 3]; gsplat adds 0.5 and clamps at 0
+    rgbd, alphas, meta = rasterization(
         means=g.means,
         quats=g.quats,
         scales=g.scales,
         opacities=g.opacities,
-        colors=g.sh,
-        viewmats=torch.linalg.inv(c2w),
+        colors=colors,
+        viewmats=rigid_inverse(c2w),
         Ks=K,
         width=width,
         height=height,
         near_plane=near_plane,
         far_plane=far_plane,
         eps2d=EPS2D,
-        sh_degree=g.sh_degree,
+        sh_degree=sh_degree,
         packed=False,
         tile_size=TILE_SIZE,
         backgrounds=None if bg is None else bg.contiguous(),
@@ -440,5 +476,83 @@ def _render_gsplat(
     )
     # gsplat's own screen-space means and radii: what its DefaultStrategy densifies with.
     return RenderOutput(
-        rgb=colors[..., :3], alpha=alphas, depth=colors[..., 3:4], means2d=meta.get("means2d"), radii=meta.get("radii")
+        rgb=rgbd[..., :3], alpha=alphas, depth=rgbd[..., 3:4], means2d=meta.get("means2d"), radii=meta.get("radii")
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# gsplat's CUDA kernels: checked once per process
+# ----------------------------------------------------------------------------------------------
+
+_GSPLAT_LOCK = threading.Lock()
+_gsplat_problem: list[str | None] = []  # empty until checked; then [None] (works) or [the cause]
+
+
+def check_gsplat() -> None:
+    """Make sure, once per process, that gsplat's CUDA kernels load and run; afterwards answer
+    from memory: a failure raises ILRMError, one line naming the cause, at every later call.
+
+    gsplat 1.4.0 ships CUDA sources, not kernels: its first kernel call JIT-builds them with nvcc
+    (minutes) into torch's extension cache, a build that fails is tried again at every later call
+    (its wrappers import `gsplat.cuda._backend` per call), and without nvcc every call fails with
+    "'NoneType' object has no attribute ...". `render()` calls this before its first gsplat
+    render, so that none of that reaches a training loop.
+    """
+    with _GSPLAT_LOCK:
+        if not _gsplat_problem:
+            _gsplat_problem.append(_find_gsplat_problem())
+        problem = _gsplat_problem[0]
+    if problem is not None:
+        raise ILRMError(f"backend='gsplat' cannot render: {problem}; use backend='torch' (the CPU rasterizer)")
+
+
+def _find_gsplat_problem() -> str | None:
+    """None when gsplat renders on this machine's GPU, else the cause as a clause."""
+    if not torch.cuda.is_available():
+        return "no CUDA device is available (gsplat's rasterizer runs CUDA kernels only)"
+    problem = gsplat_kernels_problem()
+    if problem is not None:
+        return problem
+    return _gsplat_test_render_problem()
+
+
+def gsplat_kernels_problem() -> str | None:
+    """Load gsplat's compiled kernels (the extension a gsplat build ships, else gsplat's JIT build
+    of its sources, minutes the first time) without needing a GPU: None when they load, else the
+    cause (gsplat missing, no nvcc to build them, the build failed)."""
+    try:
+        import gsplat  # noqa: F401
+    except Exception as error:
+        return f"gsplat cannot be imported ({brief(error)}); pip install 'gsplat>=1.4,<1.5'"
+    try:
+        from gsplat.cuda._backend import _C as kernels
+    except Exception as error:  # the JIT build failed (nvcc error, compiler, disk, ...)
+        return (
+            f"building gsplat's CUDA kernels failed ({brief(error)}); the build log is in torch's extension "
+            "folder (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions)"
+        )
+    if kernels is None:  # gsplat found no nvcc and disabled its kernels
+        return (
+            "gsplat has no compiled CUDA kernels and there is no nvcc on the PATH to build them "
+            "(gsplat 1.4.0 compiles its kernels on first use: install the CUDA toolkit or a gsplat build "
+            "with its kernels)"
+        )
+    return None
+
+
+def _gsplat_test_render_problem() -> str | None:
+    """One Gaussian through gsplat into a 16 x 16 image: the kernels run on this GPU (a build for
+    another architecture loads but fails here)."""
+    from gsplat import rasterization
+
+    try:
+        one = lambda *shape: torch.ones(*shape, device="cuda")  # noqa: E731
+        viewmat, K = torch.eye(4, device="cuda")[None], torch.eye(3, device="cuda")[None] * 16.0
+        K[0, :2, 2], K[0, 2, 2] = 8.0, 1.0
+        means = torch.zeros(1, 3, device="cuda")
+        means[0, 2] = 2.0
+        rasterization(means, one(1, 4), one(1, 3) * 0.1, one(1) * 0.5, one(1, 3), viewmat, K, 16, 16)
+        torch.cuda.synchronize()
+    except Exception as error:
+        return f"gsplat's CUDA kernels failed on a one-Gaussian test render ({brief(error)})"
+    return None
