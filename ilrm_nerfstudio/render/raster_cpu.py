@@ -61,6 +61,37 @@ def _exp_neg(p, C):
     return q * q
 
 
+@nb.njit(inline="always")
+def _tile_range(mx, my, r, tile_w, tile_h):
+    """gsplat's isect_tiles, in float32 as gsplat: the 16 px tiles [tx0, tx1) x [ty0, ty1) that the
+    radius box of a Gaussian at pixel (mx, my) with radius r > 0 touches (floor / ceil of the
+    tile-unit box, clamped to the image's tiles)."""
+    ts = np.float32(TILE_SIZE)
+    tr = np.float32(r) / ts
+    fx, fy = np.float32(mx) / ts, np.float32(my) / ts
+    tx0 = min(max(0, int(math.floor(fx - tr))), tile_w)
+    tx1 = min(max(0, int(math.ceil(fx + tr))), tile_w)
+    ty0 = min(max(0, int(math.floor(fy - tr))), tile_h)
+    ty1 = min(max(0, int(math.ceil(fy + tr))), tile_h)
+    return tx0, tx1, ty0, ty1
+
+
+@nb.njit(cache=True)
+def tile_ranges(means2d, radii, width, height):
+    """[C, N, 4] int64: the tiles (tx0, tx1, ty0, ty1) each projected Gaussian is drawn in (what
+    gsplat's isect_tiles lists; empty where the radius is 0)."""
+    C, N = radii.shape
+    tile_w = (width + TILE_SIZE - 1) // TILE_SIZE
+    tile_h = (height + TILE_SIZE - 1) // TILE_SIZE
+    out = np.zeros((C, N, 4), np.int64)
+    for c in range(C):
+        for g in range(N):
+            if radii[c, g] > 0:
+                tx0, tx1, ty0, ty1 = _tile_range(means2d[c, g, 0], means2d[c, g, 1], radii[c, g], tile_w, tile_h)
+                out[c, g, 0], out[c, g, 1], out[c, g, 2], out[c, g, 3] = tx0, tx1, ty0, ty1
+    return out
+
+
 @nb.njit(parallel=True, cache=True)
 def _ranges(means2d, cov2d, opac, radii, order, width, height):
     """Per drawn Gaussian order[i]: the block range [bx0, bx1) x [by0, by1) it is listed in, and
@@ -70,7 +101,6 @@ def _ranges(means2d, cov2d, opac, radii, order, width, height):
     tile_h = (height + TILE_SIZE - 1) // TILE_SIZE
     ranges = np.zeros((S, 4), np.int64)
     counts = np.zeros(S, np.int64)
-    ts = np.float32(TILE_SIZE)
     for i in nb.prange(S):
         g = order[i]
         r = radii[g]
@@ -79,13 +109,10 @@ def _ranges(means2d, cov2d, opac, radii, order, width, height):
             continue
         mx = means2d[g, 0]
         my = means2d[g, 1]
-        # gsplat's isect_tiles, in float32 as gsplat: tiles [floor(t - r), ceil(t + r))
-        tr = np.float32(r) / ts
-        fx, fy = np.float32(mx) / ts, np.float32(my) / ts
-        tx0 = min(max(0, int(math.floor(fx - tr))), tile_w) * TILE_SIZE
-        tx1 = min(min(max(0, int(math.ceil(fx + tr))), tile_w) * TILE_SIZE, width)
-        ty0 = min(max(0, int(math.floor(fy - tr))), tile_h) * TILE_SIZE
-        ty1 = min(min(max(0, int(math.ceil(fy + tr))), tile_h) * TILE_SIZE, height)
+        # pixels of gsplat's tiles
+        tx0, tx1, ty0, ty1 = _tile_range(mx, my, r, tile_w, tile_h)
+        tx0, tx1 = tx0 * TILE_SIZE, min(tx1 * TILE_SIZE, width)
+        ty0, ty1 = ty0 * TILE_SIZE, min(ty1 * TILE_SIZE, height)
         # pixels whose center can have alpha >= 1/255 (slack for rounding; exact tests per pair)
         thresh = math.log(max(255.0 * o, 1.0))
         ex = math.sqrt(2.0 * thresh * cov2d[g, 0]) * 1.0001 + 0.02
@@ -358,6 +385,8 @@ def count_pairs(starts, packed, end, width, height):
 
 
 # 3 x 3 matrices are row-major 9-tuples here (no heap allocation inside the parallel loops).
+# Inputs are read as np.float64: numba's float() keeps a float32 a float32, and the 2D covariance of
+# a flat Gaussian seen edge-on loses digits to cancellation (det = a c - b^2).
 
 
 @nb.njit(cache=True)
@@ -401,8 +430,9 @@ def _rotmat(q0, q1, q2, q3):
 
 @nb.njit(cache=True)
 def _world_cov(quats, scales, g):
-    R, w, x, y, z, n = _rotmat(quats[g, 0], quats[g, 1], quats[g, 2], quats[g, 3])
-    s0, s1, s2 = float(scales[g, 0]), float(scales[g, 1]), float(scales[g, 2])
+    q0, q1, q2, q3 = np.float64(quats[g, 0]), np.float64(quats[g, 1]), np.float64(quats[g, 2]), np.float64(quats[g, 3])
+    R, w, x, y, z, n = _rotmat(q0, q1, q2, q3)
+    s0, s1, s2 = np.float64(scales[g, 0]), np.float64(scales[g, 1]), np.float64(scales[g, 2])
     M = (R[0] * s0, R[1] * s1, R[2] * s2, R[3] * s0, R[4] * s1, R[5] * s2, R[6] * s0, R[7] * s1, R[8] * s2)
     return M, _mm(M, _tr(M)), R, w, x, y, z, n
 
@@ -410,18 +440,18 @@ def _world_cov(quats, scales, g):
 @nb.njit(cache=True)
 def _camera(w2c, Ks, c):
     R = (
-        float(w2c[c, 0, 0]),
-        float(w2c[c, 0, 1]),
-        float(w2c[c, 0, 2]),
-        float(w2c[c, 1, 0]),
-        float(w2c[c, 1, 1]),
-        float(w2c[c, 1, 2]),
-        float(w2c[c, 2, 0]),
-        float(w2c[c, 2, 1]),
-        float(w2c[c, 2, 2]),
+        np.float64(w2c[c, 0, 0]),
+        np.float64(w2c[c, 0, 1]),
+        np.float64(w2c[c, 0, 2]),
+        np.float64(w2c[c, 1, 0]),
+        np.float64(w2c[c, 1, 1]),
+        np.float64(w2c[c, 1, 2]),
+        np.float64(w2c[c, 2, 0]),
+        np.float64(w2c[c, 2, 1]),
+        np.float64(w2c[c, 2, 2]),
     )
-    t = (float(w2c[c, 0, 3]), float(w2c[c, 1, 3]), float(w2c[c, 2, 3]))
-    return R, t, float(Ks[c, 0, 0]), float(Ks[c, 1, 1]), float(Ks[c, 0, 2]), float(Ks[c, 1, 2])
+    t = (np.float64(w2c[c, 0, 3]), np.float64(w2c[c, 1, 3]), np.float64(w2c[c, 2, 3]))
+    return R, t, np.float64(Ks[c, 0, 0]), np.float64(Ks[c, 1, 1]), np.float64(Ks[c, 0, 2]), np.float64(Ks[c, 1, 2])
 
 
 @nb.njit(cache=True)
@@ -454,7 +484,7 @@ def project_fwd(means, quats, scales, w2c, Ks, width, height, near, far, eps2d, 
     radii = np.zeros((C, N), np.int32)
     for g in nb.prange(N):
         _, S3, _, _, _, _, _, _ = _world_cov(quats, scales, g)
-        m0, m1, m2 = float(means[g, 0]), float(means[g, 1]), float(means[g, 2])
+        m0, m1, m2 = np.float64(means[g, 0]), np.float64(means[g, 1]), np.float64(means[g, 2])
         for c in range(C):
             R, t, fx, fy, cx, cy = _camera(w2c, Ks, c)
             x = R[0] * m0 + R[1] * m1 + R[2] * m2 + t[0]
@@ -497,7 +527,7 @@ def project_bwd(
     v_cam = np.zeros((C, N if want_cam else 0, 12), np.float64)
     for g in nb.prange(N):
         M, S3, Rq, w, x_, y_, z_, qn = _world_cov(quats, scales, g)
-        m0, m1, m2 = float(means[g, 0]), float(means[g, 1]), float(means[g, 2])
+        m0, m1, m2 = np.float64(means[g, 0]), np.float64(means[g, 1]), np.float64(means[g, 2])
         v_S3 = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         for c in range(C):
             if radii[c, g] <= 0:
@@ -508,8 +538,12 @@ def project_bwd(
             z = R[6] * m0 + R[7] * m1 + R[8] * m2 + t[2]
             j00, j02, j11, j12, tx, ty, in_x, in_y = _jacobian(x, y, z, fx, fy, cx, cy, width, height, margin)
             # conic = inverse(cov): v_cov = -conic G conic, G the symmetric gradient of the conic
-            ia, ib, ic = float(conics[c, g, 0]), float(conics[c, g, 1]), float(conics[c, g, 2])
-            g00, g01, g11 = float(v_conics[c, g, 0]), 0.5 * float(v_conics[c, g, 1]), float(v_conics[c, g, 2])
+            ia, ib, ic = np.float64(conics[c, g, 0]), np.float64(conics[c, g, 1]), np.float64(conics[c, g, 2])
+            g00, g01, g11 = (
+                np.float64(v_conics[c, g, 0]),
+                0.5 * np.float64(v_conics[c, g, 1]),
+                np.float64(v_conics[c, g, 2]),
+            )
             h00, h01, h10, h11 = g00 * ia + g01 * ib, g00 * ib + g01 * ic, g01 * ia + g11 * ib, g01 * ib + g11 * ic
             V00 = -(ia * h00 + ib * h10)
             V01 = -(ia * h01 + ib * h11)
@@ -549,10 +583,10 @@ def project_bwd(
             )
             rz = 1.0 / z
             rz2, rz3 = rz * rz, rz * rz * rz
-            vu, vv = float(v_means2d[c, g, 0]), float(v_means2d[c, g, 1])
+            vu, vv = np.float64(v_means2d[c, g, 0]), np.float64(v_means2d[c, g, 1])
             vx = fx * rz * vu
             vy = fy * rz * vv
-            vz = -(fx * x * vu + fy * y * vv) * rz2 + float(v_depths[c, g])
+            vz = -(fx * x * vu + fy * y * vv) * rz2 + np.float64(v_depths[c, g])
             # gsplat's persp_proj_vjp (the Jacobian with its clamped x/z, y/z)
             if in_x:
                 vx += -fx * rz2 * vJ02
