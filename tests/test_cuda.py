@@ -1,7 +1,8 @@
 """The CUDA path: bf16 autocast, SDPA kernels and a training step through gsplat.
 
-These run only where a CUDA GPU is present (CI has none); `docs/scalability.md` records where and
-when they last ran. The CPU tests cover the same code in fp32.
+These run only where a CUDA GPU is present (CI has none; they skip with that reason). On a lent GPU
+machine `bash scripts/gpu_check.sh` runs them (docs/scalability.md, section 3, records where and
+when they last ran). The CPU tests cover the same code in fp32.
 """
 
 import pytest
@@ -11,7 +12,10 @@ from ilrm_nerfstudio.core.network import ILRM
 from ilrm_nerfstudio.render.rendering import render
 from tests.test_network import random_inputs, tiny_config
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is available here")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU; none is available here (bash scripts/gpu_check.sh runs these on a GPU machine)",
+)
 
 
 def cuda_inputs(**kwargs):
