@@ -53,6 +53,7 @@ def instrumented_train_loop(local_rank: int, world_size: int, config, global_ran
         setup(self, *args, **kwargs)
         record["rank"], record["world"] = torch.distributed.get_rank(), torch.distributed.get_world_size()
         record["ddp"] = type(self.pipeline._model).__name__
+        record["find_unused_parameters"] = self.pipeline._model.find_unused_parameters
         record["shard"] = [episode.name for episode in self.pipeline.datamanager.train_dataset.episodes]
         record["start_step"] = self._start_step
         record["initial"] = network_state(self)
@@ -62,6 +63,9 @@ def instrumented_train_loop(local_rank: int, world_size: int, config, global_ran
         record["losses"].append(float(loss))
         if "after_first_step" not in record:
             record["after_first_step"] = network_state(self)
+            record["trainable_without_grad"] = [
+                name for name, p in self.pipeline.model.named_parameters() if p.requires_grad and p.grad is None
+            ]
         return loss, loss_dict, metrics_dict
 
     def after_train_recorded(self):
@@ -153,6 +157,9 @@ def test_ddp_ranks_train_disjoint_shards_with_their_own_losses(ddp_runs):
     r0, r1 = ddp_runs["fresh"]
     assert (r0["rank"], r1["rank"], r0["world"]) == (0, 1, WORLD)
     assert r0["ddp"] == r1["ddp"] == "DistributedDataParallel"
+    # every trainable parameter gets a gradient (nerfstudio's device marker is not trainable), so
+    # DDP runs without find_unused_parameters and its extra pass over the graph at every step
+    assert r0["find_unused_parameters"] is False and r0["trainable_without_grad"] == []
     assert r0["shard"] and r1["shard"] and not set(r0["shard"]) & set(r1["shard"])
     assert len(r0["shard"]) + len(r1["shard"]) == 6  # the 6 training scenes, all of them
     assert len(r0["losses"]) == len(r1["losses"]) == STEPS
