@@ -62,7 +62,7 @@ seconds_left() { echo $((KIT_START + BUDGET_S - $(date +%s))); }
 
 # step NAME LIMIT_KEY COMMAND...: runs COMMAND under min(its deadline, what the kit has left),
 # streams its output, and reports one line: ok, or the cause of the failure. The exit status of
-# COMMAND is kept in STEP_RC (2 = did not apply: reported as skipped, not as a failure). With
+# COMMAND is kept in STEP_RC (99 = did not apply: reported as skipped, not as a failure). With
 # STEP_NOTE set the ok line also quotes the last line printed; with STEP_SAVE=FILE the output is
 # also saved there. Shell functions run through `bash -c` (exported with export -f).
 step() {
@@ -88,7 +88,7 @@ step() {
     STEP_SAVE=
     case $STEP_RC in
         0) report "- $name: ok ($took s)${STEP_NOTE:+: $last}" ;;
-        2) report "- $name: skipped: $last" ;;
+        99) report "- $name: skipped: $last" ;;
         124 | 137) report "- $name: failed: killed at its ${limit} s deadline"; FAILED=1 ;;
         *) report "- $name: failed (exit $STEP_RC, $took s): $last"; FAILED=1 ;;
     esac
@@ -103,7 +103,7 @@ install() {
     local wheels=(.whl/*.whl)
     if [ ! -e "${wheels[0]}" ]; then
         echo "no .whl/ here (bash scripts/device_wheels.sh prepares it): using the packages already importable"
-        return 2
+        return 99
     fi
     rm -rf "$SITE"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${wheels[@]}" || return 1
@@ -210,7 +210,7 @@ if wanted kernels; then
     fi
     if [ "$KERNELS" = ready ]; then
         STEP_NOTE=1 step "gsplat test render" render "$PY" scripts/gsplat_kernels.py render
-        [ "$STEP_RC" = 0 ] || [ "$STEP_RC" = 2 ] || KERNELS=failed
+        [ "$STEP_RC" = 0 ] || [ "$STEP_RC" = 99 ] || KERNELS=failed
     elif [ "$DEVICE" = cuda ]; then
         KERNELS=failed
     fi

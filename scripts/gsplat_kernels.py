@@ -4,8 +4,8 @@
     python scripts/gsplat_kernels.py build      # CUDA only: load them, JIT-building gsplat's sources if needed (timed)
     python scripts/gsplat_kernels.py render     # CUDA only: a one-Gaussian render through them (render()'s own check)
 
-Exit status: 0 works, 1 failed (the line names the cause), 2 does not apply here (no CUDA device, or
-no prebuilt kernels carried). `prebuilt` imports `gsplat.csrc` directly, not `gsplat.cuda._backend`:
+Exit status: 0 works, 1 failed (the line names the cause), 99 does not apply here (no CUDA device,
+or no prebuilt kernels carried). `prebuilt` imports `gsplat.csrc` directly, not `gsplat.cuda._backend`:
 the latter starts a JIT build whenever nvcc is on the PATH, also on a machine without a GPU.
 """
 
@@ -16,6 +16,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+NOT_HERE = 99  # exit status: the step does not apply on this machine (scripts/gpu_check.sh: skipped)
 
 
 def first_line(error: BaseException) -> str:
@@ -34,7 +36,7 @@ def prebuilt() -> int:
         missing = error.name or ""
         if missing == "gsplat.csrc":
             print("prebuilt gsplat kernels: not carried (the gsplat wheel holds CUDA sources only)")
-            return 2
+            return NOT_HERE
         print(f"prebuilt gsplat kernels: cannot be imported: {first_line(error)}")
         return 1
     except Exception as error:  # noqa: BLE001  ABI mismatch, missing CUDA library, ...
@@ -50,7 +52,7 @@ def build() -> int:
 
     if not torch.cuda.is_available():
         print("gsplat JIT build: not attempted (no CUDA device here)")
-        return 2
+        return NOT_HERE
     from ilrm_nerfstudio.render.rendering import gsplat_kernels_problem
 
     jobs, arch = os.environ.get("MAX_JOBS", "(gsplat's 10)"), os.environ.get("TORCH_CUDA_ARCH_LIST", "(all)")
@@ -78,7 +80,7 @@ def render() -> int:
 
     if not torch.cuda.is_available():
         print("gsplat test render: not attempted (no CUDA device here)")
-        return 2
+        return NOT_HERE
     from ilrm_nerfstudio.core.errors import ILRMError
     from ilrm_nerfstudio.render.rendering import check_gsplat
 
