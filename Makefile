@@ -13,16 +13,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $@
 
-# System tools the nerfstudio CLIs need: ffmpeg (ns-render, ilrm-process), libusb-1.0 (open3d,
-# imported by ns-export), chromium (the viewer screenshot test), colmap (ilrm-process: poses for
-# your own photos). Installed with apt when we are root.
+# System tools with no Python package, for nerfstudio commands: ffmpeg (ns-render's videos),
+# libusb-1.0 (open3d, imported by ns-export), chromium (the viewer screenshot test). Installed with
+# apt when we are root; nothing else needs root: ilrm-process runs on pycolmap, installed into the
+# venv from the package registry like every Python dependency.
 system-deps:
-	@if command -v ffmpeg >/dev/null && command -v chromium >/dev/null && command -v colmap >/dev/null && ldconfig -p | grep -q libusb-1.0; then \
+	@if command -v ffmpeg >/dev/null && command -v chromium >/dev/null && ldconfig -p | grep -q libusb-1.0; then \
 		true; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg libusb-1.0-0 chromium colmap; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg libusb-1.0-0 chromium; \
 	else \
-		echo "note: install ffmpeg, libusb-1.0, chromium and colmap for ns-render, ns-export, the viewer test and ilrm-process"; \
+		echo "note: install ffmpeg (ns-render videos), libusb-1.0 (ns-export) and chromium (the viewer test) with your package manager; ilrm-process and ns-train need none of them"; \
 	fi
 
 setup: system-deps $(VENV)/.installed

@@ -1,53 +1,62 @@
-"""`ilrm-process`: a folder of photos or a video -> a posed nerfstudio dataset, on a headless CPU
-machine without internet.
+"""`ilrm-process`: a folder of photos or a video -> a posed nerfstudio dataset, on a CPU machine
+without internet, display or root, and without a `colmap` program: COLMAP's own Python bindings
+(`pycolmap`, installed into the virtual environment by `make setup`) recover the cameras, and
+nerfstudio's converter (`colmap_utils.colmap_to_json`) writes the dataset.
 
-    ilrm-process my_photos/ my_scene/        # a folder of photos
+    ilrm-process my_photos/ my_scene/        # a folder of photos (jpg, png, tif, heic)
     ilrm-process my_clip.mp4 my_scene/       # a video
 
-It runs nerfstudio's own processing (`ns-process-data images` / `video`, i.e.
-`ImagesToNerfstudioDataset` / `VideoToNerfstudioDataset`) with settings that work there:
+1. Images: each photo is copied to `images/frame_00001.jpg`, ... (sorted by path, nerfstudio's
+   names), upright: a photo stored sideways with an EXIF orientation tag is turned and re-saved
+   (its EXIF focal length kept), a .heic is converted to JPEG (pillow-heif). A video's frames are
+   decoded with PyAV, about `--num-frames-target` of them evenly spaced. Halved copies go to
+   `images_2`, `images_4`, ... (Pillow; no ffmpeg program needed).
+2. SIFT on the CPU, on images scaled to at most `--max-image-size` pixels, at most
+   `--max-num-features` per image. Photos of one size from one camera (EXIF make, model, focal
+   length) share one set of intrinsics (COLMAP's OPENCV model, nerfstudio's default); photos of
+   another size or camera get their own.
+3. Matching without a vocabulary tree (it would be a download): every pair for up to
+   `--exhaustive-up-to` photos (any order), neighbours in file-name order for more photos and for
+   videos (`--matching`).
+4. Mapping: global (GLOMAP, part of COLMAP) or incremental (`--mapper`); the largest of the models
+   COLMAP makes becomes `colmap/sparse/0`.
+5. nerfstudio's `colmap_to_json` writes `transforms.json` (per-frame intrinsics when there are
+   several cameras) with the sparse points as `sparse_pc.ply` (`ply_file_path`), which every
+   nerfstudio dataparser and `ns-train ilrm-finetune` read unchanged.
 
-- CPU SIFT (`gpu=False`): COLMAP's GPU SIFT needs an OpenGL context and aborts without a display;
-  Qt is told to run offscreen (`QT_QPA_PLATFORM=offscreen`).
-- No vocabulary tree (nerfstudio's default downloads one): sequential matching for a video and for
-  more than `--exhaustive-up-to` photos (they are taken in file-name order), exhaustive matching
-  for smaller sets (any order).
-- At most `--max-num-features` SIFT features per image (the CPU matcher's time grows with the
-  square), extracted from images scaled to at most `--max-image-size` pixels (COLMAP's
-  `SiftExtraction.max_image_size`; the keypoints stay in full-size pixel coordinates and the dataset
-  keeps the full-size images plus `--num-downscales` halved copies, of which the `nerfstudio-data`
-  dataparser picks one of at most 1600 pixels by itself).
-
-Then it checks the result and says in one line how many photos COLMAP registered, which it
-dropped and what usually helps. When COLMAP splits the photos into several models, the largest one
-becomes `colmap/sparse/0` (the one nerfstudio converts). Fewer than `--min-frames` registered
-photos, a missing COLMAP or a failed COLMAP step end with one line on stderr and exit status 1.
+It says in one line how many photos got a pose, which were dropped and what usually helps. Bad
+input and failures end with one line on stderr (`ilrm-process: error: ...`) and exit status 1.
+COLMAP's own output of each step is kept in `OUTPUT_DIR/colmap/<step>.log` (`--verbose` shows it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
-import re
-import shlex
 import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
 
-from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.core.errors import ILRMError, brief
 
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".heic", ".heif"}
+COPIED_AS_IS = {".jpg", ".jpeg", ".png"}  # upright photos in these formats are copied byte for byte
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 MIN_KEYPOINTS = 100  # fewer SIFT features than this: the image is featureless for COLMAP
 MIN_PAIR_MATCHES = 15  # COLMAP's default min_num_inliers for a verified image pair
+UPSAMPLE_BELOW = 1200  # px: SIFT on smaller working sizes starts at twice the size (COLMAP's default)
+MAX_IMAGE_ID = 2147483647  # COLMAP's pair_id = image_id1 * MAX_IMAGE_ID + image_id2
+OUTPUT_ENTRIES = {"images", "colmap", "transforms.json", "sparse_pc.ply"}  # what a run writes, besides images_N
 
 OVERLAP_HINT = (
     "each part of the scene should be in 3 or more photos taken a small step apart (about 60-80% "
@@ -62,56 +71,67 @@ class ProcessError(ILRMError):
 
 @dataclass
 class ProcessConfig:
-    """Poses for a folder of photos or a video with COLMAP (CPU, offline), as a nerfstudio dataset
-    that `ns-train ilrm-finetune --data OUTPUT_DIR` reads."""
+    """Poses for a folder of photos or a video with COLMAP's Python bindings (CPU, offline), as a
+    nerfstudio dataset that `ns-train ilrm-finetune --data OUTPUT_DIR` reads."""
 
     data: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="PHOTOS_OR_VIDEO")]]
-    """A folder of photos (jpg, png, tif) or a video file."""
+    """A folder of photos (jpg, png, tif, heic; sub-folders included) or a video file."""
     output_dir: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="OUTPUT_DIR")]]
-    """Where the dataset goes (transforms.json, images/, images_2/, ..., colmap/)."""
+    """Where the dataset goes (transforms.json, images/, images_2/, ..., colmap/): a new or empty
+    folder, or the output of an earlier ilrm-process run (rewritten)."""
     matching: Literal["auto", "sequential", "exhaustive"] = "auto"
-    """COLMAP feature matching. auto: sequential for a video and for more than --exhaustive-up-to
-    photos (neighbours in file-name order), exhaustive (every pair) otherwise."""
-    exhaustive_up_to: int = 60
+    """Feature matching. auto: sequential for a video and for more than --exhaustive-up-to photos
+    (neighbours in file-name order), exhaustive (every pair, any order) otherwise."""
+    exhaustive_up_to: int = 40
     """auto matching: photo sets up to this size are matched exhaustively."""
+    mapper: Literal["global", "incremental"] = "global"
+    """COLMAP's mapper: global (GLOMAP: all cameras at once) or incremental (one camera at a time)."""
     max_image_size: int = 1600
-    """Longest side, in pixels, COLMAP extracts SIFT features at (larger photos are scaled down for
-    that only; 0: COLMAP's own default, 3200)."""
+    """Longest side, in pixels, SIFT works at (larger images are scaled down for that only; the
+    poses and intrinsics are for the full-size images)."""
     max_num_features: int = 4096
-    """SIFT features per image (COLMAP's default is 8192; CPU matching time grows with its square)."""
+    """SIFT features per image (matching time grows with its square)."""
     num_downscales: int = 3
     """Halved copies of the images in the dataset (images_2, images_4, ...)."""
     num_frames_target: int = 120
     """Video: about this many frames are extracted, evenly spaced."""
     min_frames: int = 8
     """Fewer registered photos than this is an error (ilrm-finetune uses 8 input views)."""
-    colmap_cmd: str = "colmap"
-    """How to call COLMAP."""
     verbose: bool = False
-    """Print COLMAP's own output as it runs."""
+    """Print COLMAP's own output as it runs (otherwise it goes to OUTPUT_DIR/colmap/<step>.log)."""
 
 
 @dataclass
 class Result:
-    """What a run produced (also returned by `process` for scripts and tests)."""
+    """What a run produced (also returned by `process` for scripts, benchmarks and tests)."""
 
     output_dir: Path
     kind: Literal["images", "video"]
     matching: str
+    mapper: str
     total: int
     registered: list[str]
-    """Original names (photos) or frame names (video) that have a pose."""
+    """Original names (photos, relative to the folder) or frame names (video) that have a pose."""
     dropped: list[str]
     models: int
     """Number of separate models COLMAP made (the largest is used)."""
-    colmap_seconds: float
+    cameras: int
+    """Number of separate intrinsics (one per image size and camera)."""
+    step_seconds: dict[str, float]
+    """COLMAP's steps: extraction, matching, mapping."""
     seconds: float
+    frame_names: dict[str, str] = field(default_factory=dict)
+    """Dataset image name (frame_00001.jpg) -> original photo name."""
+
+    @property
+    def colmap_seconds(self) -> float:
+        return sum(self.step_seconds.values())
 
     def summary(self) -> str:
         unit = "photos" if self.kind == "images" else "video frames"
         what = (
             f"COLMAP registered {len(self.registered)} of {self.total} {unit} ({self.matching} matching, "
-            f"{self.colmap_seconds:.0f} s)"
+            f"{self.mapper} mapping, {self.colmap_seconds:.0f} s)"
         )
         if not self.dropped:
             return f"{what}; dataset in {self.output_dir}"
@@ -132,9 +152,10 @@ class Result:
                 "in capture order, try --matching exhaustive; otherwise add photos between the dropped "
                 "ones or remove blurred ones"
             )
+        other = "incremental" if self.mapper == "global" else "global"
         return (
             f"dropped photos usually overlap too little with the others or are blurred: add photos between them or "
-            f"remove them ({OVERLAP_HINT})"
+            f"remove them ({OVERLAP_HINT}); --mapper {other} may register more"
         )
 
 
@@ -142,46 +163,218 @@ def short_list(names: list[str], limit: int = 12) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+# ------------------------------------------------------------------------------------------------
+# Paths
+# ------------------------------------------------------------------------------------------------
+
+
 def list_photos(folder: Path) -> list[Path]:
-    """The photos nerfstudio copies, in its order (sorted, recursive)."""
-    from nerfstudio.process_data.process_data_utils import list_images
+    """The photos in `folder` and its sub-folders, sorted by path (hidden files left out)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in PHOTO_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
-    return list_images(folder)
+
+def downscale_folders(config: ProcessConfig) -> list[str]:
+    return [f"images_{2**i}" for i in range(1, config.num_downscales + 1)]
 
 
-def same_dimensions(photos: list[Path]) -> bool:
-    """Whether every photo has the same size (nerfstudio's fast copy assumes so)."""
+def check_paths(config: ProcessConfig) -> Literal["images", "video"]:
+    data, output = config.data.resolve(), config.output_dir.resolve()
+    if not data.exists():
+        raise ProcessError(f"{config.data}: not found (give a folder of photos or a video file)")
+    if output.is_file():
+        raise ProcessError(f"{config.output_dir}: is a file; give a folder for the dataset (new, or an earlier output)")
+    if output.is_dir():
+        ours = OUTPUT_ENTRIES | set(downscale_folders(config)) | {p.name for p in output.glob("images_*")}
+        foreign = sorted(p.name for p in output.iterdir() if p.name not in ours)
+        if foreign:
+            raise ProcessError(
+                f"{config.output_dir}: holds other things ({short_list(foreign, 4)}), and ilrm-process rewrites its "
+                f"images folders: give a new or empty folder, or the output of an earlier ilrm-process run"
+            )
+    if data.is_file():
+        if data.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ProcessError(
+                f"{config.data}: not a folder of photos nor a video ({', '.join(sorted(VIDEO_SUFFIXES))})"
+            )
+        return "video"
+    # The images folders of OUTPUT_DIR are emptied first: the photos must not live there.
+    for name in ["images", *downscale_folders(config)]:
+        images = output / name
+        if data == output or data == images or images in data.parents:
+            raise ProcessError(
+                f"{config.data}: the photos are inside {config.output_dir}, whose images folders are rewritten; "
+                f"choose another output folder"
+            )
+    return "images"
+
+
+def clear_output(config: ProcessConfig) -> None:
+    """Remove what an earlier run wrote (check_paths made sure there is nothing else)."""
+    output = config.output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    for path in output.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (output / "colmap").mkdir()
+
+
+# ------------------------------------------------------------------------------------------------
+# Images: upright copies, halved copies, video frames
+# ------------------------------------------------------------------------------------------------
+
+
+def camera_key(image, size: tuple[int, int]) -> tuple:
+    """What decides whether two photos share intrinsics: the upright size and the EXIF camera
+    (make, model, focal length); a zoomed shot or a second phone gets its own camera."""
+    from PIL import ExifTags
+
+    exif = image.getexif()
+    details = exif.get_ifd(ExifTags.IFD.Exif)
+    focal = details.get(ExifTags.Base.FocalLengthIn35mmFilm) or details.get(ExifTags.Base.FocalLength)
+    return (
+        size,
+        str(exif.get(ExifTags.Base.Make, "")).strip(),
+        str(exif.get(ExifTags.Base.Model, "")).strip(),
+        float(focal) if focal else None,
+    )
+
+
+def write_downscales(image, output_dir: Path, name: str, num_downscales: int) -> None:
     from PIL import Image
 
-    sizes = set()
-    for photo in photos:
-        try:
-            with Image.open(photo) as image:
-                sizes.add(image.size)
-        except Exception:  # RAW files and the like: nerfstudio converts them itself
-            return True
-    return len(sizes) <= 1
+    width, height = image.size
+    for i in range(1, num_downscales + 1):
+        factor = 2**i
+        # nerfstudio scales the intrinsics of images_N by 1/N and rounds the size down: so do we
+        small = image.resize((max(1, width // factor), max(1, height // factor)), Image.LANCZOS, reducing_gap=3.0)
+        small.save(output_dir / f"images_{factor}" / name, quality=95)
 
 
-def colmap_binary(colmap_cmd: str) -> None:
-    """One-line error when COLMAP cannot run."""
-    name = shlex.split(colmap_cmd)[0] if colmap_cmd.strip() else "colmap"
-    if shutil.which(name) is None:
-        raise ProcessError(
-            f"COLMAP not found ('{name}' is not on PATH): run `make setup` (installs it with apt as root) or "
-            f"`sudo apt-get install colmap`, or pass --colmap-cmd /path/to/colmap"
+def write_photo(source: Path, output_dir: Path, number: int, num_downscales: int) -> tuple[str, tuple]:
+    """Photo -> OUTPUT_DIR/images/frame_NNNNN.<ext> upright, plus its halved copies. Returns the
+    dataset name and the camera key."""
+    from PIL import ExifTags, Image, ImageOps
+
+    try:
+        with Image.open(source) as image:
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+            if orientation in (1, None) and source.suffix.lower() in COPIED_AS_IS:
+                name = f"frame_{number:05d}{source.suffix.lower()}"
+                shutil.copyfile(source, output_dir / "images" / name)
+                key = camera_key(image, image.size)
+                upright = image.convert("RGB")
+            else:  # turned upright (the orientation tag dropped, the other EXIF fields kept), as JPEG
+                name = f"frame_{number:05d}.jpg"
+                upright = ImageOps.exif_transpose(image)
+                exif = upright.getexif()
+                key = camera_key(upright, upright.size)
+                upright = upright.convert("RGB")
+                upright.save(output_dir / "images" / name, quality=95, exif=exif)
+    except (OSError, ValueError, SyntaxError) as error:  # Pillow's ways of saying "not an image I can read"
+        raise ProcessError(f"{source}: not a readable photo ({brief(error)}); remove it or convert it") from None
+    write_downscales(upright, output_dir, name, num_downscales)
+    return name, key
+
+
+def write_photos(photos: list[Path], config: ProcessConfig) -> tuple[list[str], list[tuple]]:
+    """All photos, decoded and written in parallel (Pillow releases the GIL)."""
+    try:
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+    except ImportError:
+        if any(p.suffix.lower() in (".heic", ".heif") for p in photos):
+            raise ProcessError(
+                "pillow-heif is not installed, which reads .heic photos: run `make setup` (or pip install pillow-heif)"
+            ) from None
+    for folder in ["images", *downscale_folders(config)]:
+        (config.output_dir / folder).mkdir(exist_ok=True)
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        written = list(
+            pool.map(
+                write_photo,
+                photos,
+                [config.output_dir] * len(photos),
+                range(1, len(photos) + 1),
+                [config.num_downscales] * len(photos),
+            )
         )
-    out = subprocess.run(f"{colmap_cmd} -h", shell=True, capture_output=True, text=True, env=colmap_env())
-    if out.returncode != 0:
-        last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+    return [name for name, _ in written], [key for _, key in written]
+
+
+def write_video_frames(config: ProcessConfig) -> list[str]:
+    """About --num-frames-target evenly spaced frames of the video (PyAV), upright."""
+    import av
+
+    for folder in ["images", *downscale_folders(config)]:
+        (config.output_dir / folder).mkdir(exist_ok=True)
+    try:
+        with av.open(str(config.data)) as container:
+            if not container.streams.video:
+                raise ProcessError(f"{config.data}: holds no video stream")
+            stream = container.streams.video[0]
+            count = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+            step = max(1, count // max(1, config.num_frames_target))
+            container.seek(0)
+            stream.thread_type = "AUTO"
+            names = []
+            for index, frame in enumerate(container.decode(stream)):
+                if index % step:
+                    continue
+                image = frame.to_image()
+                if frame.rotation:  # a phone's portrait video: stored sideways with a display rotation
+                    image = image.rotate(frame.rotation, expand=True)
+                name = f"frame_{len(names) + 1:05d}.jpg"
+                image.save(config.output_dir / "images" / name, quality=95)
+                write_downscales(image, config.output_dir, name, config.num_downscales)
+                names.append(name)
+    except av.error.FFmpegError as error:
+        raise ProcessError(f"{config.data}: not a readable video ({brief(error)})") from None
+    if not names:
+        raise ProcessError(f"{config.data}: no frames could be decoded")
+    return names
+
+
+# ------------------------------------------------------------------------------------------------
+# COLMAP (pycolmap)
+# ------------------------------------------------------------------------------------------------
+
+
+def import_pycolmap():
+    try:
+        import pycolmap
+    except ImportError as error:
         raise ProcessError(
-            f"COLMAP does not start ('{colmap_cmd} -h' exited with {out.returncode}: {last[0]}): reinstall it "
-            f"(`sudo apt-get install --reinstall colmap`)"
-        )
+            f"pycolmap (COLMAP's Python bindings) cannot be imported ({brief(error)}): run `make setup`, or "
+            f"`pip install pycolmap` in this environment"
+        ) from None
+    return pycolmap
 
 
-def colmap_env() -> dict:
-    return {**os.environ, "QT_QPA_PLATFORM": os.environ.get("QT_QPA_PLATFORM", "offscreen")}
+@contextlib.contextmanager
+def logged_to(log: Path, verbose: bool) -> Iterator[None]:
+    """COLMAP's C++ output (its log lines on stderr, a few on stdout) into `log`, unless verbose."""
+    if verbose:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log, "ab") as file:
+            os.dup2(file.fileno(), 1)
+            os.dup2(file.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
 
 
 def database_diagnosis(database: Path) -> str:
@@ -201,8 +394,7 @@ def database_diagnosis(database: Path) -> str:
     featureless = [names[i] for i in names if keypoints.get(i, 0) < MIN_KEYPOINTS]
     connected = set()
     for (pair_id,) in pairs:
-        second = pair_id % 2147483647
-        connected.update(((pair_id - second) // 2147483647, second))
+        connected.update(divmod(pair_id, MAX_IMAGE_ID))
     if len(featureless) == len(names):
         return (
             f"COLMAP found (almost) no features in any of the {len(names)} images (textureless, dark or tiny): "
@@ -226,7 +418,7 @@ def database_diagnosis(database: Path) -> str:
 
 def largest_model_first(sparse: Path) -> int:
     """Rename COLMAP's models so that the one with most registered images is sparse/0 (the one
-    nerfstudio converts). Returns how many models there are."""
+    that is converted). Returns how many models there are."""
     from nerfstudio.data.utils.colmap_parsing_utils import read_images_binary
 
     models = (
@@ -243,192 +435,164 @@ def largest_model_first(sparse: Path) -> int:
     return len(models)
 
 
-@contextmanager
-def colmap_steps(config: ProcessConfig, colmap_dir: Path, stats: dict) -> Iterator[None]:
-    """Run the COLMAP commands nerfstudio's `run_colmap` issues through our own runner: SIFT at
-    --max-image-size, headless, each step's output in colmap/<step>.log, one-line errors, and the
-    largest model first after the mapper."""
-    from nerfstudio.process_data import colmap_utils
+def reconstruct(
+    config: ProcessConfig, names: list[str], keys: list[tuple], matching: str, step_seconds: dict[str, float]
+) -> int:
+    """SIFT, matching and mapping into OUTPUT_DIR/colmap (database.db, sparse/0 = the largest
+    model). Returns the number of models."""
+    pycolmap = import_pycolmap()
+    colmap_dir = config.output_dir / "colmap"
+    images = config.output_dir / "images"
+    database = colmap_dir / "database.db"
 
-    original = colmap_utils.run_command
-
-    def run(cmd: str, verbose: bool = False) -> str | None:
-        words = cmd.split()
-        step = words[1] if len(words) > 1 and not words[1].startswith("-") else "colmap"
-        if step == "feature_extractor":
-            cmd += f" --SiftExtraction.max_num_features {config.max_num_features}"
-            if config.max_image_size > 0:
-                cmd += f" --SiftExtraction.max_image_size {config.max_image_size}"
+    def step(name: str, run) -> None:
+        log = colmap_dir / f"{name}.log"
         start = time.time()
-        if config.verbose:
-            out = subprocess.run(cmd, shell=True, env=colmap_env(), stdout=None, stderr=subprocess.PIPE, text=True)
-            text = out.stderr or ""
-            sys.stderr.write(text)
-        else:
-            out = subprocess.run(cmd, shell=True, env=colmap_env(), capture_output=True, text=True)
-            text = (out.stdout or "") + (out.stderr or "")
-        stats["colmap_seconds"] = stats.get("colmap_seconds", 0.0) + time.time() - start
-        log = colmap_dir / f"{step}.log"
-        if words[1:] != ["-h"]:  # the version query
-            log.write_text(f"$ {cmd}\n{text}\n# exit status {out.returncode} after {time.time() - start:.1f} s\n")
-        if out.returncode != 0:
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            errors = [line for line in lines if "error" in line.lower() or "check failed" in line.lower()]
-            detail = (errors or lines or [f"exit status {out.returncode}"])[-1]
-            if step == "mapper":
+        try:
+            with logged_to(log, config.verbose):
+                run()
+        except (RuntimeError, ValueError) as error:  # pycolmap's failed checks
+            if name == "mapping":
                 raise ProcessError(
-                    f"COLMAP's mapper made no model of {config.data} ({detail}): "
-                    f"{database_diagnosis(colmap_dir / 'database.db')}; log: {log}"
-                )
-            raise ProcessError(f"COLMAP {step} failed on {config.data} ({detail}); log: {log}")
-        if step == "mapper":
-            stats["models"] = largest_model_first(colmap_dir / "sparse")
-            if stats["models"] == 0:
-                raise ProcessError(
-                    f"COLMAP's mapper made no model of {config.data}: "
-                    f"{database_diagnosis(colmap_dir / 'database.db')}; log: {log}"
-                )
-        return text
+                    f"COLMAP's mapper made no model of {config.data} ({brief(error)}): "
+                    f"{database_diagnosis(database)}; log: {log}"
+                ) from None
+            raise ProcessError(f"COLMAP {name} failed on {config.data} ({brief(error)}); log: {log}") from None
+        finally:
+            step_seconds[name] = time.time() - start
 
-    colmap_utils.run_command = run
-    try:
-        yield
-    finally:
-        colmap_utils.run_command = original
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = "OPENCV"  # nerfstudio's default for perspective photos
 
+    def extract() -> None:
+        from PIL import Image
 
-def check_paths(config: ProcessConfig) -> Literal["images", "video"]:
-    data, output = config.data.resolve(), config.output_dir.resolve()
-    if not data.exists():
-        raise ProcessError(f"{config.data}: not found (give a folder of photos or a video file)")
-    for path, given in ((data, config.data), (output, config.output_dir)):
-        if re.search(
-            r"[\s'\"$`&;|()<>*?]", str(path)
-        ):  # nerfstudio runs COLMAP and ffmpeg through an unquoted shell line
-            raise ProcessError(
-                f"{given}: the path {path} has spaces or shell characters, which nerfstudio's processing does "
-                f"not quote; rename or move it"
+        groups: dict[tuple, list[str]] = {}
+        for name, key in zip(names, keys):
+            groups.setdefault(key, []).append(name)
+        for group in groups.values():  # one call per camera: SINGLE gives the group one set of intrinsics
+            with Image.open(images / group[0]) as image:
+                working_size = min(config.max_image_size, max(image.size))
+            extraction = pycolmap.FeatureExtractionOptions()
+            extraction.num_threads = -1  # every core
+            extraction.max_image_size = config.max_image_size
+            extraction.sift.max_num_features = config.max_num_features
+            # SIFT's first octave at twice the working size (COLMAP's default) only for small
+            # images: at larger working sizes it costs 3 to 4 times the time for the same poses
+            # (benchmarks/bench_poses.py, docs/own_capture.md)
+            extraction.sift.first_octave = -1 if working_size < UPSAMPLE_BELOW else 0
+            pycolmap.extract_features(
+                database,
+                images,
+                image_names=group,
+                camera_mode=pycolmap.CameraMode.SINGLE,
+                reader_options=reader,
+                extraction_options=extraction,
+                device=pycolmap.Device.cpu,
             )
-    if data.is_file():
-        if data.suffix.lower() not in VIDEO_SUFFIXES:
-            raise ProcessError(
-                f"{config.data}: not a folder of photos nor a video ({', '.join(sorted(VIDEO_SUFFIXES))})"
-            )
-        return "video"
-    # nerfstudio empties OUTPUT_DIR/images* before copying: the photos must not live there.
-    for i in range(config.num_downscales + 1):
-        images = output / ("images" if i == 0 else f"images_{2**i}")
-        if data == output or data == images or images in data.parents:
-            raise ProcessError(
-                f"{config.data}: the photos are inside {config.output_dir}, whose images folders are rewritten; "
-                f"choose another output folder"
-            )
-    return "images"
 
+    step("extraction", extract)
 
-def registered_frames(output_dir: Path) -> list[str]:
-    transforms = output_dir / "transforms.json"
-    if not transforms.is_file():
-        raise ProcessError(
-            f"{transforms}: not written (nerfstudio found no COLMAP model in {output_dir / 'colmap' / 'sparse' / '0'})"
+    matching_options = pycolmap.FeatureMatchingOptions()
+    matching_options.num_threads = -1
+    if matching == "exhaustive":
+        step("matching", lambda: pycolmap.match_exhaustive(database, matching_options, device=pycolmap.Device.cpu))
+    else:
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = 10  # each image with its 10 successors and those 16, 32, ..., 512 ahead (quadratic)
+        pairing.quadratic_overlap = True
+        step(
+            "matching",
+            lambda: pycolmap.match_sequential(database, matching_options, pairing, device=pycolmap.Device.cpu),
         )
-    return [Path(frame["file_path"]).name for frame in json.loads(transforms.read_text())["frames"]]
+
+    sparse = colmap_dir / "sparse"
+    sparse.mkdir()
+    if config.mapper == "global":
+        options = pycolmap.GlobalPipelineOptions()
+        options.num_threads = -1
+        step("mapping", lambda: pycolmap.global_mapping(database, images, sparse, options))
+    else:
+        options = pycolmap.IncrementalPipelineOptions()
+        options.num_threads = -1
+        step("mapping", lambda: pycolmap.incremental_mapping(database, images, sparse, options))
+    models = largest_model_first(sparse)
+    if models == 0:
+        raise ProcessError(
+            f"COLMAP's mapper made no model of {config.data}: {database_diagnosis(database)}; "
+            f"log: {colmap_dir / 'mapping.log'}"
+        )
+    return models
 
 
-def frame_number(name: str) -> int:
-    match = re.search(r"(\d+)\.[^.]+$", name)
-    return int(match.group(1)) if match else -1
+def write_transforms(config: ProcessConfig) -> list[str]:
+    """nerfstudio's converter: transforms.json and sparse_pc.ply from colmap/sparse/0. Returns the
+    registered image names."""
+    from nerfstudio.process_data.colmap_utils import colmap_to_json
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the cameras when there are several
+        colmap_to_json(recon_dir=config.output_dir / "colmap" / "sparse" / "0", output_dir=config.output_dir)
+    frames = json.loads((config.output_dir / "transforms.json").read_text())["frames"]
+    return [Path(frame["file_path"]).name for frame in frames]
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole path
+# ------------------------------------------------------------------------------------------------
 
 
 def process(config: ProcessConfig) -> Result:
     """Run the whole path; raises ProcessError with a one-line reason."""
     start = time.time()
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     kind = check_paths(config)
-    colmap_binary(config.colmap_cmd)
-    if shutil.which("ffmpeg") is None:
-        raise ProcessError(
-            "ffmpeg not found (not on PATH; nerfstudio copies and scales the images with it): run `make setup` or "
-            "`sudo apt-get install ffmpeg`"
-        )
-    common = dict(
-        output_dir=config.output_dir,
-        gpu=False,
-        num_downscales=config.num_downscales,
-        colmap_cmd=config.colmap_cmd,
-        verbose=config.verbose,
-    )
+    import_pycolmap()  # before anything is written
     if kind == "images":
-        from nerfstudio.process_data.images_to_nerfstudio_dataset import ImagesToNerfstudioDataset
-
         photos = list_photos(config.data)
         if len(photos) < 3:
             raise ProcessError(
-                f"{config.data}: {len(photos)} photos (jpg, png, tif) found; COLMAP needs at least 3, and "
-                f"ilrm-finetune {config.min_frames} or more"
+                f"{config.data}: {len(photos)} photos ({', '.join(sorted(PHOTO_SUFFIXES))}) found; COLMAP needs at "
+                f"least 3, and ilrm-finetune {config.min_frames} or more"
             )
-        names = [p.relative_to(config.data).as_posix() for p in photos]
         matching = (
             config.matching
             if config.matching != "auto"
             else ("exhaustive" if len(photos) <= config.exhaustive_up_to else "sequential")
         )
         print(
-            f"ilrm-process: {len(photos)} photos in {config.data}, {matching} matching, CPU SIFT at up to "
-            f"{config.max_image_size or 3200} px",
+            f"ilrm-process: {len(photos)} photos in {config.data}, {matching} matching, {config.mapper} mapping, "
+            f"CPU SIFT at up to {config.max_image_size} px",
             flush=True,
         )
-        converter = ImagesToNerfstudioDataset(
-            data=config.data, matching_method=matching, same_dimensions=same_dimensions(photos), **common
-        )
+        clear_output(config)
+        names, keys = write_photos(photos, config)
+        originals = dict(zip(names, (p.relative_to(config.data).as_posix() for p in photos)))
     else:
-        from nerfstudio.process_data.video_to_nerfstudio_dataset import VideoToNerfstudioDataset
-
-        names = None
         matching = config.matching if config.matching != "auto" else "sequential"
         print(
-            f"ilrm-process: video {config.data}, about {config.num_frames_target} frames, {matching} matching, CPU "
-            f"SIFT at up to {config.max_image_size or 3200} px",
+            f"ilrm-process: video {config.data}, about {config.num_frames_target} frames, {matching} matching, "
+            f"{config.mapper} mapping, CPU SIFT at up to {config.max_image_size} px",
             flush=True,
         )
-        converter = VideoToNerfstudioDataset(
-            data=config.data, matching_method=matching, num_frames_target=config.num_frames_target, **common
-        )
-    stats: dict = {}
-    colmap_dir = converter.absolute_colmap_path
-    colmap_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (colmap_dir / "sparse", config.output_dir / "transforms.json"):  # from an earlier run
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    try:
-        with colmap_steps(config, colmap_dir, stats):
-            converter.main()
-    except SystemExit as error:  # nerfstudio's own checks print their reason and exit
-        raise ProcessError(
-            f"nerfstudio's processing of {config.data} stopped (exit status {error.code}); its message is above"
-        ) from None
-    registered = registered_frames(config.output_dir)
-    if kind == "images":
-        assert names is not None
-        by_number = {i + 1: name for i, name in enumerate(names)}  # nerfstudio renames photo i to frame_{i+1:05d}
-        got = {frame_number(f) for f in registered}
-        total = len(names)
-        registered_names = [by_number[n] for n in sorted(got) if n in by_number]
-        dropped = [by_number[n] for n in sorted(by_number) if n not in got]
-    else:
-        frames = sorted(p.name for p in converter.image_dir.iterdir() if p.is_file())
-        total = len(frames)
-        registered_names = sorted(registered)
-        dropped = [f for f in frames if f not in set(registered)]
+        clear_output(config)
+        names = write_video_frames(config)
+        keys = [()] * len(names)
+        originals = {name: name for name in names}
+    step_seconds: dict[str, float] = {}
+    models = reconstruct(config, names, keys, matching, step_seconds)
+    got = set(write_transforms(config))
     result = Result(
-        config.output_dir,
-        kind,
-        matching,
-        total,
-        registered_names,
-        dropped,
-        stats.get("models", 1),
-        stats.get("colmap_seconds", 0.0),
-        time.time() - start,
+        output_dir=config.output_dir,
+        kind=kind,
+        matching=matching,
+        mapper=config.mapper,
+        total=len(names),
+        registered=[originals[n] for n in names if n in got],
+        dropped=[originals[n] for n in names if n not in got],
+        models=models,
+        cameras=len(set(keys)),
+        step_seconds=step_seconds,
+        seconds=time.time() - start,
+        frame_names=originals,
     )
     if len(result.registered) < config.min_frames:
         raise ProcessError(
