@@ -193,11 +193,12 @@ if wanted kernels; then
         left=$(($(seconds_left) - 12))
         jit_limit=${LIMIT[jit]}
         ((jit_limit > left)) && jit_limit=$left
-        (timeout -k 10 "$jit_limit" "$PY" scripts/gsplat_kernels.py build >"$JIT_LOG" 2>&1; echo $? >"$JIT_LOG.rc") &
+        JIT_RC=$(mktemp)
+        (timeout -k 10 "$jit_limit" "$PY" scripts/gsplat_kernels.py build >"$JIT_LOG" 2>&1; echo $? >"$JIT_RC") &
         JIT_PID=$!
         for key in C E; do bench "$key"; done
         wait "$JIT_PID"
-        rc=$(cat "$JIT_LOG.rc" 2>/dev/null || echo 1)
+        rc=$(cat "$JIT_RC" 2>/dev/null || echo 1)
         line=$(grep -v '^\s*$' "$JIT_LOG" | tail -1 | cut -c1-240)
         case $rc in
             0) report "- $line"; KERNELS=ready ;;
