@@ -239,6 +239,13 @@ def check_transforms(
     False: the images are neither opened nor required (ns-export / ns-render camera-path)."""
     path = transforms_path(Path(data))
     if Path(data).is_dir() and not path.exists():
+        from ilrm_nerfstudio.tools.process import list_photos  # light: its heavy imports are inside functions
+
+        if not any((Path(data) / colmap).is_dir() for colmap in ("sparse", "colmap")) and list_photos(Path(data)):
+            raise ILRMError(
+                f"{data}: photos without camera poses: run `ilrm-process {data} SCENE` first (COLMAP, on the CPU), "
+                "then ns-train ilrm-finetune --data SCENE"
+            )
         raise ILRMError(
             f"{path}: not found; nerfstudio-data reads a transforms.json (ns-process-data output). For a COLMAP "
             "folder add the dataparser subcommand: ns-train ilrm-finetune --data DIR colmap"

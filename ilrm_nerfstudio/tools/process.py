@@ -499,8 +499,10 @@ def reconstruct(
         step("matching", lambda: pycolmap.match_exhaustive(database, matching_options, device=pycolmap.Device.cpu))
     else:
         pairing = pycolmap.SequentialPairingOptions()
-        pairing.overlap = 10  # each image with its 10 successors and those 16, 32, ..., 512 ahead (quadratic)
-        pairing.quadratic_overlap = True
+        pairing.overlap = 10  # each image with its 10 successors in file-name order
+        # (COLMAP 4 pairs only the 1st, 2nd, 4th, 8th, ... successors when quadratic: too few for
+        # photos a larger step apart; measured in docs/own_capture.md)
+        pairing.quadratic_overlap = False
         step(
             "matching",
             lambda: pycolmap.match_sequential(database, matching_options, pairing, device=pycolmap.Device.cpu),
