@@ -239,9 +239,9 @@ def check_transforms(
     False: the images are neither opened nor required (ns-export / ns-render camera-path)."""
     path = transforms_path(Path(data))
     if Path(data).is_dir() and not path.exists():
-        from ilrm_nerfstudio.tools.process import list_photos  # light: its heavy imports are inside functions
+        from ilrm_nerfstudio.tools.process import PHOTO_SUFFIXES  # light: its heavy imports are inside functions
 
-        if not any((Path(data) / colmap).is_dir() for colmap in ("sparse", "colmap")) and list_photos(Path(data)):
+        if any(p.suffix.lower() in PHOTO_SUFFIXES for p in Path(data).iterdir()):
             raise ILRMError(
                 f"{data}: photos without camera poses: run `ilrm-process {data} SCENE` first (COLMAP, on the CPU), "
                 "then ns-train ilrm-finetune --data SCENE"

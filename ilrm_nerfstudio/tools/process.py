@@ -274,7 +274,10 @@ def write_photo(source: Path, output_dir: Path, number: int, num_downscales: int
                 exif = upright.getexif()
                 key = camera_key(upright, upright.size)
                 upright = upright.convert("RGB")
-                upright.save(output_dir / "images" / name, quality=95, exif=exif)
+                try:
+                    upright.save(output_dir / "images" / name, quality=95, exif=exif)
+                except ValueError:  # EXIF over JPEG's 64 KB (a large maker note): without it
+                    upright.save(output_dir / "images" / name, quality=95)
     except (OSError, ValueError, SyntaxError) as error:  # Pillow's ways of saying "not an image I can read"
         raise ProcessError(f"{source}: not a readable photo ({brief(error)}); remove it or convert it") from None
     write_downscales(upright, output_dir, name, num_downscales)
