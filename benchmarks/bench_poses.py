@@ -118,15 +118,16 @@ def load_old_process(revision: str, workdir: Path):
     return module
 
 
-def run_new(photos: Path, output: Path, mapper: str, names: list[str]) -> tuple[dict, dict[str, str]]:
+def run_new(photos: Path, output: Path, mapper: str, options: dict) -> tuple[dict, dict[str, str]]:
     start = time.time()
     with contextlib.redirect_stdout(io.StringIO()):
-        result = process(ProcessConfig(photos, output, mapper=mapper, min_frames=1))
+        result = process(ProcessConfig(photos, output, mapper=mapper, min_frames=1, **options))
     row = {
         "registered": len(result.registered),
         "seconds": time.time() - start,
         "steps": ", ".join(f"{k} {v:.0f}" for k, v in result.step_seconds.items()),
         "matching": result.matching,
+        "used": result.mapper,
     }
     return row, result.frame_names
 
@@ -154,14 +155,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--capture", type=Path, default=ROOT.parent / "shared" / "captures" / "snowmiku")
     parser.add_argument("--counts", type=int, nargs="+", default=[16, 30], help="subset sizes, evenly spaced")
-    parser.add_argument("--mappers", nargs="+", default=["global", "incremental"])
+    parser.add_argument("--mappers", nargs="+", default=["auto", "global", "incremental"])
     parser.add_argument("--old", action="store_true", help="also run the old path (needs the colmap program)")
     parser.add_argument("--old-revision", default=OLD_REVISION)
     parser.add_argument("--resize", type=int, nargs=2, metavar=("W", "H"), help="scale the photos first")
+    parser.add_argument("--max-image-size", type=int, help="ilrm-process --max-image-size (default: its own)")
     parser.add_argument("--workdir", type=Path, help="keep the datasets here (default: a temporary folder)")
     args = parser.parse_args()
 
     load = os.getloadavg()[0]
+    options = {"max_image_size": args.max_image_size} if args.max_image_size else {}
     known = known_poses(args.capture)
     everything = sorted(known)
     with tempfile.TemporaryDirectory(prefix="bench_poses_") as tmp:
@@ -174,7 +177,7 @@ def main() -> None:
             names = [everything[round(i)] for i in np.linspace(0, len(everything) - 1, count)]
             photos = workdir / f"photos_{count}"
             copy_subset(args.capture, names, photos, tuple(args.resize) if args.resize else None)
-            runs = [(f"pycolmap, {mapper}", mapper) for mapper in args.mappers]
+            runs = [(f"pycolmap, --mapper {mapper}", mapper) for mapper in args.mappers]
             runs += [(f"colmap program ({args.old_revision})", "old")] if old else []
             for label, mapper in runs:
                 output = workdir / f"scene_{count}_{mapper}"
@@ -182,7 +185,7 @@ def main() -> None:
                     if mapper == "old":
                         row, originals = run_old(old, photos, output, names)
                     else:
-                        row, originals = run_new(photos, output, mapper, names)
+                        row, originals = run_new(photos, output, mapper, options)
                     row.update(pose_errors(output, originals, known))
                 except ProcessError as error:  # both paths' one-line failures
                     row = {"registered": 0, "failed": str(error)[:120]}
@@ -201,8 +204,9 @@ def main() -> None:
         if "failed" in row:
             print(f"| {row['photos']} | {row['path']} | | 0 | failed: {row['failed']} | | |")
             continue
+        used = f" (used: {row['used']})" if row.get("used") else ""
         print(
-            f"| {row['photos']} | {row['path']} | {row['matching']} | {row['registered']} of {row['photos']} "
+            f"| {row['photos']} | {row['path']}{used} | {row['matching']} | {row['registered']} of {row['photos']} "
             f"| {row['seconds']:.0f} ({row['steps']}) | {row['centre_mean']:.3%} / {row['centre_max']:.3%} "
             f"| {row['rotation_mean']:.2f} / {row['rotation_max']:.2f} deg |"
         )

@@ -11,7 +11,7 @@ nerfstudio's converter (`colmap_utils.colmap_to_json`) writes the dataset.
    (its EXIF focal length kept), a .heic is converted to JPEG (pillow-heif). A video's frames are
    decoded with PyAV, about `--num-frames-target` of them evenly spaced. Halved copies go to
    `images_2`, `images_4`, ... (Pillow; no ffmpeg program needed).
-2. SIFT on the CPU, on images scaled to at most `--max-image-size` pixels, at most
+2. SIFT on the CPU, on images scaled to at most `--max-image-size` (1024) pixels, at most
    `--max-num-features` per image. Photos of one size from one camera (EXIF make, model, focal
    length) share one set of intrinsics (COLMAP's OPENCV model, nerfstudio's default); photos of
    another size or camera get their own.
@@ -54,8 +54,8 @@ COPIED_AS_IS = {".jpg", ".jpeg", ".png"}  # upright photos in these formats are 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 MIN_KEYPOINTS = 100  # fewer SIFT features than this: the image is featureless for COLMAP
 MIN_PAIR_MATCHES = 15  # COLMAP's default min_num_inliers for a verified image pair
-UPSAMPLE_BELOW = 1200  # px: SIFT on smaller working sizes starts at twice the size (COLMAP's default)
 MAX_IMAGE_ID = 2147483647  # COLMAP's pair_id = image_id1 * MAX_IMAGE_ID + image_id2
+AUTO_GLOBAL_ABOVE = 0.1  # --mapper auto: global mapping too when incremental leaves out more than this
 OUTPUT_ENTRIES = {"images", "colmap", "transforms.json", "sparse_pc.ply"}  # what a run writes, besides images_N
 
 OVERLAP_HINT = (
@@ -84,11 +84,16 @@ class ProcessConfig:
     (neighbours in file-name order), exhaustive (every pair, any order) otherwise."""
     exhaustive_up_to: int = 40
     """auto matching: photo sets up to this size are matched exhaustively."""
-    mapper: Literal["global", "incremental"] = "global"
-    """COLMAP's mapper: global (GLOMAP: all cameras at once) or incremental (one camera at a time)."""
-    max_image_size: int = 1600
+    mapper: Literal["auto", "global", "incremental"] = "auto"
+    """COLMAP's mapper: incremental (one camera at a time), global (GLOMAP: all cameras at once), or
+    auto: incremental, and global as well when incremental leaves out more than 10% of the images
+    (the model with more images is kept)."""
+    max_image_size: int = 1024
     """Longest side, in pixels, SIFT works at (larger images are scaled down for that only; the
-    poses and intrinsics are for the full-size images)."""
+    poses and intrinsics are for the full-size images). SIFT's first octave is at twice this size
+    (COLMAP's default); 1024 keeps 30 photos of 3072 x 2048 px well within 2 minutes on 2 cores, and
+    not doubling a larger size instead was faster but placed the cameras wrongly in some runs
+    (docs/own_capture.md)."""
     max_num_features: int = 4096
     """SIFT features per image (matching time grows with its square)."""
     num_downscales: int = 3
@@ -440,9 +445,9 @@ def largest_model_first(sparse: Path) -> int:
 
 def reconstruct(
     config: ProcessConfig, names: list[str], keys: list[tuple], matching: str, step_seconds: dict[str, float]
-) -> int:
+) -> tuple[int, str]:
     """SIFT, matching and mapping into OUTPUT_DIR/colmap (database.db, sparse/0 = the largest
-    model). Returns the number of models."""
+    model). Returns the number of models and the mapper used."""
     pycolmap = import_pycolmap()
     colmap_dir = config.output_dir / "colmap"
     images = config.output_dir / "images"
@@ -455,7 +460,7 @@ def reconstruct(
             with logged_to(log, config.verbose):
                 run()
         except (RuntimeError, ValueError) as error:  # pycolmap's failed checks
-            if name == "mapping":
+            if name.startswith("mapping"):
                 raise ProcessError(
                     f"COLMAP's mapper made no model of {config.data} ({brief(error)}): "
                     f"{database_diagnosis(database)}; log: {log}"
@@ -468,22 +473,14 @@ def reconstruct(
     reader.camera_model = "OPENCV"  # nerfstudio's default for perspective photos
 
     def extract() -> None:
-        from PIL import Image
-
         groups: dict[tuple, list[str]] = {}
         for name, key in zip(names, keys):
             groups.setdefault(key, []).append(name)
         for group in groups.values():  # one call per camera: SINGLE gives the group one set of intrinsics
-            with Image.open(images / group[0]) as image:
-                working_size = min(config.max_image_size, max(image.size))
             extraction = pycolmap.FeatureExtractionOptions()
             extraction.num_threads = -1  # every core
             extraction.max_image_size = config.max_image_size
             extraction.sift.max_num_features = config.max_num_features
-            # SIFT's first octave at twice the working size (COLMAP's default) only for small
-            # images: at larger working sizes it costs 3 to 4 times the time for the same poses
-            # (benchmarks/bench_poses.py, docs/own_capture.md)
-            extraction.sift.first_octave = -1 if working_size < UPSAMPLE_BELOW else 0
             pycolmap.extract_features(
                 database,
                 images,
@@ -512,22 +509,47 @@ def reconstruct(
         )
 
     sparse = colmap_dir / "sparse"
-    sparse.mkdir()
-    if config.mapper == "global":
-        options = pycolmap.GlobalPipelineOptions()
-        options.num_threads = -1
-        step("mapping", lambda: pycolmap.global_mapping(database, images, sparse, options))
+
+    def mapping(mapper: str) -> int:
+        """One mapper into colmap/sparse; the number of images in its largest model."""
+        shutil.rmtree(sparse, ignore_errors=True)
+        sparse.mkdir()
+        if mapper == "global":
+            options = pycolmap.GlobalPipelineOptions()
+            options.num_threads = -1
+            run = pycolmap.global_mapping
+        else:
+            options = pycolmap.IncrementalPipelineOptions()
+            options.num_threads = -1
+            run = pycolmap.incremental_mapping
+        models: dict = {}
+        step(f"mapping_{mapper}", lambda: models.update(run(database, images, sparse, options)))
+        return max((model.num_reg_images() for model in models.values()), default=0)
+
+    if config.mapper != "auto":
+        used = config.mapper
+        mapping(used)
     else:
-        options = pycolmap.IncrementalPipelineOptions()
-        options.num_threads = -1
-        step("mapping", lambda: pycolmap.incremental_mapping(database, images, sparse, options))
+        # Incremental mapping placed the cameras more accurately in every measurement here, global
+        # mapping registered more photos where incremental left many out: incremental first, and
+        # global too when incremental leaves out more than AUTO_GLOBAL_ABOVE of the images.
+        used = "incremental"
+        registered = mapping(used)
+        if registered < (1 - AUTO_GLOBAL_ABOVE) * len(names):
+            sparse.rename(colmap_dir / "sparse_incremental")
+            if mapping("global") > registered:
+                used = "global"
+                shutil.rmtree(colmap_dir / "sparse_incremental")
+            else:
+                shutil.rmtree(sparse)
+                (colmap_dir / "sparse_incremental").rename(sparse)
     models = largest_model_first(sparse)
     if models == 0:
         raise ProcessError(
             f"COLMAP's mapper made no model of {config.data}: {database_diagnosis(database)}; "
-            f"log: {colmap_dir / 'mapping.log'}"
+            f"log: {colmap_dir / f'mapping_{used}.log'}"
         )
-    return models
+    return models, used
 
 
 def write_transforms(config: ProcessConfig) -> list[str]:
@@ -564,7 +586,7 @@ def process(config: ProcessConfig) -> Result:
             else ("exhaustive" if len(photos) <= config.exhaustive_up_to else "sequential")
         )
         print(
-            f"ilrm-process: {len(photos)} photos in {config.data}, {matching} matching, {config.mapper} mapping, "
+            f"ilrm-process: {len(photos)} photos in {config.data}, {matching} matching, {config.mapper} mapper, "
             f"CPU SIFT at up to {config.max_image_size} px",
             flush=True,
         )
@@ -575,7 +597,7 @@ def process(config: ProcessConfig) -> Result:
         matching = config.matching if config.matching != "auto" else "sequential"
         print(
             f"ilrm-process: video {config.data}, about {config.num_frames_target} frames, {matching} matching, "
-            f"{config.mapper} mapping, CPU SIFT at up to {config.max_image_size} px",
+            f"{config.mapper} mapper, CPU SIFT at up to {config.max_image_size} px",
             flush=True,
         )
         clear_output(config)
@@ -583,13 +605,13 @@ def process(config: ProcessConfig) -> Result:
         keys = [()] * len(names)
         originals = {name: name for name in names}
     step_seconds: dict[str, float] = {}
-    models = reconstruct(config, names, keys, matching, step_seconds)
+    models, mapper = reconstruct(config, names, keys, matching, step_seconds)
     got = set(write_transforms(config))
     result = Result(
         output_dir=config.output_dir,
         kind=kind,
         matching=matching,
-        mapper=config.mapper,
+        mapper=mapper,
         total=len(names),
         registered=[originals[n] for n in names if n in got],
         dropped=[originals[n] for n in names if n not in got],
