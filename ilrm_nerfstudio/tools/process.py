@@ -157,10 +157,10 @@ class Result:
                 "in capture order, try --matching exhaustive; otherwise add photos between the dropped "
                 "ones or remove blurred ones"
             )
-        other = "incremental" if self.mapper == "global" else "global"
+        other = "; --mapper global may register more" if self.mapper == "incremental" else ""
         return (
             f"dropped photos usually overlap too little with the others or are blurred: add photos between them or "
-            f"remove them ({OVERLAP_HINT}); --mapper {other} may register more"
+            f"remove them ({OVERLAP_HINT}){other}"
         )
 
 
