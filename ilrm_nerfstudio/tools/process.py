@@ -18,8 +18,9 @@ nerfstudio's converter (`colmap_utils.colmap_to_json`) writes the dataset.
 3. Matching without a vocabulary tree (it would be a download): every pair for up to
    `--exhaustive-up-to` photos (any order), neighbours in file-name order for more photos and for
    videos (`--matching`).
-4. Mapping: global (GLOMAP, part of COLMAP) or incremental (`--mapper`); the largest of the models
-   COLMAP makes becomes `colmap/sparse/0`.
+4. Mapping (`--mapper auto`): incremental, and global (GLOMAP, part of COLMAP) as well when
+   incremental leaves out more than 10% of the images, the model with more images kept; the
+   largest of the models COLMAP makes becomes `colmap/sparse/0`.
 5. nerfstudio's `colmap_to_json` writes `transforms.json` (per-frame intrinsics when there are
    several cameras) with the sparse points as `sparse_pc.ply` (`ply_file_path`), which every
    nerfstudio dataparser and `ns-train ilrm-finetune` read unchanged.
