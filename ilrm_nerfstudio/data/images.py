@@ -25,6 +25,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ilrm_nerfstudio.core.errors import ILRMError
 
+# Photo files as cameras and phones save them (.heic: iPhones; read through pillow-heif by ilrm-process).
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".heic", ".heif"}
+
 WHITE = (1.0, 1.0, 1.0)
 HIGH_DEPTH_GRAY = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
 SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height

@@ -38,6 +38,7 @@ from PIL import Image
 
 from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.data import validate
+from ilrm_nerfstudio.data.images import PHOTO_SUFFIXES
 from ilrm_nerfstudio.data.validate import (
     intrinsics_problem,
     matrix_problem,
@@ -239,8 +240,6 @@ def check_transforms(
     False: the images are neither opened nor required (ns-export / ns-render camera-path)."""
     path = transforms_path(Path(data))
     if Path(data).is_dir() and not path.exists():
-        from ilrm_nerfstudio.tools.process import PHOTO_SUFFIXES  # light: its heavy imports are inside functions
-
         if any(p.suffix.lower() in PHOTO_SUFFIXES for p in Path(data).iterdir()):
             raise ILRMError(
                 f"{data}: photos without camera poses: run `ilrm-process {data} SCENE` first (COLMAP, on the CPU), "

@@ -49,8 +49,8 @@ from typing import Annotated, Literal
 import tyro
 
 from ilrm_nerfstudio.core.errors import ILRMError, brief
+from ilrm_nerfstudio.data.images import PHOTO_SUFFIXES
 
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".heic", ".heif"}
 COPIED_AS_IS = {".jpg", ".jpeg", ".png"}  # upright photos in these formats are copied byte for byte
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 MIN_KEYPOINTS = 100  # fewer SIFT features than this: the image is featureless for COLMAP
