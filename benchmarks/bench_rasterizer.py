@@ -3,10 +3,12 @@
     python benchmarks/bench_rasterizer.py --quick    # headline case, old vs new, < 1 min
     python benchmarks/bench_rasterizer.py            # + size/count sweep and per-scene sizes
 
-The old implementation is loaded at run time from git (`git show REV:ilrm_nerfstudio/render/rendering.py`
-into a temporary module; `--baseline REV`, default 0ee6342, the pure-PyTorch sparse-pair
-rasterizer), so both run side by side in the same process on the same scene, alternating
-repetitions: on a shared machine only ratios from one run mean much.
+The old implementation is the renderer of an older revision (`--baseline REV`, default 0ee6342,
+the pure-PyTorch sparse-pair rasterizer), checked out at run time into a git worktree of its own
+(removed afterwards; `worktree.py`). Each implementation runs in a worker process that imports
+`ilrm_nerfstudio` from its own tree and builds the same scene (same seed); the parent has the two
+workers take turns, one repetition each, so both see the same load: on a shared machine only
+ratios from one run mean much.
 
 Prints a markdown table: forward time (no autograd), forward+backward time (a loss over rgb and
 depth, gradients to all Gaussian parameters), their old/new ratios, the pairs drawn (pixel,
@@ -27,19 +29,23 @@ degree 3.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import contextlib
 import json
 import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import worktree
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(REPO))
+# The tree whose renderer this process imports: the working tree, or in the old side's worker
+# (`--tree`) the baseline's worktree. First on the path, so that it wins over the installed package.
+TREE = Path(sys.argv[sys.argv.index("--tree") + 1]) if "--tree" in sys.argv[:-1] else REPO
+if str(TREE) not in sys.path:
+    sys.path.insert(0, str(TREE))
 
 BASELINE = "0ee6342"
 # (width, height, Gaussians, views, SH degree)
@@ -49,11 +55,25 @@ PER_SCENE = [(512, 384, 100_000, 4, 3), (512, 384, 500_000, 4, 3)]
 OLD_MAX_PIXELS = 256 * 256 * 4  # larger cases skip the old implementation unless --old-all
 
 
+def load_modules():
+    """(rendering module, Gaussians class) of this process's tree, in either package layout."""
+    # Chosen by the files of the tree: a module missing there would be found in the working tree
+    # by the editable install's finder, which would time the new renderer twice.
+    if (TREE / "ilrm_nerfstudio" / "render" / "rendering.py").is_file():  # 0.2 layout
+        import ilrm_nerfstudio.render.rendering as rendering
+        from ilrm_nerfstudio.core.gaussians import Gaussians
+    else:  # 0.1 layout (the default baseline)
+        import ilrm_nerfstudio.rendering as rendering
+        from ilrm_nerfstudio.gaussians import Gaussians
+    if not Path(rendering.__file__).resolve().is_relative_to(TREE.resolve()):
+        sys.exit(f"imported {rendering.__file__}, not the renderer of {TREE}")
+    return rendering, Gaussians
+
+
 def make_scene(n: int, width: int, height: int | None = None, views: int = 1, sh_degree: int = 0, seed: int = 0):
     import torch
 
-    from ilrm_nerfstudio.core.gaussians import Gaussians
-
+    Gaussians = load_modules()[1]
     height = height or width
     gen = torch.Generator().manual_seed(seed)
     f = float(width)
@@ -77,28 +97,6 @@ def make_scene(n: int, width: int, height: int | None = None, views: int = 1, sh
     c2w = torch.eye(4).expand(views, 4, 4).clone()
     c2w[:, 0, 3] = torch.linspace(-0.1, 0.1, views) if views > 1 else 0.0  # sideways: mostly shared content
     return gaussians, c2w, Ks
-
-
-def load_old(rev: str):
-    """The renderer module of git revision `rev`, imported from a temporary file (None if git fails)."""
-    source, error = None, None
-    for file in ("ilrm_nerfstudio/render/rendering.py", "ilrm_nerfstudio/rendering.py"):  # 0.2 layout, then 0.1
-        try:
-            command = ["git", "-C", str(REPO), "show", f"{rev}:{file}"]
-            source = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            break
-        except (OSError, subprocess.CalledProcessError) as failure:
-            error = failure
-    if source is None:
-        print(f"note: cannot load the old renderer from git ({error}); new implementation only", file=sys.stderr)
-        return None
-    path = Path(tempfile.mkdtemp()) / f"rendering_{rev}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(f"rendering_{rev}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def count_pairs(rendering, gaussians, c2w, K, width, height) -> tuple[int, int]:
@@ -126,51 +124,92 @@ def count_pairs(rendering, gaussians, c2w, K, width, height) -> tuple[int, int]:
     return totals[0], totals[1]
 
 
-def run_case(case, reps: int, baseline: str | None, budget_s: float = float("inf")) -> dict:
+def worker(case, count: bool) -> None:
+    """One implementation's side of a case: build the scene, warm up, then one timed repetition
+    per line "rep" on stdin (a JSON line each on stdout); "stop" ends with the peak memory."""
     import torch
 
-    import ilrm_nerfstudio.render.rendering as new
-
+    rendering = load_modules()[0]
     width, height, n, views, sh_degree = case
-    old = load_old(baseline) if baseline else None
     gaussians, c2w, K = make_scene(n, width, height, views, sh_degree)
     params = gaussians.map(lambda t: t.clone().requires_grad_(True))
     weights = torch.rand(views, height, width, 3, generator=torch.Generator().manual_seed(1))
-
-    def loss(out):
-        return (out.rgb * weights).sum() + out.depth.mean()
-
-    impls = {"new": new} if old is None else {"new": new, "old": old}
-    # warm-up (numba's cached kernels, thread pools, autograd, allocator) on a small scene
+    # warm-up (numba's kernels, thread pools, autograd, allocator) on a small scene
     small, small_c2w, small_K = make_scene(4096, 64)
     small = small.map(lambda t: t.requires_grad_(True))
-    for module in impls.values():
-        module.render(small, small_c2w, small_K, 64, 64, backend="torch").rgb.sum().backward()
-    lane, drawn = count_pairs(new, gaussians, c2w, K, width, height)
+    rendering.render(small, small_c2w, small_K, 64, 64, backend="torch").rgb.sum().backward()
+    ready = {"threads": torch.get_num_threads()}
+    if count:
+        ready["lane"], ready["drawn"] = count_pairs(rendering, gaussians, c2w, K, width, height)
+    print(json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "rep":
+            break
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            rendering.render(params, c2w, K, width, height, backend="torch")
+            fwd = time.perf_counter() - t0
+        for p in (params.means, params.scales, params.quats, params.opacities, params.sh):
+            p.grad = None
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = rendering.render(params, c2w, K, width, height, backend="torch")
+        ((out.rgb * weights).sum() + out.depth.mean()).backward()
+        times = {"fwd": fwd, "fwd_bwd": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+        print(json.dumps(times), flush=True)
+    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
 
-    times = {name: {"fwd": [], "fwd_bwd": [], "cpu": []} for name in impls}
+
+class Worker:
+    """A worker process (this script with `--worker`) importing the renderer of `tree`."""
+
+    def __init__(self, tree: Path, case, count: bool, threads: int | None):
+        command = [sys.executable, __file__, "--worker", json.dumps(list(case)), "--tree", str(tree)]
+        command += ["--count"] if count else []
+        command += ["--threads", str(threads)] if threads else []
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.tree = tree
+        self.ready = self.read()
+
+    def read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            sys.exit(f"the worker for {self.tree} failed (exit status {self.process.returncode}; its error is above)")
+        return json.loads(line)
+
+    def ask(self, command: str) -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def stop(self) -> dict:
+        result = self.ask("stop")
+        self.process.stdin.close()
+        self.process.wait()
+        return result
+
+
+def run_case(case, reps: int, old_tree: Path | None, threads: int | None, budget_s: float = float("inf")) -> dict:
+    """Time `case` with the new renderer (and the old one of `old_tree`), alternating repetitions."""
+    workers = {"new": Worker(REPO, case, True, threads)}
+    if old_tree is not None:  # started after the new one is ready: no overlap of their warm-ups
+        workers["old"] = Worker(old_tree, case, False, threads)
+    times = {name: {"fwd": [], "fwd_bwd": [], "cpu": []} for name in workers}
     start = time.perf_counter()
     for rep in range(reps):
         if rep and time.perf_counter() - start > budget_s:
             break
-        for name, module in impls.items():  # alternate: both see the same load
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                module.render(params, c2w, K, width, height, backend="torch")
-            times[name]["fwd"].append(time.perf_counter() - t0)
-            for p in (params.means, params.scales, params.quats, params.opacities, params.sh):
-                p.grad = None
-            t0, c0 = time.perf_counter(), time.process_time()
-            loss(module.render(params, c2w, K, width, height, backend="torch")).backward()
-            times[name]["fwd_bwd"].append(time.perf_counter() - t0)
-            times[name]["cpu"].append(time.process_time() - c0)
+        for name, worker in workers.items():  # one at a time: the other waits on its stdin
+            for key, value in worker.ask("rep").items():
+                times[name][key].append(value)
+    ends = {name: worker.stop() for name, worker in workers.items()}
     result = {
         "case": list(case),
-        "lane": lane,
-        "drawn": drawn,
-        "threads": torch.get_num_threads(),
+        "lane": workers["new"].ready["lane"],
+        "drawn": workers["new"].ready["drawn"],
+        "threads": workers["new"].ready["threads"],
         "reps": len(times["new"]["fwd"]),
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": ends["new"]["peak_mb"],
     }
     for name, t in times.items():
         result[name] = {k: min(v) for k, v in t.items()}
@@ -179,37 +218,35 @@ def run_case(case, reps: int, baseline: str | None, budget_s: float = float("inf
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="headline case only")
+    parser.add_argument("--quick", action="store_true", help="headline case only, at most ~30 s of repetitions")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per case (min is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (the kernels use as many)")
     parser.add_argument("--baseline", default=BASELINE, help="git revision of the old renderer ('' = none)")
     parser.add_argument("--old-all", action="store_true", help="also time the old renderer on the large cases")
-    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a case (JSON): run as one side's worker
+    parser.add_argument("--tree", help=argparse.SUPPRESS)  # read at import (TREE)
+    parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.case:
-        case, baseline = json.loads(args.case)
-        print(json.dumps(run_case(tuple(case), args.reps or 3, baseline)))
+    if args.worker:
+        worker(tuple(json.loads(args.worker)), args.count)
         return
 
     cases = [HEADLINE] if args.quick else [HEADLINE] + [c for c in SWEEP if c != HEADLINE] + PER_SCENE
     reps = args.reps or 5
     rows = []
-    for case in cases:
-        width, height, _, views, _ = case
-        baseline = args.baseline if (args.old_all or width * height * views <= OLD_MAX_PIXELS) else ""
-        if args.quick:  # one case: run it here, skipping a subprocess start
-            rows.append(run_case(case, reps, baseline, budget_s=30.0))
-            continue
-        cmd = [sys.executable, __file__, "--case", json.dumps([case, baseline]), "--reps", str(reps if baseline else 3)]
-        cmd += ["--threads", str(args.threads)] if args.threads else []
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            sys.exit(f"case {case} failed:\n{result.stderr}")
-        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    with contextlib.ExitStack() as stack:
+        old_tree = stack.enter_context(worktree.checkout(args.baseline)) if args.baseline else None
+        for case in cases:
+            width, height, _, views, _ = case
+            with_old = old_tree is not None and (args.old_all or width * height * views <= OLD_MAX_PIXELS)
+            budget = 30.0 if args.quick else float("inf")
+            rows.append(
+                run_case(case, reps if with_old else min(reps, 3), old_tree if with_old else None, args.threads, budget)
+            )
 
     command = "python benchmarks/bench_rasterizer.py" + (" --quick" if args.quick else "")
     for flag, value in (("--reps", args.reps), ("--threads", args.threads)):
@@ -219,7 +256,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(
         f"Command: `{command}` ({rows[0]['threads']} threads, min of up to {reps} alternating runs, "
-        f"old = {args.baseline or 'none'}, load average {load:.1f})\n"
+        f"old = {worktree.short_revision(args.baseline) if args.baseline else 'none'}, load average {load:.1f})\n"
     )
     print(
         "| image | views | Gaussians | SH | old fwd (s) | new fwd (s) | fwd ratio | old fwd+bwd (s) | new "
