@@ -1,42 +1,27 @@
-"""The per-scene stage's checks of one capture, before and after nerfstudio's dataparser reads it.
+"""The per-scene stage's one check of a capture: what nerfstudio's dataparser returns.
 
-nerfstudio's dataparsers trust their input: a string focal length, a ragged or infinite pose, a
-missing first image or a single frame end in a traceback deep inside them (or, worse, in NaN
-Gaussians later). So:
-
-- `check_transforms` reads a nerfstudio-data `transforms.json` first (with data/validate.py) and
-  keeps only the usable frames; `reading_checked` has nerfstudio's parser read that checked copy in
-  place of the file, with the rest of its logic (relative paths, `images_N` folders, split lists)
-  unchanged. Frame numbers in messages are the file's.
-- `check_outputs` checks what any dataparser (colmap, ...) returns: poses, intrinsics, images.
-
-Frames that cannot be used are dropped with one warning line each when at least
-`MIN_TRAINING_FRAMES` usable training frames at different positions remain; otherwise one
-ILRMError line. The held-out split may end up empty (then nothing is scored, and ns-eval says so).
-The train / held-out split is made over every frame the file lists, before any is dropped, so that
-a frame damaged later never moves another frame from one split to the other.
+nerfstudio's dataparsers trust their input: an infinite pose, a missing image or a single frame end
+in a traceback deep inside them, or worse in NaN Gaussians later. `check_outputs` checks the
+frames any dataparser returned (pose, intrinsics, camera model, image): unusable ones are dropped
+with one warning line each while `MIN_TRAINING_FRAMES` usable training frames at different
+positions remain, otherwise one ILRMError line. When a dataparser fails outright,
+`explain_parse_failure` names the file and, for transforms.json, the first problem in it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from nerfstudio.cameras.cameras import CAMERA_MODEL_TO_TYPE, CameraType
-from nerfstudio.data.dataparsers import nerfstudio_dataparser
-from nerfstudio.data.dataparsers.nerfstudio_dataparser import MAX_AUTO_RESOLUTION, NerfstudioDataParserConfig
-from nerfstudio.data.utils import dataparsers_utils
-from PIL import Image
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
-from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.core.errors import ILRMError, brief
 from ilrm_nerfstudio.data import validate
 from ilrm_nerfstudio.data.images import PHOTO_SUFFIXES
 from ilrm_nerfstudio.data.validate import (
@@ -52,7 +37,6 @@ from ilrm_nerfstudio.data.validate import (
 MIN_TRAINING_FRAMES = 2
 INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")  # nerfstudio's names; a global value wins
 DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")
-UNUSED_FRAME_KEYS = ("mask_path", "depth_file_path")  # the per-scene stage uses neither
 SPLIT_KEYS = ("train_filenames", "val_filenames", "test_filenames")
 
 Warn = Callable[[str], None]
@@ -91,15 +75,6 @@ def check_parser_options(config) -> None:
 # ------------------------------------------------------------------------------------------------
 # transforms.json, before nerfstudio reads it
 # ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CheckedCapture:
-    transforms: Path  # the file nerfstudio's parser opens
-    meta: dict  # what it reads instead: the usable frames only
-    downscale_factor: int | None  # the factor it picks for the images (None: images not checked)
-    frames: int  # frames the file lists
-    dropped: int
 
 
 def transforms_path(data: Path) -> Path:
@@ -193,172 +168,49 @@ def _camera_problem(frame: dict, meta: dict) -> tuple[np.ndarray | None, tuple[i
     return full, (int(float(values[5])), int(float(values[4]))), None
 
 
-def _downscale_factor(config: NerfstudioDataParserConfig, data_dir: Path, file_path: str) -> int:
-    """The factor nerfstudio's parser picks from the first frame's image (its `_get_fname`)."""
-    if config.downscale_factor is not None:
-        return int(config.downscale_factor)
-    with Image.open(data_dir / file_path) as image:
-        max_res = max(image.size)
-    df = 0
-    while (
-        max_res / 2**df > MAX_AUTO_RESOLUTION and (data_dir / f"images_{2 ** (df + 1)}" / Path(file_path).name).exists()
-    ):
-        df += 1
-    return 2**df
-
-
-def _image_file(data_dir: Path, file_path: str, factor: int) -> Path:
-    """The image file nerfstudio's parser reads for a frame (its `_get_fname`)."""
-    if factor > 1:
-        return data_dir / f"images_{factor}" / Path(file_path).name
-    return data_dir / file_path
-
-
-def _split(config: NerfstudioDataParserConfig, names: list[Path], path: Path) -> tuple[list[int], list[int]]:
-    """nerfstudio's train / eval split of the frames `names` (already in its sorted order)."""
-    try:
-        if config.eval_mode == "fraction":
-            i_train, i_eval = dataparsers_utils.get_train_eval_split_fraction(names, config.train_split_fraction)
-        elif config.eval_mode == "filename":
-            i_train, i_eval = dataparsers_utils.get_train_eval_split_filename(names)
-        elif config.eval_mode == "interval":
-            i_train, i_eval = dataparsers_utils.get_train_eval_split_interval(names, config.eval_interval)
-        else:
-            i_train, i_eval = dataparsers_utils.get_train_eval_split_all(names)
-    except ValueError:  # eval-mode filename: a name with neither "train" nor "eval"
-        raise ILRMError(
-            f"{path}: nerfstudio-data --eval-mode filename needs 'train' or 'eval' in every image file name; "
-            "use --eval-mode interval"
-        ) from None
-    return [int(i) for i in i_train], [int(i) for i in i_eval]
-
-
-def check_transforms(
-    config: NerfstudioDataParserConfig, data: Path, warn: Warn, check_image_files: bool = True
-) -> CheckedCapture:
-    """Read and check `data`'s transforms.json (see the module's docstring). `check_image_files`
-    False: the images are neither opened nor required (ns-export / ns-render camera-path)."""
+def explain_parse_failure(config, data: Path, error: BaseException) -> str:
+    """One line for a capture nerfstudio's dataparser failed on: for transforms.json the first
+    problem found in it (file, frame, value), else nerfstudio's own error, naming the data."""
     path = transforms_path(Path(data))
-    if Path(data).is_dir() and not path.exists():
-        if any(p.suffix.lower() in PHOTO_SUFFIXES for p in Path(data).iterdir()):
-            raise ILRMError(
-                f"{data}: photos without camera poses: run `ilrm-process {data} SCENE` first (COLMAP, on the CPU), "
-                "then ns-train ilrm-finetune --data SCENE"
+    if isinstance(config.dataparser, NerfstudioDataParserConfig):
+        if Path(data).is_dir() and not path.exists():
+            if any(p.suffix.lower() in PHOTO_SUFFIXES for p in Path(data).iterdir()):
+                return (
+                    f"{data}: photos without camera poses: run `ilrm-process {data} SCENE` first (COLMAP, on the "
+                    "CPU), then ns-train ilrm-finetune --data SCENE"
+                )
+            return (
+                f"{path}: not found; nerfstudio-data reads a transforms.json (ns-process-data output). For a COLMAP "
+                "folder add the dataparser subcommand: ns-train ilrm-finetune --data DIR colmap"
             )
-        raise ILRMError(
-            f"{path}: not found; nerfstudio-data reads a transforms.json (ns-process-data output). For a COLMAP "
-            "folder add the dataparser subcommand: ns-train ilrm-finetune --data DIR colmap"
-        )
-    meta = read_json(path)
+        problem = transforms_problem(path)
+        if problem is not None:
+            return f"{path}: {problem}"
+    return (
+        f"{data}: nerfstudio's dataparser ({type(config.dataparser).__name__}) could not read it ({brief(error)}); "
+        "check the capture, or read it with another dataparser subcommand (nerfstudio-data, colmap)"
+    )
+
+
+def transforms_problem(path: Path) -> str | None:
+    """The first problem of a transforms.json: the file, a value for every frame, then a frame."""
+    try:
+        meta = read_json(path)
+    except ILRMError as error:
+        return str(error).removeprefix(f"{path}: ")
     frames = meta.get("frames") if isinstance(meta, dict) else None
     if not isinstance(frames, list) or not frames:
-        raise ILRMError(f"{path}: no 'frames' (a non-empty list of frames with file_path and transform_matrix)")
+        return "no 'frames' (a non-empty list of frames with file_path and transform_matrix)"
     problem = _global_problems(meta)
     if problem is not None:
-        raise ILRMError(f"{path}: {problem}")
-    data_dir = path.parent
-
-    problems: dict[int, str] = {}
-    cameras: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
-    listed = []  # frames with an image path: these make the split
+        return problem
     for i, frame in enumerate(frames):
-        problem = _file_path_problem(frame)
-        if problem is None:
-            listed.append(i)
-            pose, hw, problem = _camera_problem(frame, meta)
-            if problem is None:
-                cameras[i] = (pose, hw)
+        problem = _file_path_problem(frame) or _camera_problem(frame, meta)[2]
         if problem is not None:
-            problems[i] = problem
-
-    factor = None
-    if check_image_files:
-        usable = [i for i in listed if i in cameras]
-        for i in usable:  # nerfstudio opens the first frame's image to pick the images_N folder
-            try:
-                factor = _downscale_factor(config, data_dir, frames[i]["file_path"])
-                break
-            except (OSError, ValueError, SyntaxError):
-                problems[i] = validate.image_problem(data_dir / frames[i]["file_path"]) or "cannot open the image"
-        usable = [i for i in usable if i not in problems]
-        files = [_image_file(data_dir, frames[i]["file_path"], factor or 1) for i in usable]
-        sizes = [cameras[i][1] for i in usable]
-        for i, problem in zip(usable, check_images(files, sizes)):
-            if problem is not None:
-                problems[i] = problem
-
-    # The split over every listed frame, as nerfstudio makes it (its sorted order).
-    names = {i: os.path.normpath(_image_file(data_dir, frames[i]["file_path"], factor or 1)) for i in listed}
-    order = sorted(listed, key=lambda i: Path(names[i]))
-    if any(key in meta for key in SPLIT_KEYS):
-        train_names = {os.path.normpath(_image_file(data_dir, x, factor or 1)) for x in meta.get("train_filenames", [])}
-        train = [i for i in order if names[i] in train_names]
-        eval_frames = None  # the file's own lists, filtered below
-    else:
-        i_train, i_eval = _split(config, [Path(names[i]) for i in order], path)
-        train, eval_frames = [order[k] for k in i_train], [order[k] for k in i_eval]
-    kept = [i for i in range(len(frames)) if i not in problems]
-    kept_train = [i for i in train if i not in problems]
-
-    def described(i: int) -> str:
-        file_path = frames[i].get("file_path") if isinstance(frames[i], dict) else None
-        return f"frame {i}" + (f" ({file_path})" if isinstance(file_path, str) else "")
-
-    problem = spread_problem(np.stack([cameras[i][0][:3, 3] for i in kept_train]) if kept_train else np.zeros((0, 3)))
-    if problem is not None:
-        detail = ""
-        if problems:
-            first = min(problems)
-            detail = (
-                f"; {len(problems)} of {len(frames)} frames are unusable, e.g. {described(first)}: {problems[first]}"
-            )
-        raise ILRMError(
-            f"{path}: the training split ({len(train)} of {len(frames)} frames) {problem}{detail}; "
-            f"fix the capture (at least {MIN_TRAINING_FRAMES} training frames at different positions)"
-        )
-    for i in sorted(problems):
-        warn(f"{path}: {described(i)}: {problems[i]}; frame dropped")
-
-    checked = copy.deepcopy(meta)
-    checked["frames"] = []
-    for i in kept:
-        frame = {key: value for key, value in frames[i].items() if key not in UNUSED_FRAME_KEYS}
-        frame["transform_matrix"] = cameras[i][0].tolist()  # 4x4 always (3x4 rows completed)
-        checked["frames"].append(frame)
-    if any(isinstance(frames[i], dict) and set(UNUSED_FRAME_KEYS) & set(frames[i]) for i in kept):
-        warn(f"{path}: mask_path / depth_file_path are not used by ilrm-finetune (ignored)")
-    if problems:
-        kept_names = {names[i] for i in kept}
-        if eval_frames is None:  # the file's split lists, without the dropped frames
-            for key in SPLIT_KEYS:
-                if key in meta:
-                    checked[key] = [
-                        x for x in meta[key] if os.path.normpath(_image_file(data_dir, x, factor or 1)) in kept_names
-                    ]
-        else:  # the split made above, so that dropping a frame does not move the others
-            kept_eval = [frames[i]["file_path"] for i in eval_frames if i not in problems]
-            checked["train_filenames"] = [frames[i]["file_path"] for i in kept_train]
-            checked["val_filenames"] = checked["test_filenames"] = kept_eval
-    return CheckedCapture(path, checked, factor, len(frames), len(problems))
-
-
-@contextlib.contextmanager
-def reading_checked(checked: CheckedCapture) -> Iterator[None]:
-    """nerfstudio's Nerfstudio dataparser reads `checked.meta` in place of `checked.transforms`
-    (it loads the file through this module attribute; every other file it reads is untouched)."""
-    original = nerfstudio_dataparser.load_from_json
-    target = os.path.abspath(checked.transforms)
-
-    def load(filename):
-        if os.path.abspath(filename) == target:
-            return copy.deepcopy(checked.meta)  # the parser edits what it reads
-        return original(filename)
-
-    nerfstudio_dataparser.load_from_json = load
-    try:
-        yield
-    finally:
-        nerfstudio_dataparser.load_from_json = original
+            file_path = frame.get("file_path") if isinstance(frame, dict) else None
+            where = f"frame {i}" + (f" ({file_path})" if isinstance(file_path, str) else "")
+            return f"{where}: {problem}; fix or remove that frame"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -373,6 +225,8 @@ def frame_problems(outputs, check_image_files: bool) -> list[str | None]:
     c2w = cameras.camera_to_worlds.reshape(n, 3, 4).double().cpu().numpy()
     fx, fy, cx, cy = (getattr(cameras, name).reshape(n).double().tolist() for name in ("fx", "fy", "cx", "cy"))
     width, height = cameras.width.reshape(n).tolist(), cameras.height.reshape(n).tolist()
+    types = cameras.camera_type.reshape(n).tolist()
+    k4 = cameras.distortion_params[..., 3].reshape(n).tolist() if cameras.distortion_params is not None else [0] * n
     problems: list[str | None] = []
     for i in range(n):
         pose, problem = matrix_problem(c2w[i], ((3, 4),))
@@ -382,6 +236,10 @@ def frame_problems(outputs, check_image_files: bool) -> list[str | None]:
         if problem is None:
             problem = intrinsics_problem(fx[i], fy[i], cx[i], cy[i], width[i], height[i])
             problem = f"intrinsics: {problem}" if problem else None
+        if problem is None and types[i] != CameraType.PERSPECTIVE.value:
+            problem = "not a perspective camera (undistort the images first, e.g. with COLMAP's image_undistorter)"
+        if problem is None and k4[i] != 0:  # nerfstudio undistorts perspective images without k4
+            problem = "distortion k4 is not used for perspective cameras (OPENCV: k1 k2 p1 p2 k3); undistort first"
         problems.append(problem)
     if check_image_files:
         todo = [i for i in range(n) if problems[i] is None]
@@ -418,10 +276,16 @@ def check_outputs(outputs, data: Path, split: str, warn: Warn, check_image_files
         if problem is not None:
             bad = [(i, p) for i, p in enumerate(problems) if p is not None]
             detail = f"; {len(bad)} unusable, e.g. {outputs.image_filenames[bad[0][0]]}: {bad[0][1]}" if bad else ""
+            path = transforms_path(Path(data))
+            cause = transforms_problem(path) if path.is_file() else None
+            if cause is not None:  # e.g. one infinite pose: nerfstudio's centering spread it to every frame
+                raise ILRMError(f"{path}: {cause}")
             raise ILRMError(
                 f"{data}: the dataparser's training split ({len(problems)} frames) {problem}{detail}; fix the "
                 f"capture (at least {MIN_TRAINING_FRAMES} training frames at different positions)"
             )
+    if training and (outputs.mask_filenames or outputs.metadata.get("depth_filenames")):
+        warn(f"{data}: mask_path / depth_file_path are not used by ilrm-finetune (ignored)")
     for i, problem in enumerate(problems):
         if problem is not None:
             path = str(outputs.image_filenames[i])

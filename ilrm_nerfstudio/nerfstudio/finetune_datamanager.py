@@ -1,33 +1,17 @@
-"""Data manager of the per-scene stage (`ilrm-finetune`): one scene through any nerfstudio
-dataparser (default: `nerfstudio-data`, i.e. ns-process-data output, every 8th frame held out;
-`colmap` and the others as subcommands), whole images rather than rays.
+"""Data of the per-scene stage: nerfstudio's `FullImageDatamanager` (splatfacto's), with three hooks.
 
-- Working size: every frame is undistorted and resized on load so that its longest side is
-  `image_size` (default 512 px on the CPU, the full size on CUDA); intrinsics follow exactly. No
-  `images_N` folder is needed.
-- Input views: the training frames chosen by `view_selection` (k-means over camera position and
-  direction by default) that feed the network (`network_views`, resized and cropped to the
-  network's multiple with the frame's aspect ratio) and that the published finetune epochs
-  optimize on.
-- Refinement epochs optimize on every training frame, `views_per_step` at a time
-  (`epoch_batches`).
-- Held-out views: the frames of the dataparser's eval split that are not training frames
-  (`--eval-mode all` has none); ns-eval scores them, and says so in one line when there are none.
-- Bad input (capture_check.py): a transforms.json is checked before nerfstudio-data reads it, and
-  what any dataparser returns after; unusable frames are dropped with a warning each, too few
-  usable ones (or nerfstudio's own errors) are one line naming the data. Every tool on a run
-  (ns-eval, ns-render, ns-viewer) repeats the same checks, so it sees the same frames; ns-export
-  and ns-render camera-path (inference mode) open no image and go on without a damaged capture.
-
-It is a `VanillaDataManager` subclass because nerfstudio's tools check for that type
-(`ns-render spiral`, `ns-render dataset`, the viewer's `train_dataset`); its ray samplers and
-loader processes are not used. The cached images are pinhole (distortion removed).
+- The dataparser's outputs are checked once (capture_check.py): unusable frames are dropped with a
+  warning each while enough remain, else one line naming the data; nerfstudio's own errors while
+  parsing become one line naming the file and, for transforms.json, the first problem in it.
+- Working size: frames are resized on load (nerfstudio's dataset `scale_factor`) so that the
+  longest side is `image_size` (512 on the CPU, full size on CUDA); no `images_N` folder needed.
+- Input views: the training frames chosen by k-means over camera position and direction that the
+  network sees and the published finetune steps optimize on (`input_views`, `network_views`).
+Images are decoded from any Pillow mode (16-bit, palette, gray) into 8-bit RGB (`CaptureDataset`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import random
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -35,31 +19,20 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
-from nerfstudio.cameras.cameras import Cameras, CameraType
+import torch.nn.functional as F
 from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
-from nerfstudio.data.datamanagers.base_datamanager import DataManager, VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
-from nerfstudio.data.pixel_samplers import PixelSamplerConfig
-from nerfstudio.data.utils.dataloaders import RandIndicesEvalDataloader
 from PIL import Image
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
-from ilrm_nerfstudio.core.errors import ILRMError, brief, one_line
+from ilrm_nerfstudio.core.errors import ILRMError, one_line
 from ilrm_nerfstudio.data.images import to_rgb8
 from ilrm_nerfstudio.data.samplers import kmeans_views
-from ilrm_nerfstudio.data.scene import Scene, load_view, load_working_view
-from ilrm_nerfstudio.nerfstudio.capture_check import (
-    CheckedCapture,
-    check_outputs,
-    check_parser_options,
-    check_transforms,
-    reading_checked,
-)
+from ilrm_nerfstudio.nerfstudio.capture_check import check_outputs, check_parser_options, explain_parse_failure
 from ilrm_nerfstudio.nerfstudio.console import log_line
-from ilrm_nerfstudio.nerfstudio.dataparser_scene import scene_from_dataparser_outputs
 
 CPU_IMAGE_SIZE = 512  # default longest image side on the CPU
 
@@ -68,43 +41,12 @@ def held_out_every_8th() -> NerfstudioDataParserConfig:
     return NerfstudioDataParserConfig(eval_mode="interval", eval_interval=8)
 
 
-@dataclass
-class ILRMSceneDataManagerConfig(VanillaDataManagerConfig):
-    _target: type = field(default_factory=lambda: ILRMSceneDataManager)
-    dataparser: AnnotatedDataParserUnion = field(default_factory=held_out_every_8th)
-    """How the scene is read: `nerfstudio-data` (transforms.json, ns-process-data output), `colmap`, ..."""
-    image_size: int | None = None
-    """Longest image side (pixels) the frames are resized to on load, whole frame and aspect kept,
-    intrinsics scaled exactly. None: 512 on the CPU, the full size on CUDA; 0: the full size."""
-    view_selection: Literal["all", "every-kth", "kmeans"] = "kmeans"
-    """Input views (the network's, and the published finetune epochs') among the training frames:
-    every one, every `view_stride`-th, or `num_input_views` chosen by k-means over camera position
-    and viewing direction."""
-    num_input_views: int | None = None
-    """Number of input views for view_selection="kmeans" (None: 8, or the published model's)."""
-    view_stride: int = 2
-    """k for view_selection="every-kth" (frames 0, k, 2k, ... of the training split)."""
-    views_per_step: int = 1
-    """Refinement epochs: training frames per optimizer step (0: all of them in one step)."""
-    seed: int = 0
-    # Inherited ray-sampling options that this data manager does not use: hidden from --help.
-    train_num_rays_per_batch: tyro.conf.Suppress[int] = 1024
-    train_num_images_to_sample_from: tyro.conf.Suppress[int] = -1
-    train_num_times_to_repeat_images: tyro.conf.Suppress[int] = -1
-    eval_num_rays_per_batch: tyro.conf.Suppress[int] = 1024
-    eval_num_images_to_sample_from: tyro.conf.Suppress[int] = -1
-    eval_num_times_to_repeat_images: tyro.conf.Suppress[int] = -1
-    eval_image_indices: tyro.conf.Suppress[tuple[int, ...] | None] = (0,)
-    camera_res_scale_factor: tyro.conf.Suppress[float] = 1.0
-    patch_size: tyro.conf.Suppress[int] = 1
-    pixel_sampler: tyro.conf.Suppress[PixelSamplerConfig] = field(default_factory=PixelSamplerConfig)
-    masks_on_gpu: tyro.conf.Suppress[bool] = False
-    images_on_gpu: tyro.conf.Suppress[bool] = False
+def warn(message: str) -> None:
+    log_line(message, style="yellow", prefix="[ilrm-finetune] warning: ")
 
 
 class CaptureDataset(InputDataset):
-    """nerfstudio's dataset of one split, its images decoded as the stage decodes them (any Pillow
-    mode -> 8-bit RGB, upright; data/images.py): what the viewer and `ns-render dataset` show."""
+    """nerfstudio's dataset of one split, any Pillow image mode decoded to upright 8-bit RGB."""
 
     def get_numpy_image(self, image_idx: int) -> np.ndarray:
         path = self._dataparser_outputs.image_filenames[image_idx]
@@ -116,200 +58,116 @@ class CaptureDataset(InputDataset):
         if self.scale_factor != 1.0:
             size = (int(rgb.width * self.scale_factor), int(rgb.height * self.scale_factor))
             rgb = rgb.resize(size, resample=Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
+        return np.array(rgb, dtype=np.uint8)
 
 
-def warn(message: str) -> None:
-    log_line(message, style="yellow", prefix="[ilrm-finetune] warning: ")
+@dataclass
+class ILRMSceneDataManagerConfig(FullImageDatamanagerConfig):
+    _target: type = field(default_factory=lambda: ILRMSceneDataManager)
+    dataparser: AnnotatedDataParserUnion = field(default_factory=held_out_every_8th)
+    """How the scene is read: `nerfstudio-data` (transforms.json; every 8th frame held out), `colmap`, ..."""
+    image_size: int | None = None
+    """Longest image side (pixels) frames are resized to on load (never enlarged), intrinsics scaled
+    with them. None: 512 on the CPU, the full size on CUDA; 0: the full size."""
+    num_input_views: int | None = None
+    """Input views of the network start (k-means over camera position and viewing direction among
+    the training frames). None: 8, or the published model's own count."""
+    cache_images: Literal["cpu", "gpu"] = "gpu"
+    """"gpu": on the training device (the CPU when training on the CPU)."""
+    cache_images_type: Literal["uint8", "float32"] = "uint8"
 
 
-def check_options(config: ILRMSceneDataManagerConfig) -> None:
-    """Impossible option values are errors, never replaced."""
-    option = "--pipeline.datamanager."
-    if config.num_input_views is not None and config.num_input_views < 1:
-        raise ILRMError(f"{option}num-input-views must be >= 1 (or unset), got {config.num_input_views}")
-    if config.view_stride < 1:
-        raise ILRMError(f"{option}view-stride must be >= 1, got {config.view_stride}")
-    if config.views_per_step < 0:
-        raise ILRMError(
-            f"{option}views-per-step must be >= 0 (0: every training frame in one step), got {config.views_per_step}"
-        )
-    if config.image_size is not None and config.image_size < 0:
-        raise ILRMError(f"{option}image-size must be >= 0 (0: full size), got {config.image_size}")
-    check_parser_options(config.dataparser)
-
-
-class ILRMSceneDataManager(VanillaDataManager):
+class ILRMSceneDataManager(FullImageDatamanager[CaptureDataset]):
     config: ILRMSceneDataManagerConfig
 
-    def __init__(
-        self,
-        config: ILRMSceneDataManagerConfig,
-        device="cpu",
-        test_mode: Literal["test", "val", "inference"] = "val",
-        world_size: int = 1,
-        local_rank: int = 0,
-        **kwargs,
-    ):
-        self.default_input_views = 8  # a published network's protocol may ask for more
-        check_options(config)
-        data = Path(config.data if config.data is not None else config.dataparser.data)
-        if not data.exists():
-            if test_mode != "inference":
-                raise ILRMError(f"{data}: data folder not found")
-            # ns-export / ns-render camera-path need only the checkpoint: work without the data.
-            self._init_without_data(config, device, test_mode, world_size, local_rank)
-            return
-        if test_mode != "inference":
-            self._init_from_dataparser(config, data, device, test_mode, world_size, local_rank)
-            return
-        try:  # the frames are not needed here: a damaged capture is no reason to stop
-            self._init_from_dataparser(config, data, device, test_mode, world_size, local_rank)
-        except ILRMError as error:
-            warn(f"{one_line(error)}; going on without the capture's frames (this command does not need them)")
-            self._init_without_data(config, device, test_mode, world_size, local_rank)
-
-    def _init_from_dataparser(self, config, data: Path, device, test_mode, world_size, local_rank) -> None:
-        """VanillaDataManager's construction, with the capture checked before the dataparser reads
-        it (nerfstudio-data) and what it returns checked after (every dataparser); images are
-        opened (decoded fully) unless in inference mode, where nerfstudio does not open them."""
-        self.config, self.device, self.test_mode = config, device, test_mode
-        self.world_size, self.local_rank, self.sampler = world_size, local_rank, None
-        self.test_split = "test" if test_mode in ("test", "inference") else "val"
-        self.dataparser_config = config.dataparser
-        config.dataparser.data = data
-        open_images = test_mode != "inference"
-        self.dropped_frames = 0
-
-        def warn_and_count(message: str) -> None:
-            self.dropped_frames += message.endswith("frame dropped")
-            warn(message)
-
-        checked = None
-        if isinstance(config.dataparser, NerfstudioDataParserConfig):
-            checked = check_transforms(config.dataparser, data, warn_and_count, open_images)
-            config.dataparser.load_3D_points = self._has_point_cloud(checked)
-        self.dataparser = config.dataparser.setup()
-        if test_mode == "inference":
-            self.dataparser.downscale_factor = 1  # as nerfstudio: avoid opening images
-        elif checked is not None:
-            self.dataparser.downscale_factor = checked.downscale_factor  # the images checked
-        self.includes_time = self.dataparser.includes_time
-        recheck_images = open_images and checked is None  # nerfstudio-data's were checked before
-        train = self._parse(data, "train", checked)
-        train = check_outputs(train, data, "train", warn_and_count, recheck_images, training=True)
-        held = self._parse(data, self.test_split, checked)
-        held = check_outputs(held, data, self.test_split, warn_and_count, recheck_images, training=False)
-        self.train_dataparser_outputs = train
-        self.train_dataset = CaptureDataset(train, scale_factor=config.camera_res_scale_factor)
-        self.eval_dataset = CaptureDataset(held, scale_factor=config.camera_res_scale_factor)
-        self.exclude_batch_keys_from_device = list(self.train_dataset.exclude_batch_keys_from_device)
-        if test_mode == "val" and not self.held_out_indices:
-            warn(f"{self.no_held_out_frames()}. Training goes on; no held-out PSNR is reported")
-        DataManager.__init__(self)
-        if not self.eval_dataset and test_mode != "inference":
-            self.setup_eval()  # nerfstudio skips it for an empty split; ns-render spiral needs it
-
-    def _parse(self, data: Path, split: str, checked: CheckedCapture | None):
-        """The dataparser's outputs of a split; its own exceptions become one line naming the data.
-        SfM points that it cannot load (e.g. an empty COLMAP points3D) only cost the points."""
-
-        def parse():
-            with reading_checked(checked) if checked is not None else contextlib.nullcontext():
-                return self.dataparser.get_dataparser_outputs(split=split)
-
+    def __init__(self, config: ILRMSceneDataManagerConfig, device="cpu", test_mode="val", **kwargs):
+        option = "--pipeline.datamanager."
+        if config.num_input_views is not None and config.num_input_views < 1:
+            raise ILRMError(f"{option}num-input-views must be >= 1 (or unset), got {config.num_input_views}")
+        if config.image_size is not None and config.image_size < 0:
+            raise ILRMError(f"{option}image-size must be >= 0 (0: full size), got {config.image_size}")
+        check_parser_options(config.dataparser)
+        self.data = Path(config.data if config.data is not None else config.dataparser.data)
+        if isinstance(config.dataparser, NerfstudioDataParserConfig) and config.dataparser.downscale_factor is None:
+            config.dataparser.downscale_factor = 1  # we resize ourselves: no images_N folders, no image opened
+        self.default_input_views = 8
+        self.device = device  # the working size needs it before nerfstudio's __init__ sets it
         try:
-            return parse()
-        except ILRMError:
-            raise
-        except Exception as error:  # nerfstudio's parsers assert / raise on bad input
-            failure = error
-        parser_config = self.dataparser.config
-        if getattr(parser_config, "load_3D_points", False):
-            parser_config.load_3D_points = False
-            try:
-                outputs = parse()
-            except Exception:
-                parser_config.load_3D_points = True
-            else:
-                warn(f"{data}: nerfstudio could not load the SfM points ({brief(failure)}); starting without them")
-                return outputs
-        raise ILRMError(
-            f"{data}: nerfstudio's dataparser ({type(self.dataparser).__name__}) could not read the {split} split "
-            f"({brief(failure)}); check the capture, or read it with another dataparser subcommand "
-            "(nerfstudio-data, colmap)"
-        )
+            if not self.data.exists():
+                raise ILRMError(f"{self.data}: data folder not found")
+            super().__init__(config, device, test_mode, **kwargs)
+        except Exception as error:  # noqa: BLE001 - nerfstudio's parsers assert / raise on bad input
+            message = (
+                one_line(error) if isinstance(error, ILRMError) else explain_parse_failure(config, self.data, error)
+            )
+            if test_mode != "inference":
+                raise ILRMError(message) from None
+            # ns-export / ns-render camera-path need only the checkpoint: go on without the frames.
+            warn(f"{message}; going on without the capture's frames (this command does not need them)")
+            self._without_frames(config, device, test_mode)
 
-    @staticmethod
-    def _has_point_cloud(checked: CheckedCapture) -> bool:
-        """Have nerfstudio-data load the SfM points only when transforms.json names an existing
-        file (asking for them otherwise only makes nerfstudio prompt or warn)."""
-        ply = checked.meta.get("ply_file_path")
-        return isinstance(ply, str) and bool(ply) and (checked.transforms.parent / ply).is_file()
-
-    def _init_without_data(self, config, device, test_mode, world_size, local_rank) -> None:
+    def _without_frames(self, config, device, test_mode) -> None:
+        from nerfstudio.data.datamanagers.base_datamanager import DataManager
         from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
         from nerfstudio.data.scene_box import SceneBox
 
-        self.config, self.device, self.test_mode = config, device, test_mode
-        self.world_size, self.local_rank, self.sampler = world_size, local_rank, None
-        self.test_split = "test"
-        self.dataparser_config = config.dataparser
-        self.includes_time = False
-        empty = Cameras(
-            camera_to_worlds=torch.zeros(0, 3, 4),
-            fx=torch.zeros(0, 1),
-            fy=torch.zeros(0, 1),
-            cx=torch.zeros(0, 1),
-            cy=torch.zeros(0, 1),
-            width=torch.zeros(0, 1, dtype=torch.long),
-            height=torch.zeros(0, 1, dtype=torch.long),
+        self.config, self.device, self.test_mode, self.includes_time = config, device, test_mode, False
+        empty = DataparserOutputs(
+            [], cameras_with_no_frames(), scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3]))
         )
-        self.train_dataparser_outputs = DataparserOutputs(
-            image_filenames=[], cameras=empty, scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
-        )
-        self.train_dataset = CaptureDataset(self.train_dataparser_outputs)
-        self.eval_dataset = CaptureDataset(self.train_dataparser_outputs)
+        self.train_dataparser_outputs = empty
+        self.train_dataset = self.eval_dataset = CaptureDataset(empty)
         self.exclude_batch_keys_from_device = list(self.train_dataset.exclude_batch_keys_from_device)
         DataManager.__init__(self)
 
-    # -- held-out frames -------------------------------------------------------------------------
+    # -- the one check, and the working size ----------------------------------------------------
 
-    @cached_property
-    def held_out_indices(self) -> list[int]:
-        """Frames of the eval split that are not training frames (`--eval-mode all` has none):
-        the only ones whose scores are held-out scores."""
-        training = {str(path) for path in self.train_dataset.image_filenames}
-        return [i for i, path in enumerate(self.eval_dataset.image_filenames) if str(path) not in training]
+    def create_train_dataset(self) -> CaptureDataset:
+        outputs = check_outputs(self.train_dataparser_outputs, self.data, "train", warn, self.opens_images, True)
+        self.train_dataparser_outputs = outputs
+        return CaptureDataset(outputs, scale_factor=self.working_scale(outputs))
 
-    def no_held_out_frames(self) -> str:
-        """Why there is nothing to score, for messages."""
-        data = self.config.data
-        if len(self.eval_dataset) == 0:
-            why = f"the dataparser's {self.test_split} split is empty"
-            if getattr(self, "dropped_frames", 0):
-                why += f"; {self.dropped_frames} damaged frame(s) dropped, see the warnings above"
-        else:
-            why = f"every frame of the dataparser's {self.test_split} split is also a training frame (--eval-mode all?)"
-        return (
-            f"{data}: no held-out frames ({why}); to score a run, hold frames out, e.g. nerfstudio-data "
-            "--eval-mode interval"
-        )
+    def create_eval_dataset(self) -> CaptureDataset:
+        outputs = self.dataparser.get_dataparser_outputs(split=self.test_split)
+        outputs = check_outputs(outputs, self.data, self.test_split, warn, self.opens_images, False)
+        training = {str(path) for path in self.train_dataparser_outputs.image_filenames}
+        held = [i for i, path in enumerate(outputs.image_filenames) if str(path) not in training]
+        if len(held) < len(outputs.image_filenames):  # --eval-mode all: those are no held-out frames
+            from ilrm_nerfstudio.nerfstudio.capture_check import subset_outputs
 
-    # -- which views ----------------------------------------------------------------------------
+            outputs = subset_outputs(outputs, held)
+        if not held and self.test_mode == "val":
+            warn(f"{self.no_held_out_frames()}. Training goes on; no held-out PSNR is reported")
+        return CaptureDataset(outputs, scale_factor=self.working_scale(self.train_dataparser_outputs))
 
     @property
-    def image_size(self) -> int:
-        """The working size's longest side (0: full size)."""
-        if self.config.image_size is not None:
-            return self.config.image_size
-        return 0 if torch.device(self.device).type == "cuda" else CPU_IMAGE_SIZE
+    def opens_images(self) -> bool:
+        return self.test_mode != "inference"  # as nerfstudio: inference opens no image
+
+    def working_scale(self, outputs) -> float:
+        size = self.config.image_size
+        if size is None:
+            size = 0 if torch.device(self.device).type == "cuda" else CPU_IMAGE_SIZE
+        cameras = outputs.cameras
+        longest = int(torch.maximum(cameras.width, cameras.height).max()) if len(cameras) else 0
+        return 1.0 if size == 0 or longest <= size else size / longest
+
+    def no_held_out_frames(self) -> str:
+        return (
+            f"{self.data}: no held-out frames (the dataparser's {self.test_split} split has none that is not a "
+            "training frame); to score a run, hold frames out, e.g. nerfstudio-data --eval-mode interval"
+        )
+
+    @property
+    def fixed_indices_eval_dataloader(self):
+        if len(self.eval_dataset) == 0:  # nerfstudio's average over no images is an IndexError
+            raise ILRMError(f"nothing to evaluate: {self.no_held_out_frames()}")
+        return super().fixed_indices_eval_dataloader
+
+    # -- the network's input views ----------------------------------------------------------------
 
     def ask_for_input_views(self, count: int) -> int:
-        """A network that needs at least `count` views (a published model's protocol) raises the
-        default number of input views; returns the default now in force."""
-        if "input_indices" in self.__dict__:
-            raise RuntimeError("ask_for_input_views: the input views are already chosen")
+        """A published network's protocol may need more input views than the default 8."""
         self.default_input_views = max(count, self.default_input_views)
         return self.default_input_views
 
@@ -317,176 +175,57 @@ class ILRMSceneDataManager(VanillaDataManager):
     def input_indices(self) -> list[int]:
         """Indices into the training dataset of the input views (sorted)."""
         n = len(self.train_dataset)
-        cfg = self.config
-        if n == 0:
-            raise ILRMError(f"{self.config.data}: the dataparser's training split is empty")
-        if cfg.view_selection == "all":
-            return list(range(n))
-        if cfg.view_selection == "every-kth":
-            return list(range(0, n, cfg.view_stride))
-        c2w = opengl_to_opencv(to_homogeneous(self.train_dataset.cameras.camera_to_worlds.double()))
-        count = cfg.num_input_views if cfg.num_input_views is not None else self.default_input_views
-        return kmeans_views(c2w, min(count, n), list(range(n)))
-
-    # -- images --------------------------------------------------------------------------------
-
-    def _scene(self, dataset: InputDataset) -> tuple[Scene, dict[str, int]]:
-        """The split as a Scene (our conventions) and the position of each image file in it."""
-        outputs = dataset._dataparser_outputs
-        scene = scene_from_dataparser_outputs(outputs, Path(str(self.config.data)).name)
-        return scene, {str(path): i for i, path in enumerate(scene.image_paths)}
-
-    def _load_views(self, dataset: InputDataset, indices: list[int]) -> tuple[Cameras, list[dict]]:
-        """Frames at the working size, undistorted (uint8 [H, W, 3] on the CPU), and their pinhole
-        cameras (on the device)."""
-        if not indices:
-            return dataset.cameras[torch.zeros(0, dtype=torch.long)], []
-        scene, position = self._scene(dataset)
-        images, Ks = [], []
-        for index in indices:
-            image, K = load_working_view(scene, position[str(dataset.image_filenames[index])], self.image_size)
-            images.append(image)
-            Ks.append(K)
-        source = dataset.cameras[torch.tensor(indices, dtype=torch.long)]
-        K = torch.stack(Ks)
-        cameras = Cameras(
-            camera_to_worlds=source.camera_to_worlds.clone(),
-            fx=K[:, 0, 0:1],
-            fy=K[:, 1, 1:2],
-            cx=K[:, 0, 2:3],
-            cy=K[:, 1, 2:3],
-            width=torch.tensor([[image.shape[1]] for image in images]),
-            height=torch.tensor([[image.shape[0]] for image in images]),
-            distortion_params=None,
-            camera_type=CameraType.PERSPECTIVE,
-            times=source.times,
-            metadata=source.metadata,
-        )
-        return cameras.to(self.device), [{"image": image, "image_idx": index} for image, index in zip(images, indices)]
-
-    @cached_property
-    def train_views(self) -> tuple[Cameras, list[dict]]:
-        """Every training frame at the working size."""
-        n = len(self.train_dataset)
-        if n == 0:
-            raise ILRMError(f"{self.config.data}: the dataparser's training split is empty")
-        cameras, items = self._load_views(self.train_dataset, list(range(n)))
-        sizes = sorted({(int(item["image"].shape[1]), int(item["image"].shape[0])) for item in items})
-        log_line(f"loaded {n} training frames at {', '.join(f'{w}x{h}' for w, h in sizes)}")
-        return cameras, items
-
-    @property
-    def input_views(self) -> tuple[Cameras, list[dict]]:
-        cameras, items = self.train_views
-        chosen = self.input_indices
-        return cameras[torch.tensor(chosen, device=cameras.device)], [items[i] for i in chosen]
-
-    @cached_property
-    def eval_views(self) -> tuple[Cameras, list[dict]]:
-        """Every held-out frame at the working size (none: see `held_out_indices`)."""
-        return self._load_views(self.eval_dataset, self.held_out_indices)
-
-    def network_views(self, height: int, width: int, indices: list[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Training frames (default: the input views) at the network's resolution (resized to
-        cover, center cropped, intrinsics adjusted exactly, distortion removed): images
-        [V, 3, H, W], OpenCV c2w [V, 4, 4] in the dataparser's frame, K [V, 3, 3]."""
-        scene, position = self._scene(self.train_dataset)
-        outputs = self.train_dataparser_outputs
-        indices = self.input_indices if indices is None else indices
-        images, Ks = [], []
-        for index in indices:
-            image, K = load_view(scene, position[str(outputs.image_filenames[index])], height, width)
-            images.append(image)
-            Ks.append(K)
-        c2w = opengl_to_opencv(to_homogeneous(outputs.cameras.camera_to_worlds[indices].double()))
-        return torch.stack(images), c2w, torch.stack(Ks)
+        count = self.config.num_input_views or self.default_input_views
+        return kmeans_views(self.training_c2w(), min(count, n), list(range(n)))
 
     def training_c2w(self) -> Tensor:
         """OpenCV camera-to-world [N, 4, 4] of every training frame (dataparser frame)."""
         return opengl_to_opencv(to_homogeneous(self.train_dataset.cameras.camera_to_worlds.double()))
 
-    def frame_size(self) -> tuple[int, int]:
-        """(height, width) of the first training frame as stored (before the working size)."""
+    def input_views(self) -> list[tuple]:
+        """(camera [1], data) of every input view at the working size, undistorted."""
+        cameras = self.train_dataset.cameras.to(self.device)
+        views = []
+        for i in self.input_indices:
+            data = dict(self.cached_train[i], image=self.cached_train[i]["image"].to(self.device))
+            views.append((cameras[i : i + 1], data))
+        return views
+
+    def network_views(self, height: int, width: int, indices: list[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Training frames (default: the input views) at the network's resolution, resized to cover
+        and center cropped, intrinsics adjusted: images [V, 3, H, W] in [0, 1], OpenCV c2w [V, 4, 4]
+        in the dataparser's frame, K [V, 3, 3]."""
+        indices = self.input_indices if indices is None else indices
         cameras = self.train_dataset.cameras
-        return int(cameras.height.reshape(-1)[0]), int(cameras.width.reshape(-1)[0])
+        images, Ks = [], []
+        for i in indices:
+            image = self.cached_train[i]["image"].cpu().float().permute(2, 0, 1)[None, :3]
+            h, w = image.shape[-2:]
+            s = max(height / h, width / w)
+            size = (max(height, round(h * s)), max(width, round(w * s)))
+            top, left = (size[0] - height) // 2, (size[1] - width) // 2
+            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+            images.append((image[0, :, top : top + height, left : left + width] / 255.0).clamp(0, 1))
+            K = cameras[i].get_intrinsics_matrices().double().clone()
+            K[0] *= size[1] / w
+            K[1] *= size[0] / h
+            K[0, 2] -= left
+            K[1, 2] -= top
+            Ks.append(K)
+        return torch.stack(images), self.training_c2w()[indices], torch.stack(Ks)
 
     def point_cloud(self) -> tuple[Tensor, Tensor] | None:
-        """The dataparser's SfM points (xyz [P, 3] in the dataparser's frame, rgb [P, 3] in [0, 1])
-        when the data has them."""
+        """The dataparser's finite SfM points (xyz [P, 3], rgb [P, 3] in [0, 1]), if any."""
         metadata = self.train_dataparser_outputs.metadata
         if "points3D_xyz" not in metadata:
             return None
         xyz, rgb = metadata["points3D_xyz"].float(), metadata["points3D_rgb"].float() / 255.0
         finite = torch.isfinite(xyz).all(-1)
-        if not bool(finite.all()):  # a damaged point file: NaN Gaussians would follow
-            warn(f"{self.config.data}: {int((~finite).sum())} SfM points with NaN or infinite coordinates ignored")
-            xyz, rgb = xyz[finite], rgb[finite]
-        return xyz, rgb
+        return xyz[finite], rgb[finite]
 
-    # -- batches -------------------------------------------------------------------------------
 
-    def epoch_batches(self, epoch: int, views: Literal["input", "all"], per_step: int) -> list[tuple[Cameras, dict]]:
-        """One epoch over the input views or every training frame: a shuffled order (seeded by
-        the epoch) cut into batches of `per_step` frames of one size (0: all in one batch)."""
-        cameras, items = self.train_views
-        chosen = list(self.input_indices) if views == "input" else list(range(len(items)))
-        random.Random(self.config.seed * 1_000_003 + epoch).shuffle(chosen)
-        by_size: dict[tuple, list[int]] = {}
-        for i in chosen:
-            by_size.setdefault(tuple(items[i]["image"].shape), []).append(i)
-        batches = []
-        for group in by_size.values():
-            size = len(group) if per_step <= 0 else per_step
-            for start in range(0, len(group), size):
-                part = sorted(group[start : start + size])
-                batch = {
-                    "image": torch.stack([items[i]["image"] for i in part]).to(self.device),
-                    "indices": torch.tensor(part),
-                }
-                batches.append((cameras[torch.tensor(part, device=cameras.device)], batch))
-        return batches
+def cameras_with_no_frames():
+    from nerfstudio.cameras.cameras import Cameras
 
-    # -- nerfstudio hooks ----------------------------------------------------------------------
-
-    def setup_train(self):
-        """Nothing to set up: frames are loaded on first use."""
-
-    def setup_eval(self):
-        # `ns-render spiral` starts from eval_dataloader.get_camera(0).
-        # An empty eval split: a training frame is as good a start.
-        dataset = self.eval_dataset if len(self.eval_dataset) else self.train_dataset
-        self.eval_dataloader = RandIndicesEvalDataloader(input_dataset=dataset, device=self.device)
-
-    @property
-    def fixed_indices_eval_dataloader(self) -> list[tuple[Cameras, dict]]:
-        """Every held-out view as (camera [1], {"image": [H, W, 3]}), for ns-eval."""
-        cameras, items = self.eval_views
-        if not items:  # nerfstudio's average over no images is an IndexError
-            raise ILRMError(f"nothing to evaluate: {self.no_held_out_frames()}")
-        return [(cameras[i : i + 1], items[i]) for i in range(len(items))]
-
-    def next_train(self, step: int) -> tuple[Cameras, dict]:
-        """All input views in one batch (the published finetune step)."""
-        self.train_count += 1
-        return self.epoch_batches(step, "input", 0)[0]
-
-    def next_eval(self, step: int) -> tuple[Cameras, dict]:
-        return self.next_eval_image(step)
-
-    def next_eval_image(self, step: int) -> tuple[Cameras, dict]:
-        cameras, items = self.eval_views
-        if not items:
-            raise ILRMError(f"nothing to evaluate: {self.no_held_out_frames()}")
-        i = self.eval_count % len(items)
-        self.eval_count += 1
-        return cameras[i : i + 1], items[i]
-
-    def get_train_rays_per_batch(self) -> int:
-        cameras, items = self.train_views
-        height, width = items[0]["image"].shape[:2]
-        k = self.config.views_per_step
-        return height * width * (len(items) if k <= 0 else k)
-
-    def get_eval_rays_per_batch(self) -> int:
-        cameras, items = self.eval_views
-        return int(items[0]["image"].shape[0] * items[0]["image"].shape[1]) if items else 0
+    zeros = torch.zeros(0, 1)
+    return Cameras(torch.zeros(0, 3, 4), zeros, zeros, zeros, zeros, zeros.long(), zeros.long())

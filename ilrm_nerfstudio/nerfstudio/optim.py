@@ -54,3 +54,33 @@ class WarmupCosineScheduler(Scheduler):
             return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
         return lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+
+
+@dataclass
+class FinetuneSchedulerConfig(SchedulerConfig):
+    """The per-scene stage's rates: the published finetune's constant `published_lr` for the first
+    `published_steps` (network start; 0 otherwise), then the optimizer's own lr, decaying
+    exponentially to `lr_final` at `max_steps` (None: constant), as splatfacto's means."""
+
+    _target: type = field(default_factory=lambda: FinetuneScheduler)
+    published_steps: int = 0
+    published_lr: float = 1e-3
+    lr_final: float | None = None
+    max_steps: int = 30_000
+
+
+class FinetuneScheduler(Scheduler):
+    config: FinetuneSchedulerConfig
+
+    def get_scheduler(self, optimizer, lr_init: float) -> lr_scheduler.LRScheduler:
+        c = self.config
+
+        def factor(step: int) -> float:
+            if step < c.published_steps:
+                return c.published_lr / lr_init
+            if c.lr_final is None:
+                return 1.0
+            t = min(1.0, (step - c.published_steps) / max(1, c.max_steps - c.published_steps))
+            return math.exp(t * math.log(c.lr_final / lr_init))
+
+        return lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)

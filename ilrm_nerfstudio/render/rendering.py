@@ -343,6 +343,7 @@ def render(
     far_plane: float = 1e10,
     backend: str = "auto",
     check_values: bool | None = None,
+    rasterize_mode: str = "classic",
 ) -> RenderOutput:
     """Render `gaussians` into C cameras.
 
@@ -358,6 +359,7 @@ def render(
         naming the input). None (default): only for CPU tensors, where it is free; on CUDA it
         would stall the GPU at every render (the values come from data that the loaders check on
         the CPU, or from the network). True/False: always/never.
+    rasterize_mode: gsplat's "classic" or "antialiased" (gsplat only; the CPU rasterizer is classic).
     Everything is computed in fp32 with autocast disabled; outputs are fp32.
 
     Returns a `RenderOutput`: rgb [C, H, W, 3], alpha [C, H, W, 1], depth [C, H, W, 1] and, for
@@ -387,7 +389,9 @@ def render(
         if len(g) == 0:
             return _empty_output(g, c2w, width, height, bg)
         if backend == "gsplat":
-            return _render_gsplat(g, c2w, K, width, height, bg, near_plane, far_plane)
+            return _render_gsplat(g, c2w, K, width, height, bg, near_plane, far_plane, rasterize_mode)
+        if rasterize_mode != "classic":
+            raise ValueError(f"rasterize_mode {rasterize_mode!r} needs gsplat (CUDA); the CPU rasterizer is classic")
         return _render_torch(g, c2w, K, width, height, bg, near_plane, far_plane)
 
 
@@ -444,6 +448,7 @@ def _render_gsplat(
     bg: Tensor | None,
     near_plane: float,
     far_plane: float,
+    rasterize_mode: str = "classic",
 ) -> RenderOutput:
     if c2w.device.type != "cuda":
         raise ValueError(f"backend='gsplat' needs CUDA tensors, got device {c2w.device}; use backend='torch'")
@@ -472,7 +477,7 @@ def _render_gsplat(
         tile_size=TILE_SIZE,
         backgrounds=None if bg is None else bg.contiguous(),
         render_mode="RGB+ED",
-        rasterize_mode="classic",
+        rasterize_mode=rasterize_mode,
     )
     # gsplat's own screen-space means and radii: what its DefaultStrategy densifies with.
     return RenderOutput(
