@@ -7,13 +7,9 @@ glue: method configs, models, pipelines, data managers) -> tools (the ilrm-* com
 nerfstudio/ and tools/ import nerfstudio.
 """
 
-from ilrm_nerfstudio import legacy_modules
-
 __version__ = "0.2.0"
 
 __all__ = ["load_published_network", "is_published_checkpoint", "published_protocol"]
-
-legacy_modules.install()  # runs written by 0.1 name classes by their old module paths
 
 
 def __getattr__(name: str):

@@ -1,6 +1,7 @@
 """Damaged runs and impossible options: checkpoints (torn, missing, an interrupted save), run
-folders moved or used from another working directory, a CUDA machine option without a GPU, and
-ilrm-eval's and the feed-forward method's arguments.
+folders moved or used from another working directory (ilrm-eval's loader; nerfstudio's tools as
+for any method), a CUDA machine option without a GPU, and ilrm-eval's and the feed-forward
+method's arguments.
 
 One tiny real run is trained once (`ns-train ilrm-small`, 3 steps, a checkpoint at steps 1 and 2,
 relative --data and --output-dir); every test damages its own copy."""
@@ -168,30 +169,24 @@ def test_ilrm_eval_uses_the_older_checkpoint_when_the_newest_is_torn(run, tmp_pa
     )
 
 
-def test_ns_export_from_another_folder_on_a_moved_run_with_a_torn_newest_checkpoint(run, tmp_path):
-    """The run folder moved and renamed, ns-export started elsewhere (relative --load-config), the
-    newest checkpoint truncated: the older one is exported, with a warning naming both."""
-    moved = copy_run(run, tmp_path / "archive" / "renamed")
-    truncate(moved / "nerfstudio_models" / STEP_2)
+def test_ns_export_and_ns_eval_on_the_run_where_it_was_trained(run, tmp_path):
+    """nerfstudio's own tools load our run as they load any method's: ns-export from another
+    working directory (config.yml stores absolute paths); a run whose data is gone ends in one
+    line from ns-eval (our pipeline's setup installs the one-line hook)."""
     (tmp_path / "elsewhere").mkdir()
     result = run_tool(
-        BIN / "ns-export", "gaussian-splat", "--load-config", "../archive/renamed/config.yml", "--output-dir", "export",
+        BIN / "ns-export", "gaussian-splat", "--load-config", run / "config.yml", "--output-dir", "export",
         cwd=tmp_path / "elsewhere",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    warning = " ".join(result.stdout.split())  # rich may wrap the line
-    assert f"{moved / 'nerfstudio_models' / STEP_2} cannot be read" in warning
-    assert f"loading the newest good checkpoint, {moved / 'nerfstudio_models' / STEP_1}" in warning
     assert (tmp_path / "elsewhere" / "export" / "splat.ply").stat().st_size > 0
-
-
-def test_ns_eval_with_an_empty_checkpoint_folder_is_one_line(run, tmp_path):
-    empty = copy_run(run, tmp_path / "run")
-    for checkpoint in (empty / "nerfstudio_models").iterdir():
-        checkpoint.unlink()
-    result = run_tool(BIN / "ns-eval", "--load-config", empty / "config.yml", cwd=tmp_path)
-    one_line_error(result, f"{empty / 'nerfstudio_models'}: no checkpoint (step-*.ckpt) in this folder")
+    no_data = copy_run(run, run.parent / "no_data")
+    config = yaml.load((no_data / "config.yml").read_text(), Loader=yaml.Loader)
+    config.data = config.pipeline.datamanager.data = tmp_path / "gone"
+    config.timestamp = "no_data"
+    (no_data / "config.yml").write_text(yaml.dump(config))
+    result = run_tool(BIN / "ns-eval", "--load-config", no_data / "config.yml", cwd=tmp_path)
+    one_line_error(result, f"{tmp_path / 'gone'}: data folder not found")
 
 
 @pytest.mark.parametrize("damage", ["all torn", "empty files", "no folder", "folder is a file", "empty folder"])
@@ -273,44 +268,38 @@ def test_resume_takes_the_newest_good_checkpoint(run, tmp_path, capsys):
 
 
 def test_a_moved_run_is_evaluated_from_another_working_directory(run, tmp_path, capsys, monkeypatch):
+    """ilrm-eval's loader: the run folder is where config.yml is now (moved, renamed, given
+    relative to another working directory), and its newest good checkpoint is loaded."""
     moved = copy_run(run, tmp_path / "somewhere" / "my_run")
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     code, results, _, err = evaluate(Path("../somewhere/my_run"), tmp_path, capsys)  # the run folder itself
     assert code == 0, err
     assert results["checkpoint"] == str(moved / "nerfstudio_models" / STEP_2) and results["results"]["num_scenes"] == 1
-
-
-def test_an_older_config_with_relative_paths_works_from_another_working_directory(
-    run, workdir, tmp_path, capsys, monkeypatch
-):
-    """config.yml written before paths were stored absolute: output_dir and data relative to the
-    folder ns-train ran in; they are resolved from where the run folder is."""
-    relative = copy_run(run, run.parent / "relative")
-    config = yaml.load((relative / "config.yml").read_text(), Loader=yaml.Loader)
-    config.timestamp, config.output_dir = "relative", Path("runs")
-    config.data = config.pipeline.datamanager.data = Path("synthetic")
-    (relative / "config.yml").write_text(yaml.dump(config))
-    assert (
-        "synthetic" in (relative / "config.yml").read_text()
-        and str(workdir) not in (relative / "config.yml").read_text()
-    )
-    monkeypatch.chdir(tmp_path)
-    code, results, _, err = evaluate(relative / "config.yml", tmp_path, capsys)
+    truncate(moved / "nerfstudio_models" / STEP_2)
+    code, results, out, err = evaluate(Path("../somewhere/my_run/config.yml"), tmp_path, capsys)
     assert code == 0, err
-    assert results["data"] == str(workdir / "synthetic") and results["checkpoint"].startswith(str(relative))
+    assert results["checkpoint"] == str(moved / "nerfstudio_models" / STEP_1)
+    assert f"{moved / 'nerfstudio_models' / STEP_2} cannot be read" in " ".join(out.split())
 
 
 def test_the_run_folder_in_process_eval_setup(run, tmp_path, monkeypatch):
-    """nerfstudio's eval_setup (what ns-eval, ns-render and ns-viewer call) on a moved run: the
-    run folder is the one holding config.yml (get_base_dir, the viewer's log path too)."""
+    """nerfstudio's eval_setup on a moved run: with our callback (load_run_callback, what
+    ilrm-eval passes) the run folder is the one holding config.yml; without it, the config is
+    left as nerfstudio reads it (the folder it was trained in)."""
     from nerfstudio.utils.eval_utils import eval_setup
+
+    from ilrm_nerfstudio.nerfstudio.trainer import load_run_callback
 
     moved = copy_run(run, tmp_path / "moved")
     monkeypatch.chdir(tmp_path)
-    config, _, checkpoint, step = eval_setup(Path("moved/config.yml"), test_mode="inference")
+    config, _, checkpoint, step = eval_setup(
+        Path("moved/config.yml"), test_mode="inference", update_config_callback=load_run_callback(Path("moved"))
+    )
     assert config.get_base_dir() == moved and checkpoint == moved / "nerfstudio_models" / STEP_2 and step == 2
     assert "_run_dir" not in yaml.dump(config)  # where it was loaded from is not saved with it
+    config, _, checkpoint, _ = eval_setup(Path("moved/config.yml"), test_mode="inference")
+    assert config.get_base_dir() == run and checkpoint == run / "nerfstudio_models" / STEP_2
 
 
 # -- options ----------------------------------------------------------------------------------------

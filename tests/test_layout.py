@@ -1,19 +1,17 @@
-"""The package layout: pure parts without nerfstudio, and runs written by the earlier (flat) layout
-still load."""
+"""The package layout: pure parts without nerfstudio, imports in one direction, and runs written by
+the earlier (flat) layout refused in one line."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
+import pytest
 
 LEGACY = Path(__file__).parent / "data" / "legacy_runs"
-BIN = Path(sys.executable).parent
 PURE = [
     "ilrm_nerfstudio.core",
     "ilrm_nerfstudio.core.network",
@@ -52,50 +50,17 @@ def test_glue_imports_only_downwards():
             assert not found, f"{path.relative_to(package)} imports {found}"
 
 
-def test_configs_of_earlier_runs_load():
-    """config.yml of runs made before the restructure names classes by their old module paths."""
-    code = (
-        "import yaml, sys\n"
-        "config = yaml.load(open(sys.argv[1]).read(), Loader=yaml.Loader)\n"
-        "print(type(config.pipeline).__module__, type(config.pipeline.model).__name__, "
-        "config.pipeline.model._target.__name__)"
-    )
-    runs = LEGACY / "runs" / "legacy"
-    found = {}
-    for run in (runs / "ilrm-small" / "ilrm", runs / "ilrm-finetune" / "finetune"):
-        out = subprocess.run(
-            [sys.executable, "-c", code, str(run / "config.yml")], capture_output=True, text=True, timeout=300
-        )
-        assert out.returncode == 0, out.stderr
-        found[run.parent.name] = out.stdout.split()
-    assert found["ilrm-small"] == ["ilrm_nerfstudio.nerfstudio.ilrm_pipeline", "ILRMModelConfig", "ILRMModel"]
-    assert found["ilrm-finetune"] == [
-        "ilrm_nerfstudio.nerfstudio.finetune_pipeline",
-        "ILRMFinetuneModelConfig",
-        "ILRMFinetuneModel",
-    ]
-
-
-def test_an_earlier_ilrm_run_starts_the_per_scene_stage_and_exports(tmp_path):
-    """--pipeline.model.ilrm-run takes an earlier run; ns-export reads an earlier per-scene run."""
+def test_an_earlier_flat_layout_run_is_refused_in_one_line(tmp_path):
+    """Runs of 0.1 name classes by module paths that no longer exist (no import hook maps them):
+    the per-scene stage's --pipeline.model.ilrm-run names the file and the missing module."""
+    from ilrm_nerfstudio.core.errors import ILRMError
     from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network
 
     shutil.copytree(LEGACY, tmp_path, dirs_exist_ok=True)
-    trained = load_trained_network(tmp_path / "runs" / "legacy" / "ilrm-small" / "ilrm")
-    assert trained.resolution == (32, 32) and sum(p.numel() for p in trained.network.parameters()) > 0
-    config = tmp_path / "runs" / "legacy" / "ilrm-finetune" / "finetune" / "config.yml"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [BIN / "ns-export", "gaussian-splat", "--load-config", config, "--output-dir", tmp_path / "export"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    ply = tmp_path / "export" / "splat.ply"
-    state = torch.load(next((config.parent / "nerfstudio_models").glob("*.ckpt")), weights_only=True)
-    count = len(state["pipeline"]["_model.gauss_params.means"])
-    header = ply.read_bytes()[:400].decode("ascii", "replace")
-    assert f"element vertex {count}" in header
+    run = tmp_path / "runs" / "legacy" / "ilrm-small" / "ilrm"
+    with pytest.raises(ILRMError) as caught:
+        load_trained_network(run)
+    message = str(caught.value)
+    assert message.startswith(f"{run / 'config.yml'}: not a readable ns-train config.yml")
+    assert "cannot find module 'ilrm_nerfstudio.ilrm_" in message and "earlier version (0.1)" in message
+    assert "\n" not in message

@@ -3,9 +3,9 @@
 Bad input (a missing or damaged file, a value of the wrong type or shape, an option that cannot
 work) raises `ILRMError` with a message that names the file or option, the problem and what to
 do. Nothing catches it on the way up: our CLIs (`main` wrapped in `exit_on_error`) and the
-nerfstudio commands that run our methods (`install_excepthook`) print that message as one line
-and exit with a non-zero code (2 from ours; 1 from nerfstudio's, as Python exits after its
-excepthook), with no traceback.
+nerfstudio commands while they run one of our methods (`install_excepthook`, called by our
+methods' setup, never at import) print that message as one line and exit with a non-zero code (2
+from ours; 1 from nerfstudio's, as Python exits after its excepthook), with no traceback.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def exit_on_error(main: F) -> F:
 
 
 def install_excepthook() -> None:
-    """For nerfstudio's commands (ns-train, ns-eval, ns-export, ...) on our methods: an ILRMError
-    that reaches the top of the main thread is printed as one line (exit code 1)."""
+    """For nerfstudio's commands (ns-train, ns-eval, ns-export, ...) running one of our methods:
+    an ILRMError that reaches the top of the main thread is printed as one line (exit code 1).
+    Called by our methods' setup (trainer config, pipelines), so other methods are untouched."""
     previous = sys.excepthook
     if getattr(previous, "ilrm", False):
         return

@@ -1,18 +1,11 @@
-"""The pipeline: hands whole batches (context + target views) to the model.
+"""The pipeline: hands whole batches (context + target views) to the model, and evaluates over
+held-out scenes.
 
-nerfstudio's VanillaPipeline passes a ray bundle to `model(...)` and never the batch; here the
-batch itself is the model's input, and evaluation runs over held-out scenes.
-
-Several processes (nerfstudio's launcher, `ns-train ... --machine.num-devices N`, or `ilrm-train`
-on CPUs): the model is wrapped in PyTorch DistributedDataParallel (NCCL on CUDA with the rank's
-device, gloo on the CPU without `device_ids`). Every rank draws from its own shard of the training
-scenes with its own seed (the data manager). Only rank 0 writes: checkpoints and logs (nerfstudio),
-the held-out scene of the checkpoint (`held_scene.py`), renders and metric files (here). The
-evaluation over every held-out scene is split across the ranks and gathered (each rank gets the
-same summary); with an output folder, rank 0 evaluates and writes everything and the other ranks
-receive its summary. Checkpoints are the same whatever the number of processes (no DDP "module."
-in the keys), so a run resumes (`--load-dir`) with any number of processes and every single-process
-tool (ns-eval, ns-export, ilrm-finetune) reads them.
+With several processes (`--machine.num-devices N`; `ilrm-train` on CPUs) the model is wrapped in
+DistributedDataParallel; each rank trains on its own shard of scenes (the data manager), rank 0
+alone writes (checkpoints, logs, the held scene, renders), the evaluation over every held-out
+scene is split across the ranks and gathered. Checkpoints have no DDP "module." level, so every
+single-process tool reads them and a run resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -28,12 +21,14 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.misc import step_check
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.core.errors import ILRMError, install_excepthook
 from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
 from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
@@ -59,9 +54,11 @@ class ILRMPipeline(VanillaPipeline):
         local_rank: int = 0,
         grad_scaler=None,
     ):
+        install_excepthook()  # ns-eval / ns-export / ns-render / ns-viewer on one of our runs
         Pipeline.__init__(self)
         self.config, self.test_mode, self.world_size = config, test_mode, world_size
-        self.check_config()
+        config.model.check()  # first: the image size check divides by the network's sizes
+        config.model.network.check_image_size(config.datamanager.image_height, config.datamanager.image_width)
         self.datamanager = config.datamanager.setup(
             device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank
         )
@@ -74,37 +71,36 @@ class ILRMPipeline(VanillaPipeline):
             grad_scaler=grad_scaler,
         )
         self.model.to(device)
-        if test_mode == "val":  # training: a held scene that is not there would fail every checkpoint
-            self.check_viewer_scene()
+        which = str(config.model.viewer_scene)
+        if test_mode == "val" and which.strip().lower() != "none":  # training: a scene to hold must exist
+            try:
+                find_episode(self.datamanager, which)
+            except ILRMError as error:
+                raise ILRMError(
+                    f"--pipeline.model.viewer-scene {which}: {error}; give the index or name of a held-out scene, "
+                    "or none"
+                ) from None
         if test_mode == "test":  # ns-viewer: the views of the scene the checkpoint holds
-            self.datamanager.show_scene_in_viewer(config.model.viewer_scene)
+            self.datamanager.show_scene_in_viewer(which)
         self._object_group = None  # for gathering Python objects (evaluation results)
-        self._run_dir: Path | None = None  # set when nerfstudio's trainer runs this pipeline
         if world_size > 1:
             self.wrap_ddp(device)
 
     def wrap_ddp(self, device: str) -> None:
-        """DistributedDataParallel for this rank: the model's own device on CUDA (NCCL), no
-        `device_ids` on the CPU (gloo; DDP refuses them for CPU modules). Rank 0's parameters
-        are broadcast to every rank here."""
+        """DDP for this rank: NCCL with the model's GPU, or gloo without `device_ids` on the CPU."""
         if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError(
-                "world_size > 1 needs an initialized torch.distributed process group "
-                "(nerfstudio's launch or ilrm-train)"
-            )
-        # Every trainable parameter gets a gradient at every step (nerfstudio's device marker and
-        # the stored scene's Gaussians are not trainable), so DDP needs no find_unused_parameters
-        # and its extra traversal of the graph.
+            raise RuntimeError("world_size > 1 needs an initialized torch.distributed process group")
+        # Every trainable parameter gets a gradient at every step (nerfstudio's device marker and the
+        # held scene's Gaussians are not trainable): no find_unused_parameters and its extra traversal.
         self._model.device_indicator_param.requires_grad_(False)
         torch_device = torch.device(device)
         if torch_device.type == "cuda":
             index = torch_device.index if torch_device.index is not None else torch.cuda.current_device()
-            torch.cuda.set_device(index)  # NCCL collectives (barrier, all_gather_object) use the current device
+            torch.cuda.set_device(index)  # NCCL collectives use the current device
             self._model = typing.cast(Model, DDP(self._model, device_ids=[index], output_device=index))
         else:
             self._model = typing.cast(Model, DDP(self._model))
-        # Evaluation results are Python objects: gather them over gloo, whatever the backend (NCCL
-        # would need them on the right GPU). Every rank creates the group, in the same order.
+        # Evaluation results are Python objects: gathered over gloo whatever the backend.
         self._object_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
         dist.barrier(group=self._object_group)
 
@@ -115,52 +111,27 @@ class ILRMPipeline(VanillaPipeline):
         return 0, 1
 
     def get_training_callbacks(self, training_callback_attributes):
-        if training_callback_attributes.trainer is not None:
-            self._run_dir = Path(training_callback_attributes.trainer.base_dir)
-        return super().get_training_callbacks(training_callback_attributes)
+        """nerfstudio's, and: after each iteration that ends in a checkpoint (every steps_per_save
+        and the last), the held-out scene chosen by --pipeline.model.viewer-scene is reconstructed
+        into the model, so that the checkpoint holds it (viewer_scene.py)."""
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        trainer, which = training_callback_attributes.trainer, str(self.model.config.viewer_scene)
+        if trainer is None or which.strip().lower() == "none":
+            return callbacks
+
+        def hold_scene(step: int) -> None:
+            last = getattr(trainer, "_start_step", 0) + trainer.config.max_num_iterations - 1
+            if step == last or step_check(step, trainer.config.steps_per_save):
+                hold_eval_scene(self.model, self.datamanager, which, Path(trainer.base_dir))
+
+        return [*callbacks, TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], hold_scene)]
 
     def state_dict(self, *args, **kwargs):
-        """As nn.Module's, without DDP's "module." level: checkpoints do not depend on the number
-        of processes (nerfstudio's loader accepts both forms).
-
-        During training the trainer calls this to write a checkpoint, so this is where the
-        checkpoint's held-out scene is refreshed (viewer_scene.py) for the single-scene tools."""
-        which = str(self.model.config.viewer_scene)
-        if (
-            self._run_dir is not None
-            and which.lower() != "none"
-            and not kwargs.get("prefix", args[1] if len(args) > 1 else "")
-        ):
-            hold_eval_scene(self.model, self.datamanager, which, self._run_dir)
+        """nn.Module's, without DDP's "module." level (nerfstudio's loader accepts both)."""
         state = super().state_dict(*args, **kwargs)
-        if not isinstance(self._model, DDP):
-            return state
-        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
-        ddp_prefix = f"{prefix}_model.module."
-        renamed = type(state)(
-            (f"{prefix}_model.{key[len(ddp_prefix) :]}" if key.startswith(ddp_prefix) else key, value)
-            for key, value in state.items()
-        )
-        if hasattr(state, "_metadata"):
-            renamed._metadata = state._metadata  # type: ignore[attr-defined]
+        renamed = type(state)((key.replace("_model.module.", "_model.", 1), value) for key, value in state.items())
+        renamed._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]
         return renamed
-
-    def check_config(self) -> None:
-        data = self.config.datamanager
-        self.config.model.check()  # first: the image size check divides by the network's sizes
-        self.config.model.network.check_image_size(data.image_height, data.image_width)
-
-    def check_viewer_scene(self) -> None:
-        """--pipeline.model.viewer-scene must name an evaluation scene (index or name) or be none."""
-        which = str(self.config.model.viewer_scene)
-        if which.strip().lower() == "none":
-            return
-        try:
-            find_episode(self.datamanager, which)
-        except ILRMError as error:
-            raise ILRMError(
-                f"--pipeline.model.viewer-scene {which}: {error}; give the index or name of a held-out scene, or none"
-            ) from None
 
     def check_held_out_scenes(self) -> None:
         """Evaluation needs held-out scenes: none is one line naming the data and what to change."""
@@ -196,21 +167,17 @@ class ILRMPipeline(VanillaPipeline):
     def get_eval_image_metrics_and_images(self, step: int):
         self.eval()
         batch = self.datamanager.next_eval_image(step)
-        outputs = self.model(batch)
-        metrics, images = self.model.get_image_metrics_and_images(outputs, batch)
+        metrics, images = self.model.get_image_metrics_and_images(self.model(batch), batch)
         metrics["num_rays"] = batch["target_images"][0].numel() // 3
         self.train()
         return metrics, images
 
     @torch.no_grad()
     def get_average_eval_image_metrics(self, step=None, output_path: Path | None = None, get_std: bool = False):
-        """Metrics over every held-out scene: averaged over the targets of a scene, then over
-        scenes. With `output_path`, also writes the renders and per-scene metrics there.
-
-        In distributed training every rank calls this (nerfstudio's Trainer does): the batches of
-        held-out scenes are dealt out round-robin, evaluated in parallel and gathered, so every
-        rank returns the same summary. With `output_path`, rank 0 evaluates and writes everything
-        and sends its summary to the others (renders and files are written by rank 0 only)."""
+        """Metrics over every held-out scene (averaged over a scene's targets, then over scenes);
+        with `output_path`, renders and per-scene metrics are written there. Distributed: the
+        batches are dealt out round-robin and gathered (every rank returns the same summary); with
+        `output_path`, rank 0 evaluates and writes everything and sends its summary."""
         rank, world = self.distributed()
         if world > 1 and output_path is not None:
             summary = [self._evaluate_and_summarize(None, output_path, get_std) if rank == 0 else None]
@@ -218,24 +185,17 @@ class ILRMPipeline(VanillaPipeline):
             return summary[0]
         return self._evaluate_and_summarize((rank, world) if world > 1 else None, output_path, get_std)
 
-    def _evaluate_and_summarize(
-        self, shard: tuple[int, int] | None, output_path: Path | None, get_std: bool
-    ) -> dict[str, float]:
+    def _evaluate_and_summarize(self, shard, output_path: Path | None, get_std: bool) -> dict[str, float]:
         per_scene = self.evaluate_scenes(output_path, shard)
-        if shard is not None:  # gather every rank's scenes, back in the order of the batches
+        if shard is not None:  # every rank's scenes, back in the order of the batches
             gathered: list = [None] * shard[1]
             dist.all_gather_object(gathered, per_scene, group=self._object_group)
-            per_scene = [
-                scene for _, scene in sorted((item for part in gathered for item in part), key=lambda item: item[0])
-            ]
-        else:
-            per_scene = [scene for _, scene in per_scene]
-        summary = summarize(per_scene, get_std)
+            per_scene = sorted((item for part in gathered for item in part), key=lambda item: item[0])
+        rows = [row for _, row in per_scene]
+        summary = summarize(rows, get_std)
         if output_path is not None:
-            (output_path / "per_scene_metrics.json").write_text(json.dumps(per_scene, indent=2))
-        log_line(
-            f"evaluated {len(per_scene)} held-out scenes: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
-        )
+            (output_path / "per_scene_metrics.json").write_text(json.dumps(rows, indent=2))
+        log_line(f"evaluated {len(rows)} held-out scenes: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
         return summary
 
     @torch.no_grad()
@@ -246,20 +206,18 @@ class ILRMPipeline(VanillaPipeline):
         num_workers: int | None = None,
         progress: bool = False,
     ) -> list[tuple[tuple[int, int], dict]]:
-        """[((batch index, index in batch), per-scene row)] for every batch of held-out scenes, or
-        for this rank's share of them (`shard` = (rank, world size)). A row holds the scene's
-        metrics (PSNR, SSIM, LPIPS when its weights load, trivial baselines; see
-        `ILRMModel.scene_metrics`) and its context and target frames; with `render_dir`, renders
-        and ground truth are written there (`save_renders`). ns-eval and ilrm-eval both use it."""
+        """[((batch index, index in batch), row)] for every batch of held-out scenes, or for this
+        rank's share (`shard` = (rank, world size)). A row: the scene's metrics
+        (`ILRMModel.scene_metrics`) and its context and target frames; with `render_dir`, renders
+        and ground truth are written there. ns-eval and ilrm-eval both use it."""
         self.check_held_out_scenes()
-        datamanager = self.datamanager
-        all_batches = datamanager.eval_batches
-        mine = list(range(len(all_batches))) if shard is None else list(range(shard[0], len(all_batches), shard[1]))
+        all_batches = self.datamanager.eval_batches
+        mine = range(len(all_batches)) if shard is None else range(shard[0], len(all_batches), shard[1])
         total, start = sum(len(all_batches[i]) for i in mine), time.perf_counter()
         self.eval()
         per_scene: list[tuple[tuple[int, int], dict]] = []
         try:
-            for i, batch in zip(mine, datamanager.eval_scene_batches(num_workers, [all_batches[i] for i in mine])):
+            for i, batch in zip(mine, self.datamanager.eval_scene_batches(num_workers, [all_batches[i] for i in mine])):
                 outputs = self.model(batch)
                 for j, row in enumerate(self.model.scene_metrics(outputs, batch)):
                     row["context"] = batch["context_indices"][j].tolist()
@@ -278,9 +236,8 @@ def summarize(per_scene: list[dict], with_std: bool = True) -> dict[str, float]:
     """Mean (and standard deviation) over scenes of every metric of the per-scene rows."""
     if not per_scene:
         raise ILRMError("no held-out scenes to evaluate")
-    names = [k for k, v in per_scene[0].items() if isinstance(v, float)]
     summary: dict[str, float] = {"num_scenes": float(len(per_scene))}
-    for name in names:
+    for name in [k for k, v in per_scene[0].items() if isinstance(v, float)]:
         values = torch.tensor([row[name] for row in per_scene], dtype=torch.float64)
         summary[name] = float(values.mean())
         if with_std:
@@ -288,15 +245,10 @@ def summarize(per_scene: list[dict], with_std: bool = True) -> dict[str, float]:
     return summary
 
 
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._#-]+", "_", name) or "scene"
-
-
 def save_renders(outputs: dict, batch: dict, render_dir: Path) -> None:
-    """Per held-out scene a folder <render_dir>/<scene>/ with frame_NNNNN.png (render) and
-    frame_NNNNN_gt.png (ground truth) for every target frame."""
+    """<render_dir>/<scene>/frame_NNNNN.png (render) and frame_NNNNN_gt.png (ground truth)."""
     for b, scene in enumerate(batch["scene"]):
-        folder = Path(render_dir) / safe_name(scene)
+        folder = Path(render_dir) / (re.sub(r"[^A-Za-z0-9._#-]+", "_", scene) or "scene")
         folder.mkdir(parents=True, exist_ok=True)
         for t, index in enumerate(batch["target_indices"][b].tolist()):
             for suffix, image in (("", outputs["rgb"][b, t]), ("_gt", batch["target_images"][b, t].permute(1, 2, 0))):

@@ -21,10 +21,6 @@ from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.core.network import ILRM
 from ilrm_nerfstudio.nerfstudio.console import log_line
 
-# ------------------------------------------------------------------------------------------------
-# The trained network of an ilrm run
-# ------------------------------------------------------------------------------------------------
-
 
 @dataclass
 class TrainedNetwork:
@@ -60,12 +56,6 @@ def find_run_files(path: Path) -> tuple[Path, list[Path]]:
     return config, checkpoints
 
 
-def is_run_path(path: Path) -> bool:
-    """An ns-train run (folder, config.yml or nerfstudio_models/*.ckpt) rather than a published file."""
-    path = Path(path)
-    return path.is_dir() or path.suffix in (".yml", ".yaml") or (path.parent.parent / "config.yml").is_file()
-
-
 def load_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwork:
     """`--pipeline.model.ilrm-run`: an ilrm / ilrm-small run, or a published iLRM checkpoint
     (`re10k_2view.ckpt`, `ilrm_undistort_dl3dv*.pt`) with that model's protocol."""
@@ -74,8 +64,8 @@ def load_network(path: Path, device: torch.device | str = "cpu") -> TrainedNetwo
         raise ILRMError(
             f"{path}: ilrm run not found (give its folder, config.yml or a .ckpt, or a published iLRM checkpoint)"
         )
-    if is_run_path(path):
-        return load_trained_network(path, device)
+    if path.is_dir() or path.suffix in (".yml", ".yaml") or (path.parent.parent / "config.yml").is_file():
+        return load_trained_network(path, device)  # an ns-train run: folder, config.yml or one of its checkpoints
     from ilrm_nerfstudio.core.published import load_published_network
 
     try:
@@ -94,7 +84,12 @@ def _read_run_config(config_path: Path):
     """The run's config.yml (nerfstudio writes it with yaml.dump of its dataclasses)."""
     try:
         config = yaml.load(config_path.read_text(encoding="utf-8"), Loader=yaml.Loader)
-    except Exception as error:  # not UTF-8, not YAML, or classes this installation lacks
+    except yaml.constructor.ConstructorError as error:  # classes this installation lacks
+        raise ILRMError(
+            f"{config_path}: not a readable ns-train config.yml ({error.problem}); a run of an earlier version "
+            "(0.1) or of a method that is not installed here"
+        ) from None
+    except Exception as error:  # not UTF-8, not YAML
         raise ILRMError(f"{config_path}: not a readable ns-train config.yml ({brief(error)})") from None
     model_config = getattr(getattr(config, "pipeline", None), "model", None)
     if model_config is None or not dataclasses.is_dataclass(getattr(model_config, "network", None)):

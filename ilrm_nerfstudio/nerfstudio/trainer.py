@@ -1,20 +1,10 @@
-"""Checkpoints that survive interruptions: nerfstudio's Trainer with atomic writes and a loader
-that skips a torn checkpoint.
+"""nerfstudio's Trainer with checkpoints that survive interruptions, and its config with checks.
 
-nerfstudio writes `nerfstudio_models/step-N.ckpt` in place, so a run stopped during a save (Ctrl-C,
-a killed job, a full disk) leaves a truncated newest checkpoint, and every loader (resuming with
-`--load-dir`, ns-eval, ns-export, ns-render, ns-viewer, ilrm-eval) takes the newest one and stops
-with "PytorchStreamReader failed reading zip archive", naming no file. Here:
-
-- `write_checkpoint` writes `step-N.ckpt.partial` beside the final name and renames it into place
-  (`os.replace`, atomic on one file system): `step-N.ckpt` is either absent or complete.
-- `newest_good_checkpoint` picks the newest checkpoint that reads back (skipping a damaged newer
-  one with a warning naming both files); no folder, no checkpoint or no readable one is one line
-  naming the folder and what to do.
-
-`ILRMTrainer` uses both (resuming). nerfstudio's `eval_setup` does not go through the trainer;
-`ILRMTrainerConfig` (below) chooses its checkpoint with `newest_good_checkpoint` and checks the
-machine and step options before anything runs.
+nerfstudio writes `step-N.ckpt` in place and loads the newest one whatever its state, so a run
+stopped during a save cannot be resumed ("PytorchStreamReader failed reading zip archive", naming
+no file). Here a checkpoint is written to `<name>.partial` and renamed into place, and resuming
+(`--load-dir`) or our own loader (`use_run_folder`, used by ilrm-eval) takes the newest one that
+reads back, with a warning naming the damaged one.
 """
 
 from __future__ import annotations
@@ -22,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +21,7 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from ilrm_nerfstudio.core.errors import ILRMError, brief
+from ilrm_nerfstudio.core.errors import ILRMError, brief, install_excepthook
 from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import ILRMPipelineConfig
 
@@ -45,10 +34,8 @@ def checkpoint_name(step: int) -> str:
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why `path` cannot be loaded as a nerfstudio checkpoint, or None when it reads back.
-
-    The file is opened memory-mapped (the zip directory and the pickled structure are read, the
-    tensors are not), which finds a truncated or empty file for the cost of a directory listing."""
+    """Why `path` cannot be loaded as a nerfstudio checkpoint, or None when it reads back (read
+    memory-mapped: the zip directory and the pickled structure, not the tensors)."""
     path = Path(path)
     if not path.exists():
         return "not found"
@@ -65,20 +52,9 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the step-N.ckpt files in `folder`, oldest first."""
-    found = []
-    for path in Path(folder).iterdir():
-        match = CHECKPOINT_NAME.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
 def newest_good_checkpoint(folder: Path, what: str = "") -> Path:
-    """The newest step-N.ckpt of `folder` that reads back. A damaged newer one is skipped with a
-    warning naming both files; no folder, no checkpoint or none readable raises ILRMError (`what`,
-    e.g. "--load-dir", prefixes the message)."""
+    """The newest step-N.ckpt of `folder` that reads back; a damaged newer one is skipped with a
+    warning naming both. No folder, no checkpoint or none readable: ILRMError (prefixed by `what`)."""
     folder = Path(folder)
     prefix = f"{what} {folder}" if what else str(folder)
     if not folder.is_dir():
@@ -87,37 +63,36 @@ def newest_good_checkpoint(folder: Path, what: str = "") -> Path:
             f"{prefix}: {problem} (a run keeps its checkpoints in <run>/nerfstudio_models/; give the run that "
             "wrote it, or train until it saves one: --steps-per-save)"
         )
-    checkpoints = list_checkpoints(folder)
-    if not checkpoints and (folder / "nerfstudio_models").is_dir():  # the run folder instead of its checkpoints'
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name)))
+    if not found and (folder / "nerfstudio_models").is_dir():  # the run folder instead of its checkpoints'
         raise ILRMError(f"{prefix}: no checkpoint (step-*.ckpt) here; give {folder / 'nerfstudio_models'}")
-    if not checkpoints:
+    if not found:
         raise ILRMError(
             f"{prefix}: no checkpoint (step-*.ckpt) in this folder; the run saved none yet (train it longer or with "
             "a smaller --steps-per-save), or give the folder that holds them"
         )
     damaged: list[tuple[Path, str]] = []
-    for _, path in reversed(checkpoints):
+    for _, path in reversed(found):
         problem = checkpoint_problem(path)
         if problem is None:
             if damaged:
-                newest, why = damaged[0]
                 log_line(
-                    f"ilrm: warning: {newest} {why}; loading the newest good checkpoint, {path}, instead",
+                    f"ilrm: warning: {damaged[0][0]} {damaged[0][1]}; loading the newest good checkpoint, {path}, "
+                    "instead",
                     style="yellow",
                 )
             return path
         damaged.append((path, problem))
-    newest, why = damaged[0]
     more = f" (and the {len(damaged) - 1} older ones)" if len(damaged) > 1 else ""
     raise ILRMError(
-        f"{prefix}: no readable checkpoint: {newest.name} {why}{more}; restore it from a copy or train the run again"
+        f"{prefix}: no readable checkpoint: {damaged[0][0].name} {damaged[0][1]}{more}; restore it from a copy or "
+        "train the run again"
     )
 
 
 def write_checkpoint(state: dict, path: Path) -> None:
-    """torch.save to `path` atomically: the data goes to `<path>.partial`, reaches the disk
-    (fsync), then is renamed to `path`. If the write fails or is interrupted, the partial file is
-    removed and `path` (and every other checkpoint) is as it was."""
+    """torch.save to `path` atomically (to `<path>.partial`, fsync, rename). On failure the partial
+    file is removed and every checkpoint is as it was."""
     path = Path(path)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     try:
@@ -139,16 +114,12 @@ def write_checkpoint(state: dict, path: Path) -> None:
 
 
 class ILRMTrainer(Trainer):
-    """nerfstudio's Trainer with atomic checkpoint writes and a loader that skips torn ones.
-
-    Only `save_checkpoint` and `_load_checkpoint` are replaced; setup, the training loop and the
-    end of training are nerfstudio's (inherited)."""
+    """nerfstudio's Trainer; only saving (atomic) and resuming (the newest good checkpoint) differ."""
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
-        """As nerfstudio's (same content, same name), written atomically; then, with
-        save_only_latest_checkpoint, every other checkpoint (and any partial file left by a killed
-        process) is deleted, only once the new one is in place."""
+        """nerfstudio's checkpoint, written atomically; older ones (save_only_latest_checkpoint) and
+        partial files of a killed process are deleted once it is in place."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / checkpoint_name(step)
         pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
@@ -168,27 +139,22 @@ class ILRMTrainer(Trainer):
                     old.unlink()
 
     def _load_checkpoint(self) -> None:
-        """nerfstudio's resume (--load-dir [--load-step] or --load-checkpoint), with the checkpoint
-        checked first: --load-dir takes the newest good one; a named one that cannot be read, or
-        one that does not fit this model, is one line."""
+        """nerfstudio's resume, the checkpoint checked first: --load-dir takes the newest good one; a
+        named one that cannot be read, or that does not fit this model, is one line."""
         config = self.config
-        if config.load_dir is not None:
-            folder = Path(config.load_dir)
-            if config.load_step is None:
-                log_line("Loading latest Nerfstudio checkpoint from load_dir...")
-                path = newest_good_checkpoint(folder, "--load-dir")
-            else:
-                path = folder / checkpoint_name(config.load_step)
-                problem = checkpoint_problem(path)
-                if problem is not None:
-                    raise ILRMError(
-                        f"--load-step {config.load_step}: {path} {problem}; leave out --load-step to resume from "
-                        "the newest good checkpoint"
-                    )
+        if config.load_dir is not None and config.load_step is None:
+            log_line("Loading latest Nerfstudio checkpoint from load_dir...")
+            path = newest_good_checkpoint(Path(config.load_dir), "--load-dir")
+        elif config.load_dir is not None:
+            path = Path(config.load_dir) / checkpoint_name(config.load_step)
+            if (problem := checkpoint_problem(path)) is not None:
+                raise ILRMError(
+                    f"--load-step {config.load_step}: {path} {problem}; leave out --load-step to resume from "
+                    "the newest good checkpoint"
+                )
         elif config.load_checkpoint is not None:
             path = Path(config.load_checkpoint)
-            problem = checkpoint_problem(path)
-            if problem is not None:
+            if (problem := checkpoint_problem(path)) is not None:
                 raise ILRMError(f"--load-checkpoint {path} {problem}; give a step-*.ckpt that an ns-train run wrote")
         else:
             CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
@@ -206,9 +172,9 @@ class ILRMTrainer(Trainer):
             if "schedulers" in state and self.config.load_scheduler:
                 self.optimizers.load_schedulers(state["schedulers"])
             self.grad_scaler.load_state_dict(state["scalers"])
-        except ILRMError:
-            raise
         except (RuntimeError, KeyError, ValueError) as error:
+            if isinstance(error, ILRMError):
+                raise
             raise ILRMError(
                 f"{path}: this checkpoint does not fit the model being trained ({brief(error)}); resume with "
                 "the method and network options of the run that wrote it"
@@ -217,26 +183,18 @@ class ILRMTrainer(Trainer):
         log_line(f"Done loading Nerfstudio checkpoint from {path}")
 
 
-# Paths a run reads (at any level of its config): stored absolute in config.yml by ns-train, and
-# resolved against the folder the run was trained from when an older config.yml stores them relative.
+# Paths a run reads (at any level of its config), stored absolute in config.yml.
 INPUT_PATH_FIELDS = ("data", "eval_index", "train_index", "init_from", "ilrm_run", "load_dir", "load_checkpoint")
 
 
 @dataclass
 class ILRMTrainerConfig(TrainerConfig):
-    """nerfstudio's trainer config, without the text prompt that no model of ours reads, and with:
-
-    - `ILRMTrainer` (trainer.py): atomic checkpoint writes; resuming skips a torn checkpoint;
-    - checks of the machine and step options before anything runs (one line each);
-    - a run that works from any working directory and after its folder is moved: ns-train stores
-      absolute paths in config.yml; a loaded run finds its checkpoints (and relative paths of an
-      older config.yml) from the folder holding its config.yml (`use_run_folder`).
-    """
+    """nerfstudio's trainer config with `ILRMTrainer`, checks of the machine and step options, one
+    line for bad input (our methods' setup installs `install_excepthook`), absolute paths in
+    config.yml, and `use_run_folder` for our tools that load a run."""
 
     _target: type = field(default_factory=lambda: ILRMTrainer)
-    prompt: tyro.conf.Suppress[str | None] = None
-
-    # -- checks ----------------------------------------------------------------------------------
+    prompt: tyro.conf.Suppress[str | None] = None  # no model of ours reads a text prompt
 
     def check(self) -> None:
         """Impossible machine or step options -> ILRMError (before nerfstudio's "Found no NVIDIA
@@ -283,29 +241,21 @@ class ILRMTrainerConfig(TrainerConfig):
             raise ILRMError(f"--load-checkpoint {self.load_checkpoint}: checkpoint file not found")
 
     def setup(self, **kwargs):  # the trainer, as nerfstudio's train_loop builds it in every process
+        install_excepthook()
         self.check()
         return super().setup(**kwargs)
 
-    # -- the run folder --------------------------------------------------------------------------
-
-    def _input_paths(self):
-        """(object, field name, path) for every input path of this config that is set."""
-        pipeline = self.pipeline
-        datamanager = pipeline.datamanager
-        for owner in (self, datamanager, getattr(datamanager, "dataparser", None), pipeline.model):
-            for name in INPUT_PATH_FIELDS:
-                value = getattr(owner, name, None) if owner is not None else None
-                if isinstance(value, (str, os.PathLike)) and str(value):
-                    yield owner, name, Path(value)
-
     def save_config(self) -> None:
-        """ns-train writes config.yml (before it launches training): checked first, with absolute
-        paths, so that the run's data is found from any working directory."""
+        """ns-train writes config.yml before it launches training: checked first, paths absolute."""
+        install_excepthook()  # ns-train's main process, running one of our methods
         self.check()
         self.output_dir = Path(os.path.abspath(self.output_dir))
-        for owner, name, path in self._input_paths():
-            if not path.is_absolute():
-                setattr(owner, name, Path(os.path.abspath(path)))
+        pipeline = self.pipeline
+        for owner in (self, pipeline.datamanager, getattr(pipeline.datamanager, "dataparser", None), pipeline.model):
+            for name in INPUT_PATH_FIELDS:
+                value = getattr(owner, name, None)
+                if isinstance(value, (str, os.PathLike)) and str(value):
+                    setattr(owner, name, Path(os.path.abspath(value)))
         try:
             super().save_config()
         except OSError as error:
@@ -318,73 +268,33 @@ class ILRMTrainerConfig(TrainerConfig):
         run_dir = self.__dict__.get("_run_dir")
         return run_dir if run_dir is not None else super().get_base_dir()
 
-    def training_folder(self, run_dir: Path) -> Path | None:
-        """The working directory ns-train ran in, when config.yml stores a relative output_dir and
-        the run folder is still where that put it (<cwd>/<output_dir>/<experiment>/<method>/<time>)."""
-        output_dir = Path(self.output_dir)
-        if output_dir.is_absolute():
-            return None
-        tail = (*output_dir.parts, str(self.experiment_name), str(self.method_name), str(self.timestamp))
-        if ".." in tail or run_dir.parts[-len(tail) :] != tail:
-            return None
-        return Path(*run_dir.parts[: -len(tail)])
-
     def use_run_folder(self, run_dir: Path) -> None:
-        """This config was read from `run_dir`/config.yml: the run folder is `run_dir`, wherever it
-        is now and whatever the working directory (its checkpoints, logs and held_scene.json are
-        there); input paths an older config.yml stores relative are resolved against the folder it
-        was trained from; and the checkpoint to load is the newest good one (a torn newer one is
-        skipped with a warning; none is one line naming the folder)."""
-        run_dir = Path(os.path.abspath(run_dir))
-        if self.__dict__.get("_run_dir") == run_dir:
-            return  # already done (eval_setup's load, then ilrm-eval)
-        self.__dict__["_run_dir"] = run_dir
-        trained_from = self.training_folder(run_dir)
-        for owner, name, path in self._input_paths():
-            if not path.is_absolute() and trained_from is not None and (trained_from / path).exists():
-                setattr(owner, name, trained_from / path)
+        """This config was read from `run_dir`/config.yml: the run folder is `run_dir` wherever it is
+        now (its checkpoints, logs, held_scene.json), and the checkpoint to load is its newest good
+        one. Our tools call it (eval_setup's update_config_callback); nerfstudio's do not."""
+        self.__dict__["_run_dir"] = Path(os.path.abspath(run_dir))
         checkpoint = newest_good_checkpoint(self.get_checkpoint_dir())
         self.load_step = int(CHECKPOINT_NAME.match(checkpoint.name).group(1))  # type: ignore[union-attr]
 
-    # nerfstudio's tools (ns-eval, ns-export, ns-render, ns-viewer; ilrm-eval too) load a run with
-    # `eval_utils.eval_setup(config_path)`: `yaml.load(config_path.read_text())`, then
-    # `config.load_dir = config.get_checkpoint_dir()` and the highest step-N in that folder,
-    # whatever state that file is in, and the text never says where it came from. PyYAML builds
-    # this object with `__setstate__`: when the code that asked PyYAML for it is eval_setup, its
-    # `config_path` argument is the config.yml being read, so the run folder is known exactly, and
-    # `use_run_folder` fixes the folder (get_base_dir) and the step (load_step: eval_setup then
-    # loads that checkpoint, not the highest one) before eval_setup goes on. Any other load (pickle
-    # for spawned ranks, deepcopy, `--pipeline.model.ilrm-run`) restores the fields only.
-
-    def __setstate__(self, state: dict) -> None:
-        for f in dataclasses.fields(self):  # a field newer than the config.yml: its default
+    def __setstate__(self, state: dict) -> None:  # a config.yml older than a field: its default
+        for f in dataclasses.fields(self):
             if f.name not in state and f.default is not dataclasses.MISSING:
                 state[f.name] = f.default
             elif f.name not in state and f.default_factory is not dataclasses.MISSING:
                 state[f.name] = f.default_factory()
         self.__dict__.update(state)
-        config_path = _config_path_of_eval_setup()
-        if config_path is not None:
-            self.use_run_folder(Path(config_path).parent)
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_run_dir", None)  # where it was loaded from is not part of the config
-        return state
+        return {k: v for k, v in self.__dict__.items() if k != "_run_dir"}  # not part of the config
 
 
-def _config_path_of_eval_setup() -> Path | None:
-    """The `config_path` of nerfstudio's eval_setup when it is the caller (past PyYAML's own
-    frames) of the `__setstate__` running now; None for any other caller."""
-    try:
-        frame = sys._getframe(2)  # the caller of __setstate__
-    except ValueError:  # called from the top of the stack: not from eval_setup
-        return None
-    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "yaml":
-        frame = frame.f_back
-    if frame is None or frame.f_code.co_name != "eval_setup":
-        return None
-    if frame.f_globals.get("__name__") != "nerfstudio.utils.eval_utils":
-        return None
-    path = frame.f_locals.get("config_path")
-    return Path(path) if isinstance(path, (str, os.PathLike)) else None
+def load_run_callback(run_dir: Path, then=None):
+    """An `update_config_callback` for nerfstudio's eval_setup: `use_run_folder(run_dir)`, then
+    `then(config)` when given."""
+
+    def update(config):
+        if hasattr(config, "use_run_folder"):
+            config.use_run_folder(run_dir)
+        return then(config) if then is not None else config
+
+    return update

@@ -1,21 +1,13 @@
-"""The one scene an `ilrm` checkpoint holds, for the single-scene nerfstudio tools.
+"""The one scene an `ilrm` checkpoint holds, for the single-scene tools (ns-viewer, ns-render,
+ns-export): the network's reconstruction of the held-out scene `--pipeline.model.viewer-scene`,
+stored in the model's `gauss_params` by a training callback before each checkpoint
+(`ILRMPipeline.get_training_callbacks`).
 
-An `ilrm` run reconstructs many scenes; ns-viewer, ns-render and ns-export need one. Before every
-checkpoint is written (`ILRMPipeline.state_dict`), the model reconstructs the held-out scene chosen by
-`--pipeline.model.viewer-scene` (index or name) from its evaluation context views and stores the
-Gaussians in `gauss_params`. The tools then work from the checkpoint alone: ns-export and
-`ns-render camera-path` load it without any data.
-
-Frame: the scene's own frame (its transforms.json / COLMAP model / chunk cameras) oriented and
-scaled the way nerfstudio's dataparser does by default (average camera up = +z, cameras centered
-and inside [-1, 1]), so that the viewer's default camera sees it. `<run>/held_scene.json` records
-that similarity (scene name, "transform" 3x4 and "scale", as dataparser_transforms.json):
-x_viewer = scale * (R x_file + t).
-
-For ns-viewer (and `ns-render interpolate --pose-source train`), which need camera frusta and
-images, the data manager's training dataset (empty in test mode) becomes `SceneViewsDataset`
-(`ILRMDataManager.show_scene_in_viewer`): every frame of that scene with its camera, in the same
-frame as the Gaussians. The refresh happens when the pipeline writes a checkpoint.
+Frame: the scene's own, oriented and scaled as nerfstudio's dataparser does by default (average
+camera up = +z, cameras centered and inside [-1, 1]); `<run>/held_scene.json` records that
+similarity (as dataparser_transforms.json): x_viewer = scale * (R x_file + t). In test mode the
+data manager's training dataset becomes that scene's frames (`SceneViewsDataset`), for the
+viewer's camera frusta and `ns-render interpolate --pose-source train`.
 """
 
 from __future__ import annotations
@@ -35,7 +27,6 @@ from nerfstudio.utils import comms
 from ilrm_nerfstudio.core.cameras import opencv_to_opengl
 from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.core.frames import normalized_to_world, transform_gaussians
-from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.data.scene import Scene
 from ilrm_nerfstudio.nerfstudio.console import log_line
 
@@ -58,8 +49,9 @@ def find_episode(datamanager, which: str) -> int:
     for i, episode in enumerate(episodes):
         if episode.name == which:
             return i
-    names = ", ".join(e.name for e in episodes[:5])
-    raise ILRMError(f"viewer_scene {which!r} is not an evaluation scene (e.g. {names})")
+    raise ILRMError(
+        f"viewer_scene {which!r} is not an evaluation scene (e.g. {', '.join(e.name for e in episodes[:5])})"
+    )
 
 
 def episode_scene(datamanager, index: int) -> Scene:
@@ -67,18 +59,10 @@ def episode_scene(datamanager, index: int) -> Scene:
     return dataset.resolve(dataset.episodes[index].entry)
 
 
-def frame_indices(scene: Scene, frame_ids: list[int]) -> list[int]:
-    """Frame ids (as batches report them) -> indices into `scene`."""
-    if scene.frame_ids is None:
-        return list(frame_ids)
-    return [scene.frame_ids.index(f) for f in frame_ids]
-
-
 def viewer_transform(scene: Scene) -> tuple[Tensor, float]:
-    """The similarity from the scene's frame to its viewer frame: (transform [3, 4], scale), as
-    nerfstudio's dataparser computes it by default (orientation "up", centered on the poses,
-    auto-scaled into [-1, 1])."""
-    c2w_gl = opencv_to_opengl(scene.c2w.float())  # [N, 4, 4]; nerfstudio's helper works in float32
+    """(transform [3, 4], scale) from the scene's frame to its viewer frame, as nerfstudio's
+    dataparser computes it by default (orientation "up", centered on the poses, scaled into [-1, 1])."""
+    c2w_gl = opencv_to_opengl(scene.c2w.float())  # nerfstudio's helper works in float32
     poses, transform = auto_orient_and_center_poses(c2w_gl, method="up", center_method="poses")
     largest = float(poses[:, :3, 3].abs().max())
     return transform.double(), 1.0 / largest if largest > 1e-8 else 1.0
@@ -93,62 +77,72 @@ def to_viewer_frame(c2w: Tensor, transform: Tensor, scale: float) -> Tensor:
 
 
 @torch.no_grad()
-def reconstruct_held_scene(model, datamanager, which: str) -> tuple[Gaussians, Scene, str]:
-    """Reconstruct evaluation scene `which` with the network: Gaussians in the scene's frame."""
-    index = find_episode(datamanager, which)
-    batch = datamanager.eval_batch([index])
-    scene = episode_scene(datamanager, index)
+def hold_eval_scene(model, datamanager, which: str, run_dir: Path | None = None) -> None:
+    """Store the network's reconstruction of evaluation scene `which` in `model`, in the scene's
+    viewer frame, and record that frame in `run_dir/held_scene.json`. Rank 0 only (the others
+    write no checkpoint)."""
+    if not comms.is_main_process():
+        return
+    try:
+        index = find_episode(datamanager, which)
+    except ILRMError as error:
+        log_line(f"ilrm: the checkpoint holds no scene for the single-scene tools: {error}", style="yellow")
+        return
+    batch, scene = datamanager.eval_batch([index]), episode_scene(datamanager, index)
     was_training = model.training
     model.eval()
     try:
         gaussians = model.reconstruct(batch["context_images"], batch["context_c2w"], batch["context_K"])
     finally:
         model.train(was_training)
-    context = frame_indices(scene, batch["context_indices"][0].tolist())
-    world = normalized_to_world(gaussians.map(lambda t: t[0].float()), scene.c2w[context].to(gaussians.means.device))
-    return world, scene, batch["scene"][0]
-
-
-def hold_eval_scene(model, datamanager, which: str, run_dir: Path | None = None) -> None:
-    """Store the reconstruction of evaluation scene `which` in the model (for its checkpoint), in
-    the scene's viewer frame; record that frame in `run_dir/held_scene.json`. Rank 0 only in
-    distributed training: the other ranks write no checkpoint (and the model's forward does not
-    read the stored scene, so their copies need not match)."""
-    if not comms.is_main_process():
-        return
-    try:
-        gaussians, scene, name = reconstruct_held_scene(model, datamanager, which)
-    except ILRMError as error:
-        log_line(f"ilrm: the checkpoint holds no scene for the single-scene tools: {error}", style="yellow")
-        return
+    ids = batch["context_indices"][0].tolist()
+    context = ids if scene.frame_ids is None else [scene.frame_ids.index(f) for f in ids]
+    device = gaussians.means.device
+    gaussians = normalized_to_world(gaussians.map(lambda t: t[0].float()), scene.c2w[context].to(device))
     transform, scale = viewer_transform(scene)
-    R, t = transform[:, :3].float(), transform[:, 3].float()
-    gaussians = transform_gaussians(
-        gaussians.map(lambda t_: t_.float()), R.to(gaussians.means.device), scale * t.to(gaussians.means.device), scale
-    )
+    R, t = transform[:, :3].float().to(device), transform[:, 3].float().to(device)
+    gaussians = transform_gaussians(gaussians.map(lambda t_: t_.float()), R, scale * t, scale)
     model.set_scene_gaussians(gaussians)
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         record = {
-            "scene": name,
+            "scene": batch["scene"][0],
             "transform": transform.tolist(),
             "scale": scale,
             "note": "x_viewer = scale * (transform[:, :3] @ x + transform[:, 3]), x in the scene's own (file) frame",
         }
         (Path(run_dir) / "held_scene.json").write_text(json.dumps(record, indent=2))
     log_line(
-        f"checkpoint holds held-out scene {name} ({len(gaussians)} Gaussians) for ns-viewer / ns-render / ns-export",
+        f"checkpoint holds held-out scene {batch['scene'][0]} ({len(gaussians)} Gaussians) for ns-viewer / "
+        "ns-render / ns-export",
         style="cyan",
     )
 
 
 class SceneViewsDataset(InputDataset):
-    """Every frame of a `Scene` as a nerfstudio InputDataset (cameras in the scene's frame; images
+    """Every frame of a `Scene` as a nerfstudio InputDataset, cameras in the viewer frame (images
     read through the scene, so chunk scenes with in-memory JPEGs work too)."""
 
     def __init__(self, scene: Scene):
         self.scene = scene
-        super().__init__(scene_dataparser_outputs(scene, *viewer_transform(scene)))
+        transform, scale = viewer_transform(scene)
+        c2w = to_viewer_frame(opencv_to_opengl(scene.c2w.double()), transform, scale).float()[:, :3, :4]
+        K, sizes = scene.K.float(), torch.tensor(scene.image_sizes)
+        cameras = Cameras(
+            camera_to_worlds=c2w,
+            fx=K[:, 0, 0:1],
+            fy=K[:, 1, 1:2],
+            cx=K[:, 0, 2:3],
+            cy=K[:, 1, 2:3],
+            height=sizes[:, 0:1],
+            width=sizes[:, 1:2],
+            camera_type=CameraType.PERSPECTIVE,
+        )
+        positions = c2w[:, :3, 3]
+        center = positions.mean(0)
+        radius = float((positions - center).norm(dim=-1).max().clamp_min(1.0))
+        box = SceneBox(aabb=torch.stack([center - 2 * radius, center + 2 * radius]))
+        super().__init__(DataparserOutputs(image_filenames=list(scene.image_paths), cameras=cameras, scene_box=box))
 
     def get_numpy_image(self, image_idx: int) -> np.ndarray:
         image = self.scene.read_image(image_idx)
@@ -156,33 +150,3 @@ class SceneViewsDataset(InputDataset):
         if (image.height, image.width) != (height, width):  # a downscaled copy: match the camera
             image = image.resize((width, height))
         return np.asarray(image, dtype=np.uint8)
-
-
-def scene_cameras(scene: Scene, transform: Tensor | None = None, scale: float = 1.0) -> Cameras:
-    """A Scene's cameras (OpenCV c2w, pixel K at the stored size) as nerfstudio Cameras, moved
-    into the viewer frame when `transform` is given."""
-    c2w = opencv_to_opengl(scene.c2w.double())
-    if transform is not None:
-        c2w = to_viewer_frame(c2w, transform, scale)
-    c2w = c2w.float()[:, :3, :4]
-    K = scene.K.float()
-    sizes = torch.tensor(scene.image_sizes)
-    return Cameras(
-        camera_to_worlds=c2w,
-        fx=K[:, 0, 0:1],
-        fy=K[:, 1, 1:2],
-        cx=K[:, 0, 2:3],
-        cy=K[:, 1, 2:3],
-        height=sizes[:, 0:1],
-        width=sizes[:, 1:2],
-        camera_type=CameraType.PERSPECTIVE,
-    )
-
-
-def scene_dataparser_outputs(scene: Scene, transform: Tensor | None = None, scale: float = 1.0) -> DataparserOutputs:
-    cameras = scene_cameras(scene, transform, scale)
-    positions = cameras.camera_to_worlds[:, :3, 3]
-    center = positions.mean(0)
-    radius = float((positions - center).norm(dim=-1).max().clamp_min(1.0))
-    aabb = torch.stack([center - 2 * radius, center + 2 * radius])
-    return DataparserOutputs(image_filenames=list(scene.image_paths), cameras=cameras, scene_box=SceneBox(aabb=aabb))
