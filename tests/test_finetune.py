@@ -13,7 +13,7 @@ import torch
 import yaml
 from gsplat.utils import normalized_quat_to_rotmat
 
-from ilrm_nerfstudio.core.cameras import intrinsics_matrix, normalize_poses
+from ilrm_nerfstudio.core.cameras import intrinsics_matrix, normalize_poses, opengl_to_opencv, to_homogeneous
 from ilrm_nerfstudio.core.frames import normalized_to_world, quat_multiply, rotmat_to_quat, transform_gaussians
 from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.data.synthetic import generate_dataset
@@ -207,70 +207,57 @@ def scene_datamanager(scene: Path, **options):
     return ILRMSceneDataManagerConfig(data=scene, dataparser=dataparser, **options).setup(device="cpu", test_mode="val")
 
 
-def test_input_view_selection(scene_dir):
-    all_views = scene_datamanager(scene_dir, view_selection="all")
-    n = len(all_views.train_dataset)
-    assert n == 9 and len(all_views.eval_dataset) == 3  # 12 frames, every 4th held out
-    assert all_views.input_indices == list(range(n))
-    assert scene_datamanager(scene_dir, view_selection="every-kth", view_stride=3).input_indices == [0, 3, 6]
-    chosen = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=4).input_indices
+def test_input_views_and_the_networks_view_of_them(scene_dir):
+    dm = scene_datamanager(scene_dir, num_input_views=4)
+    assert len(dm.train_dataset) == 9 and len(dm.eval_dataset) == 3  # 12 frames, every 4th held out
+    chosen = dm.input_indices
     assert len(chosen) == 4 == len(set(chosen)) and chosen == sorted(chosen)
-    images, c2w, K = all_views.network_views(32, 32)
-    assert images.shape == (n, 3, 32, 32) and c2w.shape == (n, 4, 4) and K.shape == (n, 3, 3)
-    cameras, items = all_views.input_views
-    assert len(cameras) == n and items[0]["image"].shape == (32, 32, 3) and items[0]["image"].dtype == torch.uint8
-    # The network's views are the training images (no crop needed at the same size).
-    torch.testing.assert_close(images[0].permute(1, 2, 0), items[0]["image"].float() / 255, atol=1 / 255, rtol=0)
-    # A published step: every input view at once.
-    step_cameras, batch = all_views.next_train(0)
-    assert len(step_cameras) == n and batch["image"].shape == (n, 32, 32, 3)
+    images, c2w, K = dm.network_views(32, 32)
+    assert images.shape == (4, 3, 32, 32) and c2w.shape == (4, 4, 4) and K.shape == (4, 3, 3)
+    views = dm.input_views()
+    assert len(views) == 4 and views[0][1]["image"].shape == (32, 32, 3)
+    # The network's views are the cached training images (no crop needed at the same size).
+    torch.testing.assert_close(images[0].permute(1, 2, 0), views[0][1]["image"].float() / 255, atol=1 / 255, rtol=0)
 
 
-def test_refinement_epochs_cover_every_frame_in_batches(scene_dir):
-    dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
-    for per_step, expected in ((1, 9), (2, 5), (0, 1)):
-        batches = dm.epoch_batches(3, "all", per_step)
-        assert len(batches) == expected
-        seen = torch.cat([batch["indices"] for _, batch in batches]).tolist()
-        assert sorted(seen) == list(range(9))  # every training frame once
-        for cameras, batch in batches:
-            torch.testing.assert_close(cameras.camera_to_worlds, dm.train_views[0].camera_to_worlds[batch["indices"]])
-    orders = [torch.cat([b["indices"] for _, b in dm.epoch_batches(e, "all", 1)]).tolist() for e in (0, 1)]
-    assert orders[0] != orders[1]  # shuffled per epoch
-    inputs = dm.epoch_batches(0, "input", 0)
-    assert len(inputs) == 1 and inputs[0][1]["indices"].tolist() == dm.input_indices
-
-
-def test_working_size_keeps_aspect_and_scales_intrinsics_exactly(tmp_path):
+def test_working_size_keeps_aspect_and_scales_intrinsics(tmp_path):
     """Frames are resized on load (no images_N folder): a 64x48 capture at image_size 32 becomes
-    32x24 with intrinsics halved, and a point projects to the same relative place."""
+    32x24 with intrinsics halved."""
     from ilrm_nerfstudio.nerfstudio.run_network import network_input_size
 
     root = tmp_path / "data"
     generate_dataset(root, num_scenes=1, seed=3, height=48, width=64, frames_per_scene=8, test_fraction=0.0, workers=1)
     scene = next((root / "train").iterdir())
-    full = scene_datamanager(scene, view_selection="all", image_size=0)
-    small = scene_datamanager(scene, view_selection="all", image_size=32)
-    (cf, items_full), (cs, items_small) = full.train_views, small.train_views
-    assert items_full[0]["image"].shape == (48, 64, 3) and items_small[0]["image"].shape == (24, 32, 3)
+    full, small = scene_datamanager(scene, image_size=0), scene_datamanager(scene, image_size=32)
+    assert full.cached_train[0]["image"].shape == (48, 64, 3) and small.cached_train[0]["image"].shape == (24, 32, 3)
+    cf, cs = full.train_dataset.cameras, small.train_dataset.cameras
     torch.testing.assert_close(cs.fx, cf.fx / 2)
-    torch.testing.assert_close(cs.cx, cf.cx / 2)
     torch.testing.assert_close(cs.cy, cf.cy / 2)
-    # The content agrees: the downsized frame equals the full frame box-averaged.
-    box = torch.nn.functional.avg_pool2d(items_full[0]["image"].permute(2, 0, 1)[None].float(), 2)[0].permute(1, 2, 0)
-    assert float((box - items_small[0]["image"].float()).abs().mean()) < 4.0
-    # On the CPU the default is 512 px (nothing to do here), on CUDA the full size.
-    assert full.image_size == 0 and scene_datamanager(scene, view_selection="all").image_size == 512
+    box = torch.nn.functional.avg_pool2d(full.cached_train[0]["image"].permute(2, 0, 1)[None].float(), 2)[0]
+    assert float((box.permute(1, 2, 0) - small.cached_train[0]["image"].float()).abs().mean()) < 4.0
+    assert scene_datamanager(scene).working_scale(full.train_dataparser_outputs) == 1.0  # 512 px on the CPU
     # The network's input keeps the frame's aspect ratio (portrait too), at the training size.
     assert network_input_size((1920, 1080), (64, 64), 8) == (64, 32)
     assert network_input_size((384, 512), (256, 256), 16) == (192, 256)
 
 
-def finetune_model(datamanager, **options):
-    from ilrm_nerfstudio.nerfstudio.finetune_model import ILRMFinetuneModelConfig
+def finetune_pipeline(scene: Path, **model_options):
+    from ilrm_nerfstudio.nerfstudio.finetune_pipeline import ILRMFinetunePipelineConfig
 
-    config = ILRMFinetuneModelConfig(report_held_out=False, **options)
-    return config.setup(scene_box=datamanager.train_dataset.scene_box, num_train_data=len(datamanager.train_dataset))
+    config = ILRMFinetunePipelineConfig()
+    config.datamanager.data = scene
+    config.datamanager.dataparser.eval_interval = 4
+    config.model.report_held_out = False
+    config.model.background_color = "white"
+    for name, value in model_options.items():
+        setattr(config.model if hasattr(config.model, name) else config.datamanager, name, value)
+    return config.setup(device="cpu", test_mode="val")
+
+
+def input_renders(model, views) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return torch.stack([model.get_outputs_for_camera(camera)["rgb"] for camera, _ in views])
 
 
 def test_feed_forward_start_lands_in_the_dataparser_frame(scene_dir, fake_run):
@@ -278,39 +265,15 @@ def test_feed_forward_start_lands_in_the_dataparser_frame(scene_dir, fake_run):
     network's own render from its normalized cameras shows."""
     from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network
 
-    dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
-    model = finetune_model(dm, ilrm_run=fake_run, network_group_size=3)  # one pass over the 3 views
-    model.initialize_gaussians(dm)
-    assert len(model.means) == 3 * 16 * 16 and model.means.requires_grad
-    trained = load_trained_network(fake_run)
+    pipeline = finetune_pipeline(scene_dir, ilrm_run=fake_run, network_group_size=3, num_input_views=3, sh_degree=0)
+    model, dm = pipeline.model, pipeline.datamanager
+    assert len(model.means) == 3 * 16 * 16 and model.means.requires_grad and model.published == 10
     images, c2w, K = dm.network_views(32, 32)
     normalized, _, _ = normalize_poses(c2w)
     with torch.no_grad():
-        g = trained.network(images[None], normalized[None].float(), K[None])
-        expected = render(
-            g.map(lambda t: t[0]), normalized.float(), K, 32, 32, torch.ones(3), backend="torch"
-        ).rgb.clamp(0, 1)
-        cameras, _ = dm.input_views
-        ours = model.render_camera_batch(cameras)["rgb"]
-    torch.testing.assert_close(ours, expected, atol=2e-3, rtol=0)
-
-
-def finetune_trainer(scene_dir, tmp_path, epochs: int, **model_options):
-    from ilrm_nerfstudio.nerfstudio.method_configs import finetune_trainer_config
-
-    config = finetune_trainer_config(epochs=epochs)
-    config.pipeline.datamanager.data = scene_dir
-    config.pipeline.datamanager.dataparser.eval_interval = 4
-    config.pipeline.model.report_held_out = False
-    for name, value in model_options.items():
-        setattr(config.pipeline.model, name, value)
-    config.machine.device_type = "cpu"
-    config.output_dir = tmp_path
-    config.logging.local_writer.enable = False
-    config.set_timestamp()
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    return trainer
+        g = load_trained_network(fake_run).network(images[None], normalized[None].float(), K[None])
+        expected = render(g.map(lambda t: t[0]), normalized.float(), K, 32, 32, torch.ones(3), backend="torch").rgb
+    torch.testing.assert_close(input_renders(model, dm.input_views()), expected.clamp(0, 1), atol=2e-3, rtol=0)
 
 
 def test_network_start_in_groups_of_nearby_views(scene_dir, fake_run):
@@ -318,115 +281,211 @@ def test_network_start_in_groups_of_nearby_views(scene_dir, fake_run):
     Gaussians, exactly those of predicting that pair alone."""
     from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network, predict_gaussians, view_groups
 
-    dm = scene_datamanager(scene_dir, view_selection="kmeans", num_input_views=3)
-    c2w = dm.training_c2w()
-    groups = view_groups(c2w, dm.input_indices, 2)
+    pipeline = finetune_pipeline(scene_dir, ilrm_run=fake_run, network_group_size=2, num_input_views=3, sh_degree=0)
+    dm, model = pipeline.datamanager, pipeline.model
+    groups = view_groups(dm.training_c2w(), dm.input_indices, 2)
     assert [g[0] for g in groups] == dm.input_indices and all(len(set(g)) == 2 for g in groups)
-    distances = (c2w[:, :3, 3] - c2w[groups[0][0], :3, 3]).norm(dim=-1)
-    distances[groups[0][0]] = float("inf")
-    assert int(distances.argmin()) == groups[0][1]  # the nearest frame (all face the same way here)
-    model = finetune_model(dm, ilrm_run=fake_run, network_group_size=2)
-    model.initialize_gaussians(dm)
     assert len(model.means) == 3 * 16 * 16
     pair = predict_gaussians(load_trained_network(fake_run), *dm.network_views(32, 32, groups[1]))
     torch.testing.assert_close(model.means[16 * 16 : 2 * 16 * 16].detach(), pair.means[: 16 * 16], atol=1e-4, rtol=1e-4)
 
 
-def test_nerfstudio_trainer_runs_the_published_recipe(scene_dir, tmp_path, fake_run):
-    """After a network start, the first epochs of `ns-train ilrm-finetune` (its Trainer, in
-    process) are the published finetune: one Adam step (eps 1e-15, lr 6e-4 means, 1e-3 others) per
-    epoch on the MSE of all input views."""
-    trainer = finetune_trainer(scene_dir, tmp_path, epochs=3, ilrm_run=fake_run)
+def finetune_trainer(scene_dir, tmp_path, steps: int, **model_options):
+    from ilrm_nerfstudio.nerfstudio.method_configs import finetune_trainer_config
+
+    config = finetune_trainer_config()
+    config.max_num_iterations = steps
+    config.pipeline.datamanager.data = scene_dir
+    config.pipeline.datamanager.dataparser.eval_interval = 4
+    config.pipeline.model.report_held_out = False
+    config.pipeline.model.background_color = "white"
+    for name, value in model_options.items():
+        setattr(config.pipeline.model, name, value)
+    config.machine.device_type = "cpu"
+    config.output_dir = tmp_path
+    config.set_timestamp()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def test_ten_iterations_from_a_network_start_are_ours_10(scene_dir, tmp_path, fake_run):
+    """`ns-train ilrm-finetune --max-num-iterations 10` after a network start (its Trainer, in
+    process) is the published finetune: ten Adam steps (eps 1e-15, lr 6e-4 means, 1e-3 others),
+    each on the MSE of all input views, no densification."""
+    trainer = finetune_trainer(scene_dir, tmp_path, 10, ilrm_run=fake_run, sh_degree=0)
     pipeline = trainer.pipeline
     start = {k: v.detach().clone() for k, v in pipeline.model.gauss_params.items()}
-    assert pipeline.model.plan.paper_epochs == 3 and pipeline.model.plan.epochs == 3
-    assert all(o.defaults["eps"] == 1e-15 for o in trainer.optimizers.optimizers.values())
     trainer.train()
-    checkpoint = sorted((trainer.checkpoint_dir).glob("*.ckpt"))[-1]
+    (checkpoint,) = trainer.checkpoint_dir.glob("*.ckpt")
     state = torch.load(checkpoint, weights_only=True)
-    assert state["step"] == 2 and set(state["pipeline"]) >= {f"_model.gauss_params.{k}" for k in start}
-    assert not any("network" in k for k in state["pipeline"])  # only the Gaussians
+    assert state["step"] == 9 and not any("network" in k for k in state["pipeline"])  # only the Gaussians
 
-    # The same three steps written out plainly.
-    reference = finetune_model(pipeline.datamanager)
-    for name, value in start.items():
-        reference.gauss_params[name] = torch.nn.Parameter(value.clone())
-    optimizers = {
-        n: torch.optim.Adam([p], lr=6e-4 if n == "means" else 1e-3, eps=1e-15)
-        for n, p in reference.gauss_params.items()
-    }
-    cameras, items = pipeline.datamanager.input_views
-    c2w, K = reference.opencv_cameras(cameras)
-    target = torch.stack([i["image"] for i in items]).float() / 255
-    reference.train()
-    for _ in range(3):
-        for optimizer in optimizers.values():
+    # The same ten steps written out plainly.
+    params = {name: torch.nn.Parameter(value.clone()) for name, value in start.items()}
+    optimizers = [torch.optim.Adam([p], lr=6e-4 if n == "means" else 1e-3, eps=1e-15) for n, p in params.items()]
+    views = pipeline.datamanager.input_views()
+    c2w = opengl_to_opencv(to_homogeneous(torch.cat([camera.camera_to_worlds for camera, _ in views])))
+    K = torch.cat([camera.get_intrinsics_matrices() for camera, _ in views])
+    target = torch.stack([data["image"] for _, data in views]).float() / 255
+    for _ in range(10):
+        for optimizer in optimizers:
             optimizer.zero_grad()
-        out = reference.render_views(reference.scene_gaussians(), c2w, K, 32, 32)
-        torch.nn.functional.mse_loss(out["rgb"], target).backward()
-        for optimizer in optimizers.values():
+        g = Gaussians(
+            params["means"],
+            params["scales"].exp(),
+            params["quats"],
+            params["opacities"][:, 0].sigmoid(),
+            torch.cat([params["features_dc"][:, None], params["features_rest"]], 1),
+        )
+        out = render(g, c2w, K, 32, 32, torch.ones(3), backend="torch")
+        torch.nn.functional.mse_loss(out.rgb.clamp(0, 1), target).backward()
+        for optimizer in optimizers:
             optimizer.step()
     for name in start:
         torch.testing.assert_close(
-            pipeline.model.gauss_params[name].detach(), reference.gauss_params[name].detach(), atol=1e-5, rtol=1e-4
+            pipeline.model.gauss_params[name].detach(), params[name].detach(), atol=1e-5, rtol=1e-4
         )
         if name != "features_rest":
-            assert not torch.equal(start[name], reference.gauss_params[name].detach())
+            assert not torch.equal(start[name], params[name].detach())
 
 
-def test_refinement_densifies_and_keeps_the_optimizer_consistent(scene_dir, tmp_path):
-    """A points start: every epoch is a refinement epoch (one Adam step per frame), gsplat's
-    strategy grows and prunes, and nerfstudio's optimizers follow the new parameters."""
+def test_splatfacto_steps_densify_and_keep_the_optimizer_consistent(scene_dir, tmp_path):
+    """After a points or random start every step is splatfacto's: one frame, L1 + SSIM, gsplat's
+    strategy grows and prunes, nerfstudio's optimizers follow the new parameters."""
     trainer = finetune_trainer(
         scene_dir,
         tmp_path,
-        epochs=3,
-        init="random",
-        random_init_count=300,
-        densify_every=3,
-        densify_grad=1e-6,
-        densify_start=0.0,
-        densify_stop=0.9,
+        40,
+        random_init=True,
+        num_random=300,
+        refine_every=5,
+        densify_grad_thresh=1e-7,
+        warmup_length=0,
     )
     model = trainer.pipeline.model
-    assert model.plan.paper_epochs == 0 and model.plan.steps_per_epoch == 9
+    assert model.published == 0 and model.strategy.refine_every == 5
     before = len(model.means)
     trainer.train()
     assert len(model.means) != before
     for name, param in model.gauss_params.items():
         optimizer = trainer.optimizers.optimizers[name]
-        assert optimizer.param_groups[0]["params"][0] is param and trainer.optimizers.parameters[name][0] is param
+        assert optimizer.param_groups[0]["params"][0] is param
         assert optimizer.state[param]["exp_avg"].shape == param.shape
-    # The means' learning rate decayed (3DGS schedule), times the scene extent.
-    lr = trainer.optimizers.optimizers["means"].param_groups[0]["lr"]
-    assert 1.6e-4 * model.scene_extent * 0.01 <= lr < 1.6e-4 * model.scene_extent
+    lr = trainer.optimizers.optimizers["means"].param_groups[0]["lr"]  # splatfacto's decay to 1.6e-6 at the end
+    assert 1.59e-6 <= lr < 1.6e-5
 
 
-def test_the_first_refinement_step_keeps_the_opacities(scene_dir, tmp_path):
-    """gsplat's strategy resets every opacity at steps divisible by reset_every, step 0 included:
-    the refinement must not start by making the scene transparent."""
-    trainer = finetune_trainer(scene_dir, tmp_path, epochs=2, init="random", random_init_count=300)
-    model, dm = trainer.pipeline.model, trainer.pipeline.datamanager
+def test_splatfacto_schedules_fit_the_run(scene_dir, tmp_path):
+    """splatfacto's step-valued options are for 30,000 steps: a 3,000-step run scales them by 1/10."""
+    pipeline = finetune_pipeline(scene_dir, random_init=True, num_random=200)
+    model = pipeline.model
+    model.fit_to_run(3000)
+    assert model.strategy.refine_stop_iter == 1500 and model.strategy.refine_start_iter == 50
     model.train()
-    cameras, batch = dm.epoch_batches(0, "all", 1)[0]
-    sum(model.get_loss_dict(model(cameras), batch).values()).backward()
-    before = model.opacities.detach().clone()
-    model.after_optimizer_step(0, 0)
-    torch.testing.assert_close(model.opacities.detach(), before)
+    model.step = 0
+    assert model._get_downscale_factor() == 4 and model.sh_degree_now() == 0
+    model.step = 350
+    assert model._get_downscale_factor() == 2 and model.sh_degree_now() == 3
+    model.step = 650
+    assert model._get_downscale_factor() == 1
+    model.eval()
+    assert model._get_downscale_factor() == 1 and model.sh_degree_now() == 3
 
 
-def test_auto_budget_fits_the_time(scene_dir, tmp_path, monkeypatch):
-    """-1 epochs: the refinement epochs come from a timed probe and the time budget; an epoch that
-    would overrun the budget renders fewer frames."""
-    trainer = finetune_trainer(
-        scene_dir, tmp_path, epochs=-1, init="random", random_init_count=200, refine_minutes=0.05
+def test_the_time_budget_is_decided_before_training(scene_dir, tmp_path):
+    """-1 iterations: the step count that fits refine-minutes, from timed probe steps, is set
+    before the optimizers' schedules are made (the means' decay ends at the last step)."""
+    trainer = finetune_trainer(scene_dir, tmp_path, -1, random_init=True, num_random=200, refine_minutes=0.05)
+    steps = trainer.config.max_num_iterations
+    assert steps >= 1
+    assert trainer.config.optimizers["means"]["scheduler"].max_steps == steps
+
+
+def test_bad_finetune_setups_are_clear_errors(scene_dir, tmp_path):
+    from ilrm_nerfstudio.core.errors import ILRMError
+
+    with pytest.raises(ILRMError, match="--pipeline.model.ilrm-run is needed"):
+        finetune_pipeline(scene_dir, init="network")
+    with pytest.raises(ILRMError, match="missing_run: ilrm run not found"):
+        finetune_pipeline(scene_dir, init="network", ilrm_run=tmp_path / "missing_run")
+    with pytest.raises(ILRMError, match="nowhere: data folder not found"):
+        finetune_pipeline(tmp_path / "nowhere")
+    with pytest.raises(ILRMError, match="use-absgrad needs gsplat's CUDA kernels"):
+        finetune_pipeline(scene_dir, use_absgrad=True)
+    with pytest.raises(ILRMError, match="rasterize-mode antialiased needs gsplat"):
+        finetune_pipeline(scene_dir, rasterize_mode="antialiased")
+
+
+def test_inference_mode_needs_no_data(tmp_path):
+    """ns-export and ns-render camera-path load a per-scene run from its checkpoint alone, even
+    when the scene's folder is gone."""
+    from ilrm_nerfstudio.nerfstudio.finetune_pipeline import ILRMFinetunePipelineConfig
+
+    config = ILRMFinetunePipelineConfig()
+    config.datamanager.data = tmp_path / "moved_away"
+    pipeline = config.setup(device="cpu", test_mode="inference")
+    assert len(pipeline.datamanager.train_dataset) == 0 and len(pipeline.model.means) == 0
+    state = {
+        "_model.gauss_params.means": torch.zeros(5, 3),
+        "_model.gauss_params.scales": torch.zeros(5, 3),
+        "_model.gauss_params.quats": torch.ones(5, 4),
+        "_model.gauss_params.features_dc": torch.zeros(5, 3),
+        "_model.gauss_params.features_rest": torch.zeros(5, 15, 3),
+        "_model.gauss_params.opacities": torch.zeros(5, 1),
+    }
+    pipeline.load_pipeline(state | {"_model.device_indicator_param": torch.empty(0)}, step=0)
+    assert len(pipeline.model.means) == 5
+
+
+def test_a_published_checkpoint_starts_the_per_scene_stage(scene_dir, tmp_path):
+    """--pipeline.model.ilrm-run takes the authors' files too: their protocol (views in pairs for
+    the 2-view RE10K model, their pose normalization), Gaussians in the dataparser's frame."""
+    from ilrm_nerfstudio.core.published import published_normalize_poses
+    from ilrm_nerfstudio.nerfstudio.run_network import load_network, predict_gaussians, view_groups
+    from tests.test_published import RE10K, SMALL, random_state, their_shapes, write_re10k
+
+    path = write_re10k(tmp_path / "re10k_2view.ckpt", random_state(their_shapes(RE10K, **SMALL), seed=3))
+    trained = load_network(path)
+    assert trained.published and trained.context_views == 2 and trained.resolution == (256, 256)
+    pipeline = finetune_pipeline(scene_dir, ilrm_run=path, network_resolution=(32, 32), sh_degree=0)
+    dm, model = pipeline.datamanager, pipeline.model
+    assert len(dm.input_indices) == 8 == len(model.means) // (32 * 32)  # 8 anchors, each its own pixels
+    pair = view_groups(dm.training_c2w(), dm.input_indices, 2)[0]
+    images, c2w, K = dm.network_views(32, 32, pair)
+    _, _, scale = published_normalize_poses(c2w)
+    assert scale != pytest.approx(normalize_poses(c2w)[2])  # not our rule: theirs
+    mapped = predict_gaussians(trained, images, c2w, K)
+    torch.testing.assert_close(model.means[: 32 * 32].detach(), mapped.means[: 32 * 32], atol=1e-4, rtol=1e-4)
+
+
+def test_help_shows_splatfacto_options_and_ours():
+    """`ns-train ilrm-finetune --help`: splatfacto's options (they work) and the stage's own, none
+    of the ray-sampling options a full-image data manager does not have."""
+    import subprocess
+    import sys
+
+    ns_train = Path(sys.executable).parent / "ns-train"
+    result = subprocess.run(
+        [ns_train, "ilrm-finetune", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "COLUMNS": "200"},
     )
-    model = trainer.pipeline.model
-    epochs = trainer.config.max_num_iterations
-    assert epochs >= 1 and model.time_budget == pytest.approx(3.0)
-    assert epochs * 9 * model.seconds_per_view <= 3.0 * 1.5 + 9 * model.seconds_per_view
-    model.refine_started = __import__("time").perf_counter() - 2.99  # almost out of time
-    assert model.frames_this_epoch(0, 9) == 1
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "train-num-rays-per-batch" not in result.stdout and "pixel-sampler" not in result.stdout
+    for option in (
+        "pipeline.model.resolution-schedule",
+        "pipeline.model.ssim-lambda",
+        "pipeline.model.use-scale-regularization",
+        "pipeline.model.camera-optimizer",
+        "pipeline.model.refine-minutes",
+        "pipeline.model.published-steps",
+        "pipeline.model.init",
+        "pipeline.datamanager.image-size",
+    ):
+        assert option in result.stdout, option
 
 
 def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
@@ -468,115 +527,3 @@ def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
     assert len(views) == 12 and views[0]["image"].shape == (32, 32, 3)
     viewer_c2w = views.cameras.camera_to_worlds[targets]
     torch.testing.assert_close(viewer_c2w[:, :, 3], c2w[:, :3, 3].float(), atol=1e-5, rtol=0)
-
-
-def test_bad_finetune_setups_are_clear_errors(scene_dir, tmp_path):
-    from ilrm_nerfstudio.core.errors import ILRMError
-    from ilrm_nerfstudio.nerfstudio.finetune_pipeline import ILRMFinetunePipelineConfig
-
-    config = ILRMFinetunePipelineConfig()
-    config.datamanager.data = scene_dir
-    config.model.init = "network"
-    with pytest.raises(ILRMError, match="--pipeline.model.ilrm-run is needed"):
-        config.setup(device="cpu", test_mode="val")
-    config.model.ilrm_run = tmp_path / "missing_run"
-    with pytest.raises(ILRMError, match="missing_run: ilrm run not found"):
-        config.setup(device="cpu", test_mode="val")
-    config.datamanager.data = tmp_path / "nowhere"
-    with pytest.raises(ILRMError, match="nowhere: data folder not found"):
-        config.setup(device="cpu", test_mode="val")
-
-
-def test_optional_loss_terms(scene_dir):
-    dm = scene_datamanager(scene_dir, view_selection="every-kth", view_stride=4)
-    model = finetune_model(dm, init="random", random_init_count=200, ssim_weight=0.2)
-    model.initialize_gaussians(dm)
-    cameras, items = dm.input_views
-    batch = {"image": torch.stack([i["image"] for i in items])}
-    losses = model.get_loss_dict(model.get_outputs(cameras), batch)
-    assert set(losses) == {"l1_loss", "ssim_loss"} and 0 < float(losses["ssim_loss"]) <= 0.4
-    assert set(model.get_loss_dict(model.get_outputs(cameras), batch, published=True)) == {"mse_loss"}
-
-
-def test_inference_mode_needs_no_data(tmp_path):
-    """ns-export and ns-render camera-path load a per-scene run from its checkpoint alone, even
-    when the scene's folder is gone."""
-    from ilrm_nerfstudio.nerfstudio.finetune_pipeline import ILRMFinetunePipelineConfig
-
-    config = ILRMFinetunePipelineConfig()
-    config.datamanager.data = tmp_path / "moved_away"
-    pipeline = config.setup(device="cpu", test_mode="inference")
-    assert len(pipeline.datamanager.train_dataset) == 0 and len(pipeline.model.means) == 0
-    state = {
-        "_model.gauss_params.means": torch.zeros(5, 3),
-        "_model.gauss_params.scales": torch.zeros(5, 3),
-        "_model.gauss_params.quats": torch.ones(5, 4),
-        "_model.gauss_params.features_dc": torch.zeros(5, 3),
-        "_model.gauss_params.features_rest": torch.zeros(5, 0, 3),
-        "_model.gauss_params.opacities": torch.zeros(5, 1),
-    }
-    pipeline.load_pipeline(state | {"_model.device_indicator_param": torch.empty(0)}, step=0)
-    assert len(pipeline.model.means) == 5
-
-
-def test_a_published_checkpoint_starts_the_per_scene_stage(scene_dir, tmp_path):
-    """--pipeline.model.ilrm-run takes the authors' files too: their protocol (views in pairs for
-    the 2-view RE10K model, their pose normalization), Gaussians in the dataparser's frame."""
-    from ilrm_nerfstudio.core.published import published_normalize_poses
-    from ilrm_nerfstudio.nerfstudio.run_network import load_network, predict_gaussians
-    from tests.test_published import RE10K, SMALL, random_state, their_shapes, write_re10k
-
-    path = write_re10k(tmp_path / "re10k_2view.ckpt", random_state(their_shapes(RE10K, **SMALL), seed=3))
-    trained = load_network(path)
-    assert trained.published and trained.context_views == 2 and trained.resolution == (256, 256)
-    dm = scene_datamanager(scene_dir, view_selection="kmeans")
-    model = finetune_model(dm, ilrm_run=path, network_resolution=(32, 32))
-    model.initialize_gaussians(dm)
-    assert len(dm.input_indices) == 8 == len(model.means) // (32 * 32)  # 8 anchors, each its own pixels
-    # The first anchor's Gaussians: its pair through the published normalization, mapped back.
-    from ilrm_nerfstudio.nerfstudio.run_network import view_groups
-
-    pair = view_groups(dm.training_c2w(), dm.input_indices, 2)[0]
-    images, c2w, K = dm.network_views(32, 32, pair)
-    _, _, scale = published_normalize_poses(c2w)
-    assert scale != pytest.approx(normalize_poses(c2w)[2])  # not our rule: theirs
-    mapped = predict_gaussians(trained, images, c2w, K)
-    torch.testing.assert_close(model.means[: 32 * 32].detach(), mapped.means[: 32 * 32], atol=1e-4, rtol=1e-4)
-
-
-def test_help_lists_only_options_the_method_uses():
-    """`ns-train ilrm-finetune --help`: none of the Splatfacto or ray-sampling options that the
-    per-scene stage inherited but ignores."""
-    import subprocess
-    import sys
-
-    ns_train = Path(sys.executable).parent / "ns-train"
-    result = subprocess.run(
-        [ns_train, "ilrm-finetune", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "COLUMNS": "200"},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    for ignored in (
-        "use-bilateral-grid",
-        "cull-alpha-thresh",
-        "resolution-schedule",
-        "num-random",
-        "densify-grad-thresh",
-        "ssim-lambda",
-        "train-num-rays-per-batch",
-        "pixel-sampler",
-        "enable-collider",
-        "eval-num-rays-per-chunk",
-        "--prompt",
-    ):
-        assert ignored not in result.stdout, ignored
-    for ours in (
-        "pipeline.model.refine-minutes",
-        "pipeline.model.init",
-        "pipeline.datamanager.image-size",
-        "pipeline.model.paper-epochs",
-    ):
-        assert ours in result.stdout, ours

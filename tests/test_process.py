@@ -140,7 +140,7 @@ def test_finetune_and_export_on_the_recovered_poses(scene, workdir):
     common = dict(capture_output=True, text=True, timeout=900, env=ENV)
     check(
         subprocess.run(
-            [BIN / "ns-train", "ilrm-finetune", "--data", dataset, "--pipeline.model.init", "random"]
+            [BIN / "ns-train", "ilrm-finetune", "--data", dataset, "--pipeline.model.random-init", "True"]
             + ["--max-num-iterations", "1", "--vis", "tensorboard", "--machine.device-type", "cpu"]
             + ["--output-dir", runs, "--timestamp", "process"],
             **common,

@@ -137,7 +137,8 @@ class ILRMFinetuneModel(SplatfactoModel):
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
         # splatfacto's loss calls self.ssim: the same SSIM as separable band matrices, several
         # times faster than pytorch_msssim's convolutions on a CPU (metrics/image.py).
-        self.ssim = lambda a, b: training_ssim(a, b).mean()
+        # Images under the 11-pixel window (a tiny capture at 1/4 size) have no SSIM term.
+        self.ssim = lambda a, b: training_ssim(a, b).mean() if min(a.shape[-2:]) >= 11 else a.new_ones(())
         self.step = 0
         self.optimizers: dict = {}  # nerfstudio's, set by splatfacto's step callback
         self.crop_box = None
@@ -212,7 +213,7 @@ class ILRMFinetuneModel(SplatfactoModel):
         return step < self.published
 
     def _get_downscale_factor(self) -> int:
-        if not self.training:
+        if not self.training or self.is_published_step(self.step):  # the published steps: full size
             return 1
         if self.probe_downscale:  # the time budget's probe steps
             return self.probe_downscale
@@ -220,7 +221,7 @@ class ILRMFinetuneModel(SplatfactoModel):
         return 2 ** max(self.config.num_downscales - level, 0)
 
     def sh_degree_now(self) -> int:
-        if not self.training:
+        if not self.training or self.is_published_step(self.step):
             return self.config.sh_degree
         return min(self.step // max(1, int(self.config.sh_degree_interval * self.fit)), self.config.sh_degree)
 
