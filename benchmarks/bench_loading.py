@@ -3,6 +3,7 @@ RE10K-style torch chunks (JPEG frames decoded lazily) and for nerfstudio PNG sce
 in the training process (0 workers) and in background loader processes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_loading.py [--workers 0 2] [--batches 20]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_loading.py --quick   # ~10 s: checks the script
 
 A sample = 2 context + 4 target frames decoded, resized (LANCZOS) to cover 256 x 256 and center
 cropped, cameras normalized; 4 samples per batch; the decoded-frame cache is off so every frame is
@@ -156,7 +157,11 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--scenes-per-chunk", type=int, default=8)
     parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--quick", action="store_true", help="one small chunk, 64 px, 3 batches: checks the script")
     args = parser.parse_args()
+    if args.quick:  # smaller defaults; options given still win
+        parser.set_defaults(workers=[0, 1], batches=3, size=64, chunks=1, scenes_per_chunk=4)
+        args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()
@@ -173,13 +178,16 @@ def main() -> None:
             f"torch {torch.__version__}, {os.cpu_count()} CPUs (load average {load:.1f}), {torch.get_num_threads()} "
             f"intra-op threads, {args.batches} batches of 4 samples x 6 frames"
         )
-        print()
-        print("| source | workers | samples/s | frames/s |")
-        print("|---|---|---|---|")
+        print(f"Command: `{' '.join(['python', 'benchmarks/bench_loading.py', *sys.argv[1:]])}`")
+        rows = []
         for name, data in (("torch chunks (JPEG)", tmp / "chunks"), ("nerfstudio scenes (PNG)", tmp / "scenes")):
             for workers in args.workers:
                 rate = measure(data, workers, args.batches, args.size)
-                print(f"| {name} | {workers} | {rate:.1f} | {6 * rate:.0f} |", flush=True)
+                print(f"[bench] {name}, {workers} workers: {rate:.1f} samples/s", file=sys.stderr, flush=True)
+                rows.append(f"| {name} | {workers} | {rate:.1f} | {6 * rate:.0f} |")
+        # the table at the end, in one piece (the data manager prints a line at every setup)
+        print("\n| source | workers | samples/s | frames/s |\n|---|---|---|---|")
+        print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -57,10 +57,15 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", type=int, nargs="*", help=f"indices into {CASES} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="RE10K at 64x64, one forward: checks the script")
     args = parser.parse_args(argv)
+    if args.quick:  # full-size network, small input; options given still win
+        parser.set_defaults(warmup=0, repeats=1)
+        args = parser.parse_args(argv)
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     rows = []
-    for kind, views, height, width in [CASES[i] for i in (args.cases if args.cases else range(len(CASES)))]:
+    cases = [(RE10K, 2, 64, 64)] if args.quick else [CASES[i] for i in (args.cases or range(len(CASES)))]
+    for kind, views, height, width in cases:
         net = build(kind, args.device)
         x = inputs(views, height, width, args.device)
         times = []
@@ -83,7 +88,8 @@ def main(argv=None) -> int:
         print(f"{kind} {arch} {height}x{width}: {statistics.median(times):.2f} s", flush=True)
         del net, out
     print()
-    cases = "" if not args.cases else " --cases " + " ".join(map(str, args.cases))
+    cases = " --quick" if args.quick else ""
+    cases += " --cases " + " ".join(map(str, args.cases)) if args.cases and not args.quick else ""
     print(
         f"`OMP_NUM_THREADS={threads} .venv/bin/python benchmarks/bench_published_forward.py --repeats {args.repeats} "
         f"--warmup {args.warmup} --device {args.device}{cases}`"

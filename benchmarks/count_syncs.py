@@ -22,6 +22,7 @@ there. So are, on the CPU, the value checks that run for host tensors only (`ren
     python benchmarks/count_syncs.py                 # CPU: one ilrm-small training step, one render
     python benchmarks/count_syncs.py --device cuda
     python benchmarks/count_syncs.py --sites         # also list where every event comes from
+    python benchmarks/count_syncs.py --quick         # the same (the run is at test size already)
 """
 
 from __future__ import annotations
@@ -199,6 +200,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sites", action="store_true", help="list every call site")
+    # The counts need no size: the run is already at test size (~10 s). Accepted for the suite's
+    # uniform `--quick` run of every benchmark.
+    parser.add_argument("--quick", action="store_true", help="the same run (already at test size)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
