@@ -284,17 +284,19 @@ def test_a_moved_run_is_evaluated_from_another_working_directory(run, tmp_path, 
 
 
 def test_the_run_folder_in_process_eval_setup(run, tmp_path, monkeypatch):
-    """nerfstudio's eval_setup on a moved run: with our callback (load_run_callback, what
-    ilrm-eval passes) the run folder is the one holding config.yml; without it, the config is
+    """nerfstudio's eval_setup on a moved run: with our loader's callback (use_run_folder, as
+    ilrm-eval passes it) the run folder is the one holding config.yml; without it, the config is
     left as nerfstudio reads it (the folder it was trained in)."""
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from ilrm_nerfstudio.nerfstudio.trainer import load_run_callback
+    def use_run_folder(config):
+        config.use_run_folder(Path("moved"))
+        return config
 
     moved = copy_run(run, tmp_path / "moved")
     monkeypatch.chdir(tmp_path)
     config, _, checkpoint, step = eval_setup(
-        Path("moved/config.yml"), test_mode="inference", update_config_callback=load_run_callback(Path("moved"))
+        Path("moved/config.yml"), test_mode="inference", update_config_callback=use_run_folder
     )
     assert config.get_base_dir() == moved and checkpoint == moved / "nerfstudio_models" / STEP_2 and step == 2
     assert "_run_dir" not in yaml.dump(config)  # where it was loaded from is not saved with it

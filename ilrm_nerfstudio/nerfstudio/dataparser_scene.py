@@ -1,6 +1,6 @@
 """A single capture read through nerfstudio's dataparsers (COLMAP models, transforms.json) into
-our `Scene` (OpenCV c2w, pixel intrinsics): the multi-scene data manager's "single-scene" source
-and the per-scene stage's frames. Here, not in data/, because it needs nerfstudio."""
+our `Scene` (OpenCV c2w, pixel intrinsics): the multi-scene data manager's "single-scene" source.
+Here, not in data/, because it needs nerfstudio."""
 
 from __future__ import annotations
 
@@ -19,9 +19,8 @@ from ilrm_nerfstudio.data.sources import LoadOptions, colmap_model_dir
 
 
 def _dataparser_for(root: Path):
-    """nerfstudio dataparser config for a capture, with orientation/centering/scaling disabled and
-    no downscaling (which would prompt), every image in the 'train' split."""
-
+    """nerfstudio's dataparser for a capture: the file's own poses (no orientation, centering or
+    scaling), no downscaling (which would prompt), every image in the 'train' split."""
     common = dict(
         orientation_method="none",
         center_method="none",
@@ -49,8 +48,9 @@ def _dataparser_for(root: Path):
 
 
 def scene_from_dataparser_outputs(outputs, name: str, distortion: str = "undistort") -> Scene:
-    """nerfstudio `DataparserOutputs` (any dataparser) -> Scene in our convention (OpenCV c2w,
-    pixel intrinsics, frames sorted by file name)."""
+    """nerfstudio `DataparserOutputs` -> Scene (OpenCV c2w, pixel intrinsics, frames in file-name
+    order). Other dataparsers than `_dataparser_for`'s may move the poses by a similarity, which
+    the per-sample pose normalization removes."""
     cameras = outputs.cameras
     n = len(outputs.image_filenames)
     camera_types = cameras.camera_type.reshape(-1)
@@ -59,9 +59,6 @@ def scene_from_dataparser_outputs(outputs, name: str, distortion: str = "undisto
             f"scene {name}: only perspective cameras are supported (found {CameraType(int(camera_types[0])).name}); "
             "undistort fisheye images first, e.g. with COLMAP's image_undistorter"
         )
-    # Poses as the dataparser returns them. `_dataparser_for` disables orientation, centering and
-    # scaling, so these are the file's own poses; for other dataparsers they may differ from the
-    # capture's frame by a similarity transform, which the per-sample pose normalization removes.
     c2w_gl = torch.eye(4, dtype=torch.float64).repeat(n, 1, 1)
     c2w_gl[:, :3] = cameras.camera_to_worlds.double().reshape(n, 3, 4)
     fx, fy = cameras.fx.double().reshape(n), cameras.fy.double().reshape(n)
@@ -75,7 +72,7 @@ def scene_from_dataparser_outputs(outputs, name: str, distortion: str = "undisto
         if bool(params.abs().max() > 0):
             dist = params[:, [0, 1, 4, 5, 2]].float()  # OpenCV order k1, k2, p1, p2, k3
     paths = [Path(p) for p in outputs.image_filenames]
-    order = sorted(range(n), key=lambda i: str(paths[i]))  # frames in file-name (= capture) order
+    order = sorted(range(n), key=lambda i: str(paths[i]))
     scene = Scene(
         name,
         [paths[i] for i in order],

@@ -1,10 +1,7 @@
 """Data manager: batches of scenes, each with context views (the network's input) and target
-views (what the loss compares renders with), cameras normalized per sample.
-
-`--data` may be torch chunks (RE10K, ACID), a folder of nerfstudio scenes (DL3DV ...), a folder of
-opencv_cameras.json scenes or a single capture (ns-process-data / COLMAP); see `sources.py`.
-Frames are loaded in background processes (`num_workers`); view sampling is in `samplers.py`.
-"""
+views (the loss's), cameras normalized per sample. `--data`: torch chunks (RE10K, ACID), a folder
+of nerfstudio or opencv_cameras.json scenes, or a single capture (data/sources.py); view sampling
+in data/samplers.py; frames loaded in background processes (`num_workers`)."""
 
 from __future__ import annotations
 
@@ -17,6 +14,9 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 from nerfstudio.data.datamanagers.base_datamanager import DataManager, DataManagerConfig
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+from nerfstudio.utils import writer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
@@ -51,16 +51,14 @@ from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.dataparser_scene import load_single_scene
 from ilrm_nerfstudio.nerfstudio.viewer_scene import SceneViewsDataset, episode_scene, find_episode
 
-# Kept for callers of the earlier API: the bounded sampler.
-sample_views = sample_bounded
+sample_views = sample_bounded  # the earlier name
 
 warn = functools.partial(log_line, style="yellow")  # bad input that is skipped
 
 
 @dataclass
 class Episode:
-    """One sample of a dataset: a scene entry and, when fixed (index files, single-scene
-    hold-out), its context and target frames; None means "sample them"."""
+    """A scene entry and, when fixed (index files, single-scene hold-out), its views (None: sampled)."""
 
     entry: int
     name: str
@@ -69,22 +67,18 @@ class Episode:
 
 
 class ContextTargetDataset(Dataset):
-    """Training items are keys `(episode, step, seed, num_context)` from `StepBatchSampler`;
-    evaluation items are episode numbers. Each item: sampled context/target views, images at the
-    configured size and cameras normalized to the average context camera."""
+    """Items: keys `(episode, step, seed, num_context)` from `StepBatchSampler` (training) or
+    episode numbers (evaluation) -> views at the configured size, cameras normalized to the
+    average context camera."""
 
-    def __init__(
-        self,
-        entries: list[SceneEntry | Scene],
-        config: ILRMDataManagerConfig,
-        deterministic: bool,
-        episodes: list[Episode] | None = None,
-    ):
+    def __init__(self, entries: list, config: ILRMDataManagerConfig, deterministic: bool, episodes=None):
         self.entries = [e if isinstance(e, SceneEntry) else SceneEntry(e.name, e.name, scene=e) for e in entries]
         self.config, self.deterministic = config, deterministic
         self.episodes = episodes if episodes is not None else [Episode(i, e.name) for i, e in enumerate(self.entries)]
         self.chunks = ChunkCache(config.chunk_cache_size)
         self._frames: OrderedDict = OrderedDict()
+        # What nerfstudio's pipeline hands the model: cameras are normalized per sample.
+        self.scene_box, self.metadata = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), {}
 
     def __getstate__(self):  # a loader process starts with empty caches
         state = self.__dict__.copy()
@@ -93,11 +87,6 @@ class ContextTargetDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.episodes)
-
-    @property
-    def scenes(self) -> list[Scene]:
-        """The loaded scenes (chunk scenes are read on demand and not listed)."""
-        return [e.scene for e in self.entries if e.scene is not None]
 
     def resolve(self, entry_index: int) -> Scene:
         entry = self.entries[entry_index]
@@ -133,14 +122,8 @@ class ContextTargetDataset(Dataset):
             if cfg.eval_protocol == "wide":
                 return wide_coverage_views(scene.c2w, num_context, cfg.wide_target_interval)
             return sample_bounded(len(scene), num_context, num_target, cfg.min_frame_gap, cfg.max_frame_gap, None)
-        low, high = gap_range(
-            step,
-            cfg.min_frame_gap,
-            cfg.max_frame_gap,
-            cfg.warmup_steps,
-            cfg.initial_min_frame_gap,
-            cfg.initial_max_frame_gap,
-        )
+        gaps = (cfg.min_frame_gap, cfg.max_frame_gap, cfg.warmup_steps)
+        low, high = gap_range(step, *gaps, cfg.initial_min_frame_gap, cfg.initial_max_frame_gap)
         if cfg.view_sampler == "multiview":
             return sample_multiview(scene.c2w, num_context, cfg.num_target_views, low, high, generator)
         return sample_bounded(len(scene), num_context, cfg.num_target_views, low, high, generator)
@@ -164,21 +147,18 @@ class ContextTargetDataset(Dataset):
         K = torch.stack([k for _, k in views])
         context_c2w, target_c2w, _ = normalize_poses(scene.c2w[context].double(), scene.c2w[targets].double())
         V = len(context)
-        if (
-            generator is not None
-            and cfg.flip_probability > 0
-            and float(torch.rand((), generator=generator)) < cfg.flip_probability
-        ):
+        flip = generator is not None and cfg.flip_probability > 0
+        if flip and float(torch.rand((), generator=generator)) < cfg.flip_probability:
             images, c2w, K = flip_horizontal(images, torch.cat([context_c2w, target_c2w]), K)
             context_c2w, target_c2w = c2w[:V], c2w[V:]
-        return {
+        return {  # images [V or T, 3, H, W], c2w [V or T, 4, 4], K [V or T, 3, 3]
             "scene": episode.name,
             "context_indices": torch.tensor([scene.frame_id(i) for i in context]),
             "target_indices": torch.tensor([scene.frame_id(i) for i in targets]),
-            "context_images": images[:V],  # [V, 3, H, W]
-            "context_c2w": context_c2w.float(),  # [V, 4, 4]
-            "context_K": K[:V].float(),  # [V, 3, 3]
-            "target_images": images[V:],  # [T, 3, H, W]
+            "context_images": images[:V],
+            "context_c2w": context_c2w.float(),
+            "context_K": K[:V].float(),
+            "target_images": images[V:],
             "target_c2w": target_c2w.float(),
             "target_K": K[V:].float(),
         }
@@ -208,31 +188,26 @@ class ContextTargetDataset(Dataset):
 class ILRMDataManagerConfig(DataManagerConfig):
     _target: type = field(default_factory=lambda: ILRMDataManager)
     source: SourceKind = "auto"
-    """What --data is: "chunks" (RE10K/ACID torch chunks), "nerfstudio-scenes" (folder of
-    transforms.json scenes, DL3DV), "opencv-scenes" (opencv_cameras.json scenes), "single-scene"
-    (one ns-process-data / COLMAP capture); "auto" detects it from the folder."""
+    """What --data is: chunks (RE10K/ACID), nerfstudio-scenes (transforms.json scenes, DL3DV),
+    opencv-scenes, single-scene (one ns-process-data / COLMAP capture), or auto (detected)."""
     image_height: int = 256
     image_width: int = 256
     num_context_views: int = 2
     num_target_views: int = 4
     scenes_per_batch: int = 4
     view_sampler: Literal["bounded", "multiview", "index"] = "bounded"
-    """Training views: "bounded" (contexts a bounded frame gap apart, targets between), "multiview"
-    (a random number of contexts in [min_context_views, max_context_views], extras by
-    farthest-point sampling on camera centers), "index" (fixed views from train_index)."""
+    """Training views: bounded (contexts a bounded frame gap apart, targets between), multiview
+    (min..max_context_views contexts, extras by farthest-point sampling), index (train_index)."""
     min_frame_gap: int = 4
     """Smallest number of frames between the first and last context view."""
     max_frame_gap: int = 16
     warmup_steps: int = 0
-    """Steps over which the frame-gap range grows linearly from the initial gaps to the final ones."""
+    """Steps over which the frame gaps grow linearly from initial_*_frame_gap (None: the final ones)."""
     initial_min_frame_gap: int | None = None
-    """Smallest gap at step 0 (None: min_frame_gap, no warm-up)."""
     initial_max_frame_gap: int | None = None
-    """Largest gap at step 0 (None: max_frame_gap, no warm-up)."""
     min_context_views: int | None = None
-    """multiview sampler: fewest context views per batch (None: num_context_views)."""
+    """multiview sampler: context views per batch, from min to max (None: num_context_views)."""
     max_context_views: int | None = None
-    """multiview sampler: most context views per batch (None: num_context_views)."""
     train_index: Path | None = None
     """Index file {scene: {"context": [...], "target": [...]}} for view_sampler="index"."""
     flip_probability: float = 0.0
@@ -242,8 +217,8 @@ class ILRMDataManagerConfig(DataManagerConfig):
     eval_index: Path | None = None
     """Evaluate on the views of this index file (null entries skipped) instead of sampled ones."""
     eval_protocol: Literal["sequence", "wide"] = "sequence"
-    """"sequence": contexts max_frame_gap apart, targets between (deterministic); "wide": every
-    wide_target_interval-th frame a target, contexts by k-means over camera position/direction."""
+    """sequence: contexts max_frame_gap apart, targets between; wide: every wide_target_interval-th
+    frame a target, contexts by k-means over camera position/direction."""
     eval_context_views: int | None = None
     """Context views in evaluation (None: num_context_views); e.g. 16 or 32 for the wide protocol."""
     eval_target_views: int | None = None
@@ -254,10 +229,9 @@ class ILRMDataManagerConfig(DataManagerConfig):
     holdout_interval: int = 8
     """Single scene: every N-th frame (0, N, 2N, ...) is held out for evaluation."""
     image_folder: str = "auto"
-    """Scene folders: "images", a downscaled copy such as "images_4" (DL3DV), or "auto" (the most
-    downscaled copy that still covers the image size)."""
+    """images, a downscaled copy such as images_4, or auto (the smallest that covers the size)."""
     distortion: Literal["undistort", "ignore"] = "undistort"
-    """Lens distortion in transforms.json / COLMAP: remove it when reading frames, or ignore it."""
+    """Lens distortion in transforms.json / COLMAP: removed when reading frames, or ignored."""
     num_workers: int = 2
     """Background loader processes for training (0: load in the training process)."""
     eval_num_workers: int = 0
@@ -279,25 +253,16 @@ class ILRMDataManagerConfig(DataManagerConfig):
 class ILRMDataManager(DataManager):
     config: ILRMDataManagerConfig
 
-    def __init__(
-        self,
-        config: ILRMDataManagerConfig,
-        device: torch.device | str = "cpu",
-        test_mode: Literal["test", "val", "inference"] = "val",
-        world_size: int = 1,
-        local_rank: int = 0,
-        **kwargs,
-    ):
+    def __init__(self, config: ILRMDataManagerConfig, device="cpu", test_mode="val", world_size=1, local_rank=0, **_):
         self.config, self.device, self.test_mode = config, device, test_mode
         if dist.is_available() and dist.is_initialized():  # the global rank, also across machines
             world_size, local_rank = dist.get_world_size(), dist.get_rank()
         self.world_size, self.local_rank = world_size, local_rank
         self.step_ref = StepRef()
-        self.skipped_samples = 0
+        self.skipped_samples, self._last_skip_report = 0, None
         self.skipped_scenes: list[str] = []
         self.skipped_eval_scenes: list[str] = []
         self.missing_eval_scenes: list[str] = []
-        self._last_skip_report: int | None = None
         self.check_config()
         self.source = "none"
         train, evaluation = ([], []), ([], [])
@@ -311,8 +276,6 @@ class ILRMDataManager(DataManager):
         self.train_dataset = ContextTargetDataset(train[0], config, deterministic=False, episodes=train[1])
         self.eval_dataset = ContextTargetDataset(evaluation[0], config, deterministic=True, episodes=evaluation[1])
         super().__init__()
-
-    # -- configuration and loading -------------------------------------------------------------
 
     def check_config(self) -> None:
         """Impossible settings are errors naming the option, never silently replaced."""
@@ -347,15 +310,14 @@ class ILRMDataManager(DataManager):
         low = cfg.num_context_views if cfg.min_context_views is None else cfg.min_context_views
         return low, cfg.num_context_views if cfg.max_context_views is None else cfg.max_context_views
 
-    def load_options(self) -> LoadOptions:
-        cfg = self.config
-        return LoadOptions(cfg.image_folder, (cfg.image_height, cfg.image_width), cfg.distortion, cfg.holdout_interval)
-
     def rank_label(self) -> str:
         return f"rank {self.local_rank}/{self.world_size}: " if self.world_size > 1 else ""
 
     def entries(self, split: str, strict: bool) -> list[SceneEntry]:
-        cfg, options = self.config, self.load_options()
+        cfg = self.config
+        options = LoadOptions(
+            cfg.image_folder, (cfg.image_height, cfg.image_width), cfg.distortion, cfg.holdout_interval
+        )
         if self.source == "chunks":
             return chunk_entries(cfg.data, split)
         if self.source in ("nerfstudio-scenes", "opencv-scenes"):
@@ -371,21 +333,17 @@ class ILRMDataManager(DataManager):
             f"unknown data source {self.source!r} (one of auto, chunks, nerfstudio-scenes, opencv-scenes, single-scene)"
         )
 
-    def frames_needed(self, evaluation: bool) -> int:
-        if evaluation:
-            return sum(self.config.eval_views())
-        return self.context_range()[1] + self.config.num_target_views
-
-    def drop_short(self, entries: list[SceneEntry], needed: int, split: str, evaluation: bool) -> list[SceneEntry]:
+    def drop_short(self, entries: list[SceneEntry], split: str, evaluation: bool) -> list[SceneEntry]:
         """Loaded scenes with fewer frames than a sample needs are skipped with one line each
         (chunk scenes are checked when sampled)."""
+        needed = sum(self.config.eval_views()) if evaluation else self.context_range()[1] + self.config.num_target_views
         kept = []
         for entry in entries:
             if entry.scene is not None and len(entry.scene) < needed:
                 warn(f"skipping scene {entry.name}: {len(entry.scene)} frames, {needed} needed")
                 (self.skipped_eval_scenes if evaluation else self.skipped_scenes).append(entry.name)
-                continue
-            kept.append(entry)
+            else:
+                kept.append(entry)
         if not kept:
             raise ILRMError(f"{self.config.data}: no scene in split '{split}' has the {needed} frames a sample needs")
         return kept
@@ -404,8 +362,7 @@ class ILRMDataManager(DataManager):
                 self.missing_eval_scenes = missing
         if not episodes:
             raise ILRMError(f"{path}: none of its {len(index)} scenes is in {self.config.data}")
-        # Chunk order (then key): each chunk is read once per pass.
-        episodes.sort(key=lambda ep: (entries[ep.entry].group, ep.name))
+        episodes.sort(key=lambda ep: (entries[ep.entry].group, ep.name))  # chunk order: each chunk read once
         return episodes
 
     def load_train(self) -> tuple[list[SceneEntry], list[Episode]]:
@@ -418,9 +375,9 @@ class ILRMDataManager(DataManager):
         if cfg.view_sampler == "index":
             episodes = self.index_episodes(entries, cfg.train_index, evaluation=False)
         else:
-            entries = self.drop_short(entries, self.frames_needed(False), cfg.train_split, False)
+            entries = self.drop_short(entries, cfg.train_split, False)
             episodes = [Episode(i, e.name) for i, e in enumerate(entries)]
-        # Several GPUs: each rank draws from its own shard (whole chunks when possible).
+        # Several processes: each rank draws from its own shard (whole chunks when possible).
         mine = shard_indices([entries[ep.entry].group for ep in episodes], self.local_rank, self.world_size)
         if not mine:
             raise ILRMError(
@@ -461,7 +418,7 @@ class ILRMDataManager(DataManager):
             ]
         else:
             if cfg.eval_protocol != "wide":
-                entries = self.drop_short(entries, self.frames_needed(True), cfg.eval_split, True)
+                entries = self.drop_short(entries, cfg.eval_split, True)
             episodes = [Episode(i, e.name) for i, e in enumerate(entries)]
         return entries, episodes[: cfg.num_eval_scenes]
 
@@ -471,18 +428,11 @@ class ILRMDataManager(DataManager):
         cfg = self.config
         low, high = self.context_range()
         groups = [self.train_dataset.entries[ep.entry].group for ep in self.train_dataset.episodes]
-        self.train_sampler_ = StepBatchSampler(
-            groups,
-            cfg.scenes_per_batch,
-            self.step_ref,
-            seed=cfg.seed + 1009 * self.local_rank,
-            num_workers=cfg.num_workers,
-            min_context=low,
-            max_context=high,
-        )
+        seed = cfg.seed + 1009 * self.local_rank
+        sampler = StepBatchSampler(groups, cfg.scenes_per_batch, self.step_ref, seed, cfg.num_workers, low, high)
         self.train_loader = DataLoader(
             self.train_dataset,
-            batch_sampler=self.train_sampler_,
+            batch_sampler=sampler,
             num_workers=cfg.num_workers,
             persistent_workers=cfg.num_workers > 0,
             collate_fn=default_collate,
@@ -491,12 +441,10 @@ class ILRMDataManager(DataManager):
         self.train_iterator = iter(self.train_loader)
 
     def pin_memory(self) -> bool:
-        """Loaders put batches in page-locked memory when they go to a GPU (copied asynchronously)."""
+        """Batches for a GPU come in page-locked memory, so that their copies do not wait for it."""
         return torch.device(self.device).type == "cuda"
 
     def to_device(self, batch: dict) -> dict:
-        """The batch's tensors on the training device; from page-locked memory (`pin_memory`) the
-        copies are queued without waiting for the GPU."""
         queued = self.pin_memory()
         return {k: v.to(self.device, non_blocking=queued) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
@@ -513,79 +461,69 @@ class ILRMDataManager(DataManager):
             self._last_skip_report = step  # the count, at most once per 100 steps
             self.report_skipped()
         if self.skipped_samples and step % 10 == 0:
-            from nerfstudio.utils import writer
-
             writer.put_scalar("Train Data/skipped samples", self.skipped_samples, step)
         return self.to_device(batch)
 
-    def report_skipped(self, final: bool = False) -> None:
+    def report_skipped(self, step: int | None = None) -> None:  # step: at the end of training
+        final = step is not None
         if self.skipped_samples or final and self.skipped_scenes:
             what = f"{self.skipped_samples} training sample(s) skipped" + (" in this run" if final else " so far")
             scenes = f", {len(self.skipped_scenes)} scene(s) left out when loading" if self.skipped_scenes else ""
             warn(f"{self.rank_label()}data: {what}{scenes} (bad input, see the lines naming them)")
 
     def get_training_callbacks(self, training_callback_attributes):
-        from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
-
-        return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN], lambda step: self.report_skipped(final=True))]
+        return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN], self.report_skipped)]
 
     # -- evaluation ------------------------------------------------------------------------------
 
     def setup_eval(self):
-        self.eval_batches = self.plan_eval_batches()
-
-    def episode_shape(self, episode: Episode) -> tuple[int, int] | None:
-        cfg = self.config
-        if episode.context is not None:
-            return len(episode.context), len(episode.target)
-        if cfg.eval_protocol == "wide":
-            return None  # the number of targets depends on the scene
-        return cfg.eval_views()
-
-    def plan_eval_batches(self) -> list[list[int]]:
-        """Consecutive episodes with equal numbers of views, up to scenes_per_batch per batch."""
-        batches: list[list[int]] = []
-        previous = None
+        """Batches of consecutive episodes with equal numbers of views, up to scenes_per_batch each."""
+        cfg, self.eval_batches, previous = self.config, [], None
         for i, episode in enumerate(self.eval_dataset.episodes):
-            shape = self.episode_shape(episode)
-            if batches and shape is not None and shape == previous and len(batches[-1]) < self.config.scenes_per_batch:
+            if episode.context is not None:
+                shape = len(episode.context), len(episode.target)
+            else:  # wide: the number of targets depends on the scene
+                shape = None if cfg.eval_protocol == "wide" else cfg.eval_views()
+            batches = self.eval_batches
+            if batches and shape is not None and shape == previous and len(batches[-1]) < cfg.scenes_per_batch:
                 batches[-1].append(i)
             else:
                 batches.append([i])
             previous = shape
-        return batches
+
+    def check_eval_scenes(self) -> None:
+        """Evaluation needs held-out scenes: none is one line naming the data and what to change."""
+        if getattr(self, "eval_batches", None):  # set up only when there are held-out scenes
+            return
+        cfg, skipped = self.config, self.skipped_eval_scenes
+        raise ILRMError(
+            f"{cfg.data}: no held-out scenes to evaluate (split '{cfg.eval_split}'"
+            + (f", {len(skipped)} skipped: see the lines above" if skipped else "")
+            + (f", num_eval_scenes {cfg.num_eval_scenes}" if cfg.num_eval_scenes is not None else "")
+            + "); give data with held-out scenes (a test split folder, or a single capture with "
+            "--pipeline.datamanager.holdout-interval) or another --pipeline.datamanager.eval-split"
+        )
 
     def eval_batch(self, indices: list[int]) -> dict:
         try:
-            samples = [self.eval_dataset[i] for i in indices]
+            batch = default_collate([self.eval_dataset[i] for i in indices])
         except ILRMError as error:
             raise ILRMError(f"evaluation: {one_line(error)}") from None
-        batch = default_collate(samples)
         if self.pin_memory():
             batch = {k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in batch.items()}
         return self.to_device(batch)
 
-    def check_eval_scenes(self) -> None:
-        if not self.eval_dataset.episodes:
-            cfg = self.config
-            raise ILRMError(
-                f"{cfg.data}: no held-out scenes to evaluate (split '{cfg.eval_split}', num_eval_scenes "
-                f"{cfg.num_eval_scenes})"
-            )
-
     def next_eval(self, step: int) -> dict:
         """A batch of held-out scenes (deterministic views), cycling through them."""
         self.check_eval_scenes()
-        batch = self.eval_batches[self.eval_count % len(self.eval_batches)]
         self.eval_count += 1
-        return self.eval_batch(batch)
+        return self.eval_batch(self.eval_batches[(self.eval_count - 1) % len(self.eval_batches)])
 
     def next_eval_image(self, step: int) -> dict:
-        """One held-out scene."""
+        """One held-out scene, cycling through them."""
         self.check_eval_scenes()
-        index = self.eval_count % len(self.eval_dataset)
         self.eval_count += 1
-        return self.eval_batch([index])
+        return self.eval_batch([(self.eval_count - 1) % len(self.eval_dataset)])
 
     def eval_scene_batches(self, num_workers: int | None = None, batches: list[list[int]] | None = None):
         """Every held-out episode once, in batches (loaded by `eval_num_workers` processes);
@@ -593,8 +531,7 @@ class ILRMDataManager(DataManager):
         workers = self.config.eval_num_workers if num_workers is None else num_workers
         batches = self.eval_batches if batches is None else batches
         if workers <= 0:
-            for batch in batches:
-                yield self.eval_batch(batch)
+            yield from (self.eval_batch(batch) for batch in batches)
             return
         loader = DataLoader(
             self.eval_dataset,
@@ -603,28 +540,21 @@ class ILRMDataManager(DataManager):
             collate_fn=default_collate,
             pin_memory=self.pin_memory(),
         )
-        iterator = iter(loader)
-        while True:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            except ILRMError as error:
-                raise ILRMError(f"evaluation: {one_line(error)}") from None
-            yield self.to_device(batch)
+        try:
+            for batch in loader:
+                yield self.to_device(batch)
+        except ILRMError as error:
+            raise ILRMError(f"evaluation: {one_line(error)}") from None
 
     def show_scene_in_viewer(self, which: str) -> None:
-        """Test mode (ns-viewer, ns-render, ns-eval): the training dataset becomes the frames of
-        held-out scene `which`, the scene a checkpoint holds (viewer_scene.py), so that the viewer
-        can draw its cameras. Left as it is (with a note) when the scene cannot be found."""
-        if str(which).lower() == "none":
+        """Test mode (ns-viewer, ns-render, ns-eval): the training dataset becomes the frames of the
+        held-out scene a checkpoint holds (viewer_scene.py), for the viewer's cameras."""
+        if str(which).strip().lower() == "none":
             return
         try:
             self.train_dataset = SceneViewsDataset(episode_scene(self, find_episode(self, which)))
         except ILRMError as error:
             warn(f"ilrm: no held scene views for the viewer: {error}")
-
-    # -- nerfstudio hooks ------------------------------------------------------------------------
 
     def get_train_rays_per_batch(self) -> int:
         cfg = self.config
@@ -635,6 +565,3 @@ class ILRMDataManager(DataManager):
 
     def get_datapath(self) -> Path:
         return self.config.data
-
-    def get_param_groups(self):
-        return {}

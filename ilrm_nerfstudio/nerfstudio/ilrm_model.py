@@ -1,8 +1,6 @@
 """The feed-forward model (`ns-train ilrm`): the iLRM network runs on a batch's context views and
-renders its targets (training across scenes). Its checkpoints also hold the reconstruction of one
-held-out scene (`viewer_scene`), so that ns-export, ns-render and ns-viewer work on an `ilrm` run
-(see viewer_scene.py).
-"""
+renders its targets; its checkpoints also hold one held-out scene for the single-scene tools
+(viewer_scene.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +18,7 @@ from torch import Tensor
 from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.core.gaussians import Gaussians
 from ilrm_nerfstudio.core.network import ILRM, ILRMNetworkConfig
+from ilrm_nerfstudio.core.published import load_published_network
 from ilrm_nerfstudio.metrics import load_perceptual, psnr, ssim
 from ilrm_nerfstudio.metrics.baselines import mean_color_baseline, nearest_view_baseline
 from ilrm_nerfstudio.nerfstudio.console import log_line
@@ -40,25 +39,17 @@ class ILRMModelConfig(GaussianSceneModelConfig):
     render_backend: Literal["auto", "gsplat", "torch"] = "auto"
     """"auto": gsplat on CUDA, our PyTorch rasterizer on CPU."""
     viewer_scene: str = "0"
-    """The held-out scene whose reconstruction checkpoints hold (for ns-viewer, ns-render,
-    ns-export on this run): an index into the evaluation scenes or a scene name. It is
-    reconstructed before every checkpoint is written, in a frame oriented and scaled as nerfstudio's
-    dataparser does (recorded in <run>/held_scene.json); "none" disables that."""
+    """The held-out scene (index or name) that checkpoints hold for ns-viewer, ns-render and
+    ns-export, reconstructed before each save (its frame in <run>/held_scene.json); none: no scene."""
     init_from: Path | None = None
-    """Start from a published iLRM checkpoint (re10k_2view.ckpt, ilrm_undistort_dl3dv*.pt; see
-    docs/published.md). Its architecture replaces `network`'s, except for the fields of
-    `INIT_FROM_KEEPS` (how it runs: checkpointing, attention kernel, compile, mini-batch
-    cross-attention); `sh_degree` must match the file's (0). The file is read again whenever the
-    model is built (also when a run made with it is loaded)."""
+    """Start from a published iLRM checkpoint (docs/published.md): its architecture replaces
+    `network`'s except how it runs (INIT_FROM_KEEPS); read again whenever the model is built."""
     pose_scale: Literal["auto", "data", "max_abs_coordinate"] = "auto"
-    """Scale of the context cameras the network sees. "data": as the data manager normalizes them
-    (farthest context camera at distance 1); "max_abs_coordinate": the published models'
-    convention (largest |coordinate| of a context camera position = 1); "auto": the latter with
-    `init_from`, else "data"."""
+    """Context camera scale the network sees: data (farthest context camera at 1), max_abs_coordinate
+    (the published models': largest |coordinate| = 1), auto (the latter with init_from)."""
 
     def check(self) -> None:
-        """Impossible options -> ILRMError naming the option (at setup, before any data is read;
-        whether `viewer_scene` names an evaluation scene is checked by the pipeline, which has them)."""
+        """Impossible options -> ILRMError naming the option (at setup, before any data is read)."""
         super().check()
         weight = self.lpips_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
@@ -74,8 +65,7 @@ class ILRMModelConfig(GaussianSceneModelConfig):
 
 
 def check_network(network: ILRMNetworkConfig) -> None:
-    """The network's options (--pipeline.model.network.*): sizes positive, near < far, then the
-    network's own consistency checks (width divisible by heads, feature names, ...)."""
+    """--pipeline.model.network.*: sizes positive, near < far, then the network's own checks."""
     prefix = "--pipeline.model.network."
     for name in ("patch_size", "width", "num_heads", "num_layers", "viewpoint_factor"):
         value = getattr(network, name)
@@ -94,13 +84,8 @@ def check_network(network: ILRMNetworkConfig) -> None:
 
 
 # Network fields that `init_from` keeps from the run's config: how the network runs, not what it is.
-INIT_FROM_KEEPS = (
-    "gradient_checkpointing",
-    "attention_backend",
-    "compile",
-    "cross_attention_groups",
-    "cross_attention_split",
-    "cross_attention_rotation",
+INIT_FROM_KEEPS = ("gradient_checkpointing", "attention_backend", "compile") + tuple(
+    f"cross_attention_{name}" for name in ("groups", "split", "rotation")
 )
 
 
@@ -117,8 +102,6 @@ class ILRMModel(GaussianSceneModel):
 
     def _published_network(self, path: Path) -> ILRM:
         """The published network at `path`, trainable, with this config's run-time fields."""
-        from ilrm_nerfstudio.core.published import load_published_network
-
         published = load_published_network(path)
         if published.config.sh_degree != self.config.sh_degree:
             raise ILRMError(
@@ -141,16 +124,11 @@ class ILRMModel(GaussianSceneModel):
         network.published_protocol = published.published_protocol
         return network
 
-    def uses_published_pose_scale(self) -> bool:
-        if self.config.pose_scale == "auto":
-            return self.config.init_from is not None
-        return self.config.pose_scale == "max_abs_coordinate"
-
     def rescale_poses(self, batch: dict) -> dict:
-        """The batch with translations scaled per scene so that the largest |coordinate| of its
-        context camera positions is 1 (the published convention; the frame's origin and axes,
-        the average context camera, are the same in both conventions)."""
-        if not self.uses_published_pose_scale():
+        """With the published convention, translations scaled per scene so that the largest
+        |coordinate| of a context camera is 1 (origin and axes are the same in both)."""
+        scale = self.config.pose_scale
+        if scale == "data" or (scale == "auto" and self.config.init_from is None):
             return batch
         largest = batch["context_c2w"][..., :3, 3].abs().amax(dim=(1, 2))  # [B]
         scale = torch.where(largest > 1e-8, 1.0 / largest.clamp_min(1e-8), torch.ones_like(largest))
@@ -161,12 +139,8 @@ class ILRMModel(GaussianSceneModel):
             batch[key] = c2w
         return batch
 
-    # -- nerfstudio hooks --------------------------------------------------------------------------
-
     def get_param_groups(self):
         return {"network": list(self.network.parameters())}
-
-    # -- forward -----------------------------------------------------------------------------------
 
     def reconstruct(self, images: Tensor, c2w: Tensor, K: Tensor) -> Gaussians:
         """Context views [B, V, 3, H, W] with cameras -> batched Gaussians (fp32)."""
@@ -186,20 +160,11 @@ class ILRMModel(GaussianSceneModel):
             self.render_views(gaussians.map(lambda t: t[b]), batch["target_c2w"][b], batch["target_K"][b], H, W)
             for b in range(len(batch["target_c2w"]))
         ]
-        # [B, T, H, W, c]; per-render extras that are not images (e.g. "info") are left out
-        outputs = {
-            key: torch.stack([o[key] for o in per_scene])
-            for key, value in per_scene[0].items()
-            if isinstance(value, Tensor)
-        }
-        outputs["gaussians"] = gaussians
-        return outputs
-
-    # -- losses and metrics ----------------------------------------------------------------------
+        return {key: torch.stack([o[key] for o in per_scene]) for key in per_scene[0]} | {"gaussians": gaussians}
 
     def perceptual(self):
-        """LPIPS-VGG (shared, built on first use; not a submodule, so not in checkpoints); None when
-        the loss does not use it and it cannot load (tried once, see metrics/perceptual.py)."""
+        """LPIPS-VGG (shared, not in checkpoints); None when the loss does not need it and it
+        cannot load (tried once, metrics/perceptual.py)."""
         return load_perceptual(required=self.config.lpips_weight > 0, device=self.device)
 
     @staticmethod
@@ -229,24 +194,17 @@ class ILRMModel(GaussianSceneModel):
         perceptual = self.perceptual()
         if perceptual is not None:
             values["lpips"] = perceptual(pred, gt).reshape(-1)
-        baselines = {
-            "baseline_mean_color_psnr": mean_color_baseline(batch["context_images"], T),
-            "baseline_nearest_view_psnr": nearest_view_baseline(
-                batch["context_images"], batch["context_c2w"], batch["target_c2w"]
-            ),
-        }
-        for name, images in baselines.items():
-            values[name] = psnr(images.flatten(0, 1), gt)
+        context = batch["context_images"]
+        values["baseline_mean_color_psnr"] = psnr(mean_color_baseline(context, T).flatten(0, 1), gt)
+        nearest = nearest_view_baseline(context, batch["context_c2w"], batch["target_c2w"])
+        values["baseline_nearest_view_psnr"] = psnr(nearest.flatten(0, 1), gt)
         per_scene = {name: v.reshape(B, T).mean(1) for name, v in values.items()}
         return [{name: float(v[b]) for name, v in per_scene.items()} | {"scene": batch["scene"][b]} for b in range(B)]
 
     def get_image_metrics_and_images(self, outputs: dict, batch: dict):
-        metrics = self.scene_metrics(outputs, batch)[0]
-        metrics.pop("scene")
+        metrics = {k: v for k, v in self.scene_metrics(outputs, batch)[0].items() if k != "scene"}
         # Targets side by side: ground truth on top, render below.
-        gt = batch["target_images"][0].permute(0, 2, 3, 1)  # [T, H, W, 3]
-        pred = outputs["rgb"][0]
+        gt, pred, depth = batch["target_images"][0].permute(0, 2, 3, 1), outputs["rgb"][0], outputs["depth"][0]
         image = torch.cat([torch.cat(list(gt), dim=1), torch.cat(list(pred), dim=1)], dim=0)
-        depth = outputs["depth"][0]
         depth = torch.cat(list(depth / depth.amax().clamp_min(1e-6)), dim=1).expand(-1, -1, 3)
         return metrics, {"img": image, "depth": depth}

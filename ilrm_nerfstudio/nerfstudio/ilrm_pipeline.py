@@ -16,14 +16,12 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.distributed as dist
-from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.models.base_model import Model
-from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.misc import step_check
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -45,32 +43,12 @@ class ILRMPipelineConfig(VanillaPipelineConfig):
 class ILRMPipeline(VanillaPipeline):
     config: ILRMPipelineConfig
 
-    def __init__(
-        self,
-        config: ILRMPipelineConfig,
-        device: str,
-        test_mode: Literal["test", "val", "inference"] = "val",
-        world_size: int = 1,
-        local_rank: int = 0,
-        grad_scaler=None,
-    ):
+    def __init__(self, config: ILRMPipelineConfig, device: str, test_mode="val", world_size=1, local_rank=0, **kwargs):
         install_excepthook()  # ns-eval / ns-export / ns-render / ns-viewer on one of our runs
-        Pipeline.__init__(self)
-        self.config, self.test_mode, self.world_size = config, test_mode, world_size
         config.model.check()  # first: the image size check divides by the network's sizes
         config.model.network.check_image_size(config.datamanager.image_height, config.datamanager.image_width)
-        self.datamanager = config.datamanager.setup(
-            device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank
-        )
-        self.datamanager.to(device)
-        self._model = config.model.setup(
-            scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])),
-            num_train_data=len(self.datamanager.train_dataset),
-            metadata={},
-            device=device,
-            grad_scaler=grad_scaler,
-        )
-        self.model.to(device)
+        super().__init__(config, device, test_mode, 1, local_rank, **kwargs)  # our DDP below (world_size 1 here)
+        self.world_size = world_size
         which = str(config.model.viewer_scene)
         if test_mode == "val" and which.strip().lower() != "none":  # training: a scene to hold must exist
             try:
@@ -104,12 +82,6 @@ class ILRMPipeline(VanillaPipeline):
         self._object_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
         dist.barrier(group=self._object_group)
 
-    def distributed(self) -> tuple[int, int]:
-        """(rank, world size) of this training process; (0, 1) outside distributed training."""
-        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
-
     def get_training_callbacks(self, training_callback_attributes):
         """nerfstudio's, and: after each iteration that ends in a checkpoint (every steps_per_save
         and the last), the held-out scene chosen by --pipeline.model.viewer-scene is reconstructed
@@ -132,20 +104,6 @@ class ILRMPipeline(VanillaPipeline):
         renamed = type(state)((key.replace("_model.module.", "_model.", 1), value) for key, value in state.items())
         renamed._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]
         return renamed
-
-    def check_held_out_scenes(self) -> None:
-        """Evaluation needs held-out scenes: none is one line naming the data and what to change."""
-        if getattr(self.datamanager, "eval_batches", None):  # set up only when there are held-out scenes
-            return
-        cfg = self.datamanager.config
-        skipped = self.datamanager.skipped_eval_scenes
-        raise ILRMError(
-            f"{cfg.data}: no held-out scenes to evaluate (split '{cfg.eval_split}'"
-            + (f", {len(skipped)} skipped: see the lines above" if skipped else "")
-            + (f", num_eval_scenes {cfg.num_eval_scenes}" if cfg.num_eval_scenes is not None else "")
-            + "); give data with held-out scenes (a test split folder, or a single capture with "
-            "--pipeline.datamanager.holdout-interval) or another --pipeline.datamanager.eval-split"
-        )
 
     def get_train_loss_dict(self, step: int):
         batch = self.datamanager.next_train(step)
@@ -178,19 +136,21 @@ class ILRMPipeline(VanillaPipeline):
         with `output_path`, renders and per-scene metrics are written there. Distributed: the
         batches are dealt out round-robin and gathered (every rank returns the same summary); with
         `output_path`, rank 0 evaluates and writes everything and sends its summary."""
-        rank, world = self.distributed()
+        world = dist.get_world_size() if self.world_size > 1 and dist.is_initialized() else 1
+        rank = dist.get_rank() if world > 1 else 0
         if world > 1 and output_path is not None:
-            summary = [self._evaluate_and_summarize(None, output_path, get_std) if rank == 0 else None]
+            summary = [self._summary(self.evaluate_scenes(output_path), output_path, get_std) if rank == 0 else None]
             dist.broadcast_object_list(summary, src=0, group=self._object_group)
             return summary[0]
-        return self._evaluate_and_summarize((rank, world) if world > 1 else None, output_path, get_std)
-
-    def _evaluate_and_summarize(self, shard, output_path: Path | None, get_std: bool) -> dict[str, float]:
-        per_scene = self.evaluate_scenes(output_path, shard)
-        if shard is not None:  # every rank's scenes, back in the order of the batches
-            gathered: list = [None] * shard[1]
+        per_scene = self.evaluate_scenes(output_path, (rank, world) if world > 1 else None)
+        if world > 1:  # every rank's scenes, back in the order of the batches
+            gathered: list = [None] * world
             dist.all_gather_object(gathered, per_scene, group=self._object_group)
             per_scene = sorted((item for part in gathered for item in part), key=lambda item: item[0])
+        return self._summary(per_scene, output_path, get_std)
+
+    @staticmethod
+    def _summary(per_scene: list, output_path: Path | None, get_std: bool) -> dict[str, float]:
         rows = [row for _, row in per_scene]
         summary = summarize(rows, get_std)
         if output_path is not None:
@@ -210,7 +170,7 @@ class ILRMPipeline(VanillaPipeline):
         rank's share (`shard` = (rank, world size)). A row: the scene's metrics
         (`ILRMModel.scene_metrics`) and its context and target frames; with `render_dir`, renders
         and ground truth are written there. ns-eval and ilrm-eval both use it."""
-        self.check_held_out_scenes()
+        self.datamanager.check_eval_scenes()
         all_batches = self.datamanager.eval_batches
         mine = range(len(all_batches)) if shard is None else range(shard[0], len(all_batches), shard[1])
         total, start = sum(len(all_batches[i]) for i in mine), time.perf_counter()

@@ -119,16 +119,17 @@ def load_trained_network(path: Path, device: torch.device | str = "cpu") -> Trai
     checkpoint, the newest readable one (a torn newest one is skipped with a warning)."""
     config_path, checkpoints = find_run_files(path)
     config, model_config = _read_run_config(config_path)
+    data = config.pipeline.datamanager
     try:
-        network_config = dataclasses.replace(
-            model_config.network, sh_degree=model_config.sh_degree, compile=False, gradient_checkpointing=False
+        network = ILRM(
+            dataclasses.replace(
+                model_config.network, sh_degree=model_config.sh_degree, compile=False, gradient_checkpointing=False
+            )
         )
-        network = ILRM(network_config)
-        data = config.pipeline.datamanager
         resolution = (int(data.image_height), int(data.image_width))
-    except ILRMError:
-        raise
     except Exception as error:
+        if isinstance(error, ILRMError):
+            raise
         raise ILRMError(f"{config_path}: its network options do not make an iLRM network ({brief(error)})") from None
     for index, checkpoint in enumerate(checkpoints):
         try:
@@ -145,22 +146,14 @@ def load_trained_network(path: Path, device: torch.device | str = "cpu") -> Trai
         raise ILRMError(
             f"{checkpoint}: its weights do not fit the network that {config_path} describes ({brief(error)})"
         ) from None
-    network.requires_grad_(False)
-    network.eval()
-    return TrainedNetwork(
-        network.to(device),
-        resolution,
-        int(model_config.sh_degree),
-        checkpoint,
-        bool(getattr(model_config, "bf16", True)),
-        int(getattr(data, "num_context_views", 2)),
-    )
+    network.requires_grad_(False).eval()
+    bf16, views = bool(getattr(model_config, "bf16", True)), int(getattr(data, "num_context_views", 2))
+    return TrainedNetwork(network.to(device), resolution, int(model_config.sh_degree), checkpoint, bf16, views)
 
 
 def network_input_size(frame_hw: tuple[int, int], trained_hw: tuple[int, int], multiple: int) -> tuple[int, int]:
-    """The network's input size for frames of `frame_hw`: the frame's aspect ratio, its longest
-    side that of the training resolution, both sides rounded down to `multiple` (the crop that
-    this needs is at most multiple - 1 pixels)."""
+    """The network's input size for frames of `frame_hw`: their aspect ratio, the longest side of
+    the training resolution, both sides rounded down to `multiple` (a crop under `multiple` px)."""
     (frame_h, frame_w), longest = frame_hw, max(trained_hw)
     scale = longest / max(frame_h, frame_w)
     height = max(multiple, int(frame_h * scale) // multiple * multiple)

@@ -1,11 +1,9 @@
 """nerfstudio's Trainer with checkpoints that survive interruptions, and its config with checks.
 
 nerfstudio writes `step-N.ckpt` in place and loads the newest one whatever its state, so a run
-stopped during a save cannot be resumed ("PytorchStreamReader failed reading zip archive", naming
-no file). Here a checkpoint is written to `<name>.partial` and renamed into place, and resuming
-(`--load-dir`) or our own loader (`use_run_folder`, used by ilrm-eval) takes the newest one that
-reads back, with a warning naming the damaged one.
-"""
+stopped during a save could not be resumed. Here a checkpoint is written to `<name>.partial` and
+renamed into place; resuming (`--load-dir`) and our loader (`use_run_folder`, ilrm-eval) take the
+newest one that reads back, with a warning naming the damaged one."""
 
 from __future__ import annotations
 
@@ -286,15 +284,3 @@ class ILRMTrainerConfig(TrainerConfig):
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_run_dir"}  # not part of the config
-
-
-def load_run_callback(run_dir: Path, then=None):
-    """An `update_config_callback` for nerfstudio's eval_setup: `use_run_folder(run_dir)`, then
-    `then(config)` when given."""
-
-    def update(config):
-        if hasattr(config, "use_run_folder"):
-            config.use_run_folder(run_dir)
-        return then(config) if then is not None else config
-
-    return update

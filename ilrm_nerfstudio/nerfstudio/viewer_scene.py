@@ -138,10 +138,7 @@ class SceneViewsDataset(InputDataset):
             width=sizes[:, 1:2],
             camera_type=CameraType.PERSPECTIVE,
         )
-        positions = c2w[:, :3, 3]
-        center = positions.mean(0)
-        radius = float((positions - center).norm(dim=-1).max().clamp_min(1.0))
-        box = SceneBox(aabb=torch.stack([center - 2 * radius, center + 2 * radius]))
+        box = SceneBox(aabb=torch.tensor([[-2.0] * 3, [2.0] * 3]))  # cameras are inside [-1, 1]
         super().__init__(DataparserOutputs(image_filenames=list(scene.image_paths), cameras=cameras, scene_box=box))
 
     def get_numpy_image(self, image_idx: int) -> np.ndarray:

@@ -116,11 +116,11 @@ def evaluate(
     """Run the evaluation and write the JSON (to `output`, default `<run>/eval_results.json`)."""
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from ilrm_nerfstudio.nerfstudio.trainer import load_run_callback
-
     load_config = run_config_path(Path(load_config))
 
-    def update(config):  # after the run folder is fixed (load_run_callback): our options
+    def update(config):  # our loader: the run folder is where config.yml is now; then our options
+        if hasattr(config, "use_run_folder"):
+            config.use_run_folder(load_config.parent)
         dm = config.pipeline.datamanager
         if data is not None:
             dm.data = Path(data)
@@ -140,7 +140,7 @@ def evaluate(
     with nerfstudio_exits_as_errors():
         try:
             config, pipeline, checkpoint, step = eval_setup(
-                load_config, test_mode="test", update_config_callback=load_run_callback(load_config.parent, update)
+                load_config, test_mode="test", update_config_callback=update
             )
         except yaml.YAMLError as error:
             raise ILRMError(f"{load_config}: not a readable run config ({one_line(error)})") from None
