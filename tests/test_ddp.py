@@ -1,8 +1,8 @@
-"""Distributed training on the CPU, for real: 2 gloo processes spawned by nerfstudio's `launch`
-(through `ilrm_nerfstudio.tools.train`, which lifts its CUDA asserts off CUDA), each running
-nerfstudio's own `train_loop` (seed + rank, `config.setup(local_rank, world_size)`,
-`Trainer.setup`, `Trainer.train`) on a tiny ilrm-small config; then the user's command,
-`ilrm-train` with 2 processes, resuming that run with `--load-dir`."""
+"""Distributed training on the CPU, for real: 2 gloo processes spawned by `ilrm_nerfstudio.tools.
+train.launch` (nerfstudio's launcher asserts CUDA in its workers), each running nerfstudio's own
+`train_loop` (seed + rank, `config.setup(local_rank, world_size)`, `Trainer.setup`,
+`Trainer.train`) on a tiny ilrm-small config; then the user's command, `ilrm-train` with 2
+processes, resuming that run with `--load-dir`."""
 
 from __future__ import annotations
 

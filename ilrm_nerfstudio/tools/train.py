@@ -1,12 +1,11 @@
-"""`ilrm-train`: ns-train, plus multi-process training on CPUs.
+"""`ilrm-train`: ns-train's command line, plus several training processes on CPUs.
 
-Same command line as `ns-train` (the same tyro CLI over every registered method, ours included).
-The one difference: nerfstudio's launcher asserts CUDA in every spawned process
-(`nerfstudio/scripts/train.py`, `_distributed_worker`), so `--machine.num-devices 2` fails on a
-machine without GPUs. Here, for `--machine.device-type cpu` (or mps), each process runs the same
-steps without those asserts: a gloo process group, nerfstudio's per-machine group, then
-nerfstudio's own `train_loop` (seed + rank, `config.setup(local_rank, world_size)`,
-`Trainer.setup`, `Trainer.train`). On CUDA nerfstudio's worker runs unchanged.
+nerfstudio's launcher asserts CUDA in every process it spawns, so `--machine.num-devices 2` fails
+on a machine without GPUs. For `--machine.device-type cpu` (or mps) with more than one process,
+`ilrm-train` does what ns-train's `main` does first (timestamp, print, config.yml), then spawns
+its own workers: each joins a gloo process group, sets nerfstudio's per-machine group
+(`comms.LOCAL_PROCESS_GROUP`) and runs nerfstudio's `train_loop`. Anything else is ns-train's
+`main`, unchanged.
 
     ilrm-train ilrm-small --data data/synthetic --machine.device-type cpu --machine.num-devices 2
     # two machines (run on each, with its rank):
@@ -19,21 +18,22 @@ OMP_NUM_THREADS is set.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+import socket
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
 from nerfstudio.scripts import train as ns_train
 from nerfstudio.utils import comms
+from nerfstudio.utils.rich_utils import CONSOLE
 
-_NERFSTUDIO_WORKER = ns_train._distributed_worker
 
-
-def distributed_worker(
+def _cpu_worker(
     local_rank: int,
     main_func: Callable,
     world_size: int,
@@ -41,63 +41,85 @@ def distributed_worker(
     machine_rank: int,
     dist_url: str,
     config: Any,
-    timeout: timedelta = ns_train.DEFAULT_TIMEOUT,
-    device_type: str = "cuda",
-) -> Any:
-    """nerfstudio's `_distributed_worker` (same arguments), without its CUDA asserts off CUDA."""
-    if device_type == "cuda":
-        return _NERFSTUDIO_WORKER(
-            local_rank,
-            main_func,
-            world_size,
-            num_devices_per_machine,
-            machine_rank,
-            dist_url,
-            config,
-            timeout,
-            device_type,
-        )
+    timeout: timedelta,
+) -> None:
+    """One spawned CPU process: gloo, nerfstudio's per-machine group, then `main_func`."""
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_devices_per_machine))
     global_rank = machine_rank * num_devices_per_machine + local_rank
-    dist.init_process_group(
-        backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout
-    )
-    assert comms.LOCAL_PROCESS_GROUP is None
+    dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout)
     for i in range(world_size // num_devices_per_machine):  # as nerfstudio: one group per machine
         group = dist.new_group(list(range(i * num_devices_per_machine, (i + 1) * num_devices_per_machine)))
         if i == machine_rank:
             comms.LOCAL_PROCESS_GROUP = group
     try:
-        output = main_func(local_rank, world_size, config, global_rank)
+        main_func(local_rank, world_size, config, global_rank)
         comms.synchronize()
     finally:
         dist.destroy_process_group()
         comms.LOCAL_PROCESS_GROUP = None
-    return output
 
 
-@contextlib.contextmanager
-def cpu_capable_launcher() -> Iterator[None]:
-    """Within the block, nerfstudio's `launch` spawns `distributed_worker` (picklable by name, so
-    the spawned processes run it too)."""
-    ns_train._distributed_worker = distributed_worker
+def launch(
+    main_func: Callable,
+    num_devices_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+    config: Any = None,
+    timeout: timedelta = ns_train.DEFAULT_TIMEOUT,
+    device_type: str = "cuda",
+) -> None:
+    """nerfstudio's `launch` (same arguments); on CPU / mps with several processes, our workers."""
+    world_size = num_machines * num_devices_per_machine
+    if device_type == "cuda" or world_size <= 1:
+        ns_train.launch(
+            main_func, num_devices_per_machine, num_machines, machine_rank, dist_url, config, timeout, device_type
+        )
+        return
+    if dist_url == "auto":
+        if num_machines > 1:
+            raise ValueError("--machine.dist-url auto is for one machine; give tcp://HOST:PORT of machine 0")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            dist_url = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    args = (main_func, world_size, num_devices_per_machine, machine_rank, dist_url, config, timeout)
+    context = mp.spawn(_cpu_worker, nprocs=num_devices_per_machine, join=False, args=args)
     try:
-        yield
-    finally:
-        ns_train._distributed_worker = _NERFSTUDIO_WORKER
-
-
-def launch(*args, **kwargs) -> None:
-    """nerfstudio's `launch` (same arguments), CPU-capable."""
-    with cpu_capable_launcher():
-        ns_train.launch(*args, **kwargs)
+        context.join()
+    except KeyboardInterrupt:
+        for i, process in enumerate(context.processes):
+            if process.is_alive():
+                CONSOLE.log(f"Terminating process {i}...")
+                process.terminate()
+            process.join()
 
 
 def main(config) -> None:
-    """nerfstudio's `main` (set the timestamp, save config.yml, launch), CPU-capable."""
-    with cpu_capable_launcher():
+    """ns-train's `main`; on CPU / mps with several processes, its first steps, then our `launch`."""
+    machine = config.machine
+    if machine.device_type == "cuda" or machine.num_devices * machine.num_machines <= 1:
         ns_train.main(config)
+        return
+    if config.data:  # ns-train's aliases and --load-config, as its main
+        config.pipeline.datamanager.data = config.data
+    if config.prompt:
+        config.pipeline.model.prompt = config.prompt
+    if config.load_config:
+        config = yaml.load(config.load_config.read_text(), Loader=yaml.Loader)
+    config.set_timestamp()
+    config.print_to_terminal()
+    config.save_config()
+    machine = config.machine
+    launch(
+        ns_train.train_loop,
+        machine.num_devices,
+        machine.num_machines,
+        machine.machine_rank,
+        machine.dist_url,
+        config,
+        device_type=machine.device_type,
+    )
 
 
 def entrypoint() -> None:
