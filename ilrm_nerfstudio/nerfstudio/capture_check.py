@@ -187,7 +187,8 @@ def explain_parse_failure(config, data: Path, error: BaseException) -> str:
         if problem is not None:
             return f"{path}: {problem}"
     return (
-        f"{data}: nerfstudio's dataparser ({type(config.dataparser).__name__}) could not read it ({brief(error)}); "
+        f"{data}: nerfstudio's dataparser ({type(config.dataparser).__name__.removesuffix('Config')}) could not read "
+        f"it ({brief(error)}); "
         "check the capture, or read it with another dataparser subcommand (nerfstudio-data, colmap)"
     )
 
@@ -204,6 +205,8 @@ def transforms_problem(path: Path) -> str | None:
     problem = _global_problems(meta)
     if problem is not None:
         return problem
+    if len(frames) < MIN_TRAINING_FRAMES:
+        return f"{len(frames)} frame: at least {MIN_TRAINING_FRAMES} training frames at different positions are needed"
     for i, frame in enumerate(frames):
         problem = _file_path_problem(frame) or _camera_problem(frame, meta)[2]
         if problem is not None:

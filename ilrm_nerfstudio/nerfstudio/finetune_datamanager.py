@@ -21,14 +21,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
+from nerfstudio.data.datamanagers.base_datamanager import DataManager, VanillaDataManager
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.data.utils.dataloaders import RandIndicesEvalDataloader
 from PIL import Image
 from torch import Tensor
 
 from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
-from ilrm_nerfstudio.core.errors import ILRMError, one_line
+from ilrm_nerfstudio.core.errors import ILRMError, brief, one_line
 from ilrm_nerfstudio.data.images import to_rgb8
 from ilrm_nerfstudio.data.samplers import kmeans_views
 from ilrm_nerfstudio.nerfstudio.capture_check import check_outputs, check_parser_options, explain_parse_failure
@@ -55,8 +57,10 @@ class CaptureDataset(InputDataset):
                 rgb = to_rgb8(image)
         except (OSError, ValueError, SyntaxError) as error:
             raise ILRMError(f"{path}: cannot read the image ({error})") from None
-        if self.scale_factor != 1.0:
-            size = (int(rgb.width * self.scale_factor), int(rgb.height * self.scale_factor))
+        # The camera's size at the working scale (an image stored at another uniform scale too).
+        camera = self._dataparser_outputs.cameras[image_idx]
+        size = (int(camera.width * self.scale_factor), int(camera.height * self.scale_factor))
+        if rgb.size != size:
             rgb = rgb.resize(size, resample=Image.Resampling.BILINEAR)
         return np.array(rgb, dtype=np.uint8)
 
@@ -77,7 +81,20 @@ class ILRMSceneDataManagerConfig(FullImageDatamanagerConfig):
     cache_images_type: Literal["uint8", "float32"] = "uint8"
 
 
-class ILRMSceneDataManager(FullImageDatamanager[CaptureDataset]):
+class SpiralCompatible(VanillaDataManager):
+    """nerfstudio 1.1.5's `ns-render spiral` accepts only VanillaDataManager instances (it starts
+    from `eval_dataloader.get_camera(0)`): this base makes ours one without its ray samplers."""
+
+    def __init__(self, *args, **kwargs):
+        DataManager.__init__(self)  # what FullImageDatamanager's __init__ asks its base for
+
+    @cached_property
+    def eval_dataloader(self) -> RandIndicesEvalDataloader:
+        dataset = self.eval_dataset if len(self.eval_dataset) else self.train_dataset
+        return RandIndicesEvalDataloader(input_dataset=dataset, device=self.device)
+
+
+class ILRMSceneDataManager(FullImageDatamanager[CaptureDataset], SpiralCompatible):
     config: ILRMSceneDataManagerConfig
 
     def __init__(self, config: ILRMSceneDataManagerConfig, device="cpu", test_mode="val", **kwargs):
@@ -95,7 +112,14 @@ class ILRMSceneDataManager(FullImageDatamanager[CaptureDataset]):
         try:
             if not self.data.exists():
                 raise ILRMError(f"{self.data}: data folder not found")
-            super().__init__(config, device, test_mode, **kwargs)
+            try:
+                super().__init__(config, device, test_mode, **kwargs)
+            except Exception as error:  # SfM points it cannot load (an empty points3D) only cost the points
+                if not getattr(config.dataparser, "load_3D_points", False) or isinstance(error, ILRMError):
+                    raise
+                config.dataparser.load_3D_points = False
+                super().__init__(config, device, test_mode, **kwargs)
+                warn(f"{self.data}: nerfstudio could not load the SfM points ({brief(error)}); starting without them")
         except Exception as error:  # noqa: BLE001 - nerfstudio's parsers assert / raise on bad input
             message = (
                 one_line(error) if isinstance(error, ILRMError) else explain_parse_failure(config, self.data, error)
@@ -107,7 +131,6 @@ class ILRMSceneDataManager(FullImageDatamanager[CaptureDataset]):
             self._without_frames(config, device, test_mode)
 
     def _without_frames(self, config, device, test_mode) -> None:
-        from nerfstudio.data.datamanagers.base_datamanager import DataManager
         from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
         from nerfstudio.data.scene_box import SceneBox
 
