@@ -35,6 +35,8 @@ from ilrm_nerfstudio.core.cameras import intrinsics_matrix, opengl_to_opencv, re
 from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.data.images import decode_rgb8, file_problem, upright_size
 from ilrm_nerfstudio.data.validate import (
+    K4_PROBLEM,
+    camera_model_problem,
     fits_camera_problem,
     intrinsics_problem,
     number_problem,
@@ -199,7 +201,7 @@ def _parse_frame(
             if problem is not None:
                 return None, f"{label}: distortion coefficient {key} {problem}"
         if abs(float(coefficients["k4"])) > 1e-12:
-            return None, f"{label}: distortion coefficient k4 is not supported for perspective cameras"
+            return None, f"{label}: {K4_PROBLEM}"
         distortion = [float(coefficients[key]) for key in _DISTORTION_KEYS]
     full = np.eye(4)
     full[:3] = pose[:3]
@@ -353,11 +355,9 @@ def load_nerfstudio_scene(
     scene_dir = Path(scene_dir)
     path = resolve_transforms(scene_dir)
     meta = _read_meta(path)
-    if meta.get("camera_model", "OPENCV") not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
-        raise ILRMError(
-            f"{path}: camera_model {meta['camera_model']!r} is not supported (pinhole and OPENCV cameras only; "
-            "undistort fisheye/equirectangular images first, e.g. with COLMAP's image_undistorter)"
-        )
+    problem = camera_model_problem(meta.get("camera_model", "OPENCV"))
+    if problem is not None:
+        raise ILRMError(f"{path}: {problem}")
     frames = _read_frames(path, meta, "transform_matrix", NERFSTUDIO_KEYS, True, image_folder, target_hw, on_bad_frame)
     c2w = opengl_to_opencv(torch.from_numpy(np.stack([f.pose for f in frames])))
     dist = torch.tensor([f.distortion for f in frames], dtype=torch.float32)

@@ -22,6 +22,21 @@ from ilrm_nerfstudio.data.images import file_problem, to_rgb8
 
 RIGID_TOLERANCE = 1e-3  # |R R^T - I| above this: not a rotation
 
+# transforms.json camera models that are perspective cameras with OpenCV's distortion (k1 k2 p1 p2
+# k3), as nerfstudio's dataparser reads them; both readers (data/scene.py, the per-scene check) use
+# these rules. k4 belongs to fisheye cameras: a perspective camera with k4 would be undistorted wrong.
+PERSPECTIVE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+K4_PROBLEM = "distortion coefficient k4 is not supported for perspective cameras (OpenCV's are k1 k2 p1 p2 k3)"
+
+
+def camera_model_problem(model: object) -> str | None:
+    if model in PERSPECTIVE_MODELS:
+        return None
+    return (
+        f"camera_model {model!r} is not supported (perspective cameras only: {', '.join(PERSPECTIVE_MODELS)}); "
+        "undistort fisheye or 360 images first, e.g. with COLMAP's image_undistorter"
+    )
+
 
 def read_json(path: Path) -> object:
     """A JSON file's contents; unreadable, non-UTF-8 or invalid JSON -> ILRMError naming the file."""

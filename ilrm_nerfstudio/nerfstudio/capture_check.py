@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nerfstudio.cameras.cameras import CAMERA_MODEL_TO_TYPE, CameraType
+from nerfstudio.cameras.cameras import CameraType
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
 from ilrm_nerfstudio.core.errors import ILRMError, brief
 from ilrm_nerfstudio.data import validate
 from ilrm_nerfstudio.data.images import PHOTO_SUFFIXES
 from ilrm_nerfstudio.data.validate import (
+    K4_PROBLEM,
+    camera_model_problem,
     intrinsics_problem,
     matrix_problem,
     number_problem,
@@ -84,14 +86,9 @@ def transforms_path(data: Path) -> Path:
 
 def _global_problems(meta: dict) -> str | None:
     """Values that apply to every frame: a problem here is the scene's, not one frame's."""
-    model = meta.get("camera_model", "OPENCV")
-    if not isinstance(model, str) or model not in CAMERA_MODEL_TO_TYPE:
-        return f"camera_model must be one of {', '.join(CAMERA_MODEL_TO_TYPE)}, got {model!r}"
-    if CAMERA_MODEL_TO_TYPE[model] != CameraType.PERSPECTIVE:
-        return (
-            f"camera_model {model!r} is not supported (perspective cameras only); undistort the images first, "
-            "e.g. with COLMAP's image_undistorter"
-        )
+    problem = camera_model_problem(meta.get("camera_model", "OPENCV"))
+    if problem is not None:
+        return problem
     for key in INTRINSICS:
         if key in meta:
             problem = number_problem(meta[key], positive=key != "cx" and key != "cy")
@@ -122,6 +119,8 @@ def _distortion_problem(source: dict) -> str | None:
             problem = number_problem(source[key])
             if problem is not None:
                 return f"distortion coefficient {key} {problem}"
+    if float(source.get("k4", 0.0)) != 0.0:
+        return K4_PROBLEM
     if "distortion_params" in source:
         values = source["distortion_params"]
         if not isinstance(values, list) or len(values) != 6 or any(number_problem(v) for v in values):
@@ -242,7 +241,7 @@ def frame_problems(outputs, check_image_files: bool) -> list[str | None]:
         if problem is None and types[i] != CameraType.PERSPECTIVE.value:
             problem = "not a perspective camera (undistort the images first, e.g. with COLMAP's image_undistorter)"
         if problem is None and k4[i] != 0:  # nerfstudio undistorts perspective images without k4
-            problem = "distortion k4 is not used for perspective cameras (OPENCV: k1 k2 p1 p2 k3); undistort first"
+            problem = K4_PROBLEM
         problems.append(problem)
     if check_image_files:
         todo = [i for i in range(n) if problems[i] is None]
