@@ -362,7 +362,7 @@ def checkpoint_model(run: Path):
     and quicker than eval_setup, which imports every nerfstudio method)."""
     from nerfstudio.data.scene_box import SceneBox
 
-    from ilrm_nerfstudio.nerfstudio.scene_model import GaussianSceneModelConfig
+    from ilrm_nerfstudio.nerfstudio.ilrm_model import GaussianSceneModelConfig
 
     (checkpoint,) = (run / "nerfstudio_models").glob("*.ckpt")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
@@ -409,7 +409,7 @@ def test_ns_export_writes_an_inria_ply_that_round_trips(tools, finetune_run):
         finetune_run[0],
         tools["dir"] / "finetune" / "export" / "splat.ply",
         tools["camera_path"]["finetune"],
-        sh_degree=0,
+        sh_degree=3,  # splatfacto's default degree, which the network start is raised to
     )
 
 
