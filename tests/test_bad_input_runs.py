@@ -21,10 +21,10 @@ import pytest
 import torch
 import yaml
 
+from ilrm_nerfstudio.core.checkpoints import checkpoint_problem, newest_good_checkpoint, write_checkpoint
 from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.data.synthetic import generate_dataset
-from ilrm_nerfstudio.nerfstudio import trainer as ilrm_trainer
-from ilrm_nerfstudio.nerfstudio.trainer import ILRMTrainer, newest_good_checkpoint, write_checkpoint
+from ilrm_nerfstudio.nerfstudio.trainer import ILRMTrainer
 from ilrm_nerfstudio.tools.eval import main as ilrm_eval
 from tests.test_training import TINY
 
@@ -135,7 +135,7 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, mon
         assert f"{STEP_2}: cannot write this checkpoint" in str(caught.value) and "intact" in str(caught.value)
     assert sorted(p.name for p in previous.parent.iterdir()) == [STEP_1]  # no partial file, no step-2
     assert previous.read_bytes() == before
-    assert ilrm_trainer.checkpoint_problem(previous) is None
+    assert checkpoint_problem(previous) is None
     monkeypatch.setattr(torch, "save", real_save)
     ILRMTrainer.save_checkpoint(trainer, 2)  # type: ignore[arg-type]
     assert sorted(p.name for p in previous.parent.iterdir()) == [STEP_2]  # the old one deleted after

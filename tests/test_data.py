@@ -9,8 +9,8 @@ from PIL import Image
 
 from ilrm_nerfstudio.core.cameras import average_camera, normalize_poses, resize_and_crop_intrinsics
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.data.samplers import sample_bounded
 from ilrm_nerfstudio.data.scene import load_nerfstudio_scene, load_view
-from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import sample_views
 from tests.test_network import random_c2w
 
 
@@ -109,17 +109,17 @@ def test_missing_and_corrupt_images_are_named(tmp_path):
         load_nerfstudio_scene(tmp_path / "nowhere")
 
 
-def test_sample_views_targets_between_contexts_and_disjoint():
+def test_sample_bounded_targets_between_contexts_and_disjoint():
     generator = torch.Generator().manual_seed(0)
     for _ in range(200):
-        context, targets = sample_views(24, 2, 3, 4, 10, generator)
+        context, targets = sample_bounded(24, 2, 3, 4, 10, generator)
         assert len(context) == 2 and len(targets) == 3
         assert not set(context) & set(targets)
         assert all(context[0] < t < context[-1] for t in targets)
         assert 4 <= context[-1] - context[0] <= 10
-    assert sample_views(24, 3, 2, 4, 10, None) == sample_views(24, 3, 2, 4, 10, None)
+    assert sample_bounded(24, 3, 2, 4, 10, None) == sample_bounded(24, 3, 2, 4, 10, None)
     with pytest.raises(ILRMError, match="5 frames, but 3 context \\+ 3 target views are needed"):
-        sample_views(5, 3, 3, 2, 4, generator)
+        sample_bounded(5, 3, 3, 2, 4, generator)
 
 
 def test_normalize_poses_centers_and_scales():

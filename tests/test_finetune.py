@@ -494,8 +494,9 @@ def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
     targets (normalized cameras); the viewer's dataset has the same cameras."""
     import json
 
+    from ilrm_nerfstudio.core.frames import to_viewer_frame
     from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModel
-    from ilrm_nerfstudio.nerfstudio.viewer_scene import episode_scene, hold_eval_scene, to_viewer_frame
+    from ilrm_nerfstudio.nerfstudio.viewer_scene import hold_eval_scene
 
     root = tmp_path / "data"
     generate_dataset(
@@ -514,7 +515,7 @@ def test_ilrm_checkpoint_holds_an_eval_scene_in_the_viewer_frame(tmp_path):
     assert record["scene"] == batch["scene"][0]
     with torch.no_grad():
         expected = model(batch)["rgb"][0]  # [T, H, W, 3]
-    scene = episode_scene(pipeline.datamanager, 0)
+    scene = pipeline.datamanager.eval_dataset.episode_scene(0)
     targets = batch["target_indices"][0].tolist()
     c2w = to_viewer_frame(scene.c2w[targets], torch.tensor(record["transform"]), record["scale"])
     with torch.no_grad():

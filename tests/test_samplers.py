@@ -11,6 +11,7 @@ import torch
 
 from ilrm_nerfstudio.core.cameras import pixel_centers, rays_through
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.data.episodes import ContextTargetDataset
 from ilrm_nerfstudio.data.samplers import (
     StepBatchSampler,
     StepRef,
@@ -26,7 +27,7 @@ from ilrm_nerfstudio.data.samplers import (
     shard_indices,
     wide_coverage_views,
 )
-from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ContextTargetDataset, ILRMDataManagerConfig
+from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
 from tests.test_sources import ground_truth, write_chunk_dataset
 
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ilrm_nerfstudio.core.errors import ILRMError
+from ilrm_nerfstudio.data.episodes import ContextTargetDataset
 from ilrm_nerfstudio.data.scene import load_nerfstudio_scene, load_opencv_scene, load_view
 from ilrm_nerfstudio.data.sources import (
     ChunkCache,
@@ -28,7 +29,7 @@ from ilrm_nerfstudio.data.sources import (
     find_scenes,
 )
 from ilrm_nerfstudio.nerfstudio.dataparser_scene import load_single_scene
-from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ContextTargetDataset, ILRMDataManagerConfig
+from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
 
 GL = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV <-> OpenGL camera axes
 

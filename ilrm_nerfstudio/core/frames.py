@@ -113,3 +113,12 @@ def normalized_to_world(g: Gaussians, context_c2w: Tensor, scale: float | None =
     mean = average_camera(context_c2w)
     s = normalize_poses(context_c2w)[2] if scale is None else scale
     return transform_gaussians(g, mean[:3, :3], mean[:3, 3], 1.0 / s)
+
+
+def to_viewer_frame(c2w: Tensor, transform: Tensor, scale: float) -> Tensor:
+    """Camera-to-world matrices [N, 4, 4] (any convention) moved by x -> scale * (R x + t), where
+    transform = [R | t] [3, 4]: into the frame the single-scene tools see (nerfstudio/viewer_scene.py)."""
+    out = c2w.double().clone()
+    out[:, :3, :] = transform.to(out) @ c2w.double()
+    out[:, :3, 3] *= scale
+    return out.to(c2w.dtype)

@@ -178,6 +178,24 @@ class ILRMNetworkConfig:
             channels = {name: channels[name] for name in self.head_channel_order}
         return channels
 
+    def check(self, prefix: str) -> None:
+        """Impossible values -> ILRMError naming the option (`prefix` + the field, e.g.
+        "--pipeline.model.network."): sizes positive, near < far, then `validate`."""
+        for name in ("patch_size", "width", "num_heads", "num_layers", "viewpoint_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ILRMError(f"{prefix}{name.replace('_', '-')} {value}: must be a whole number, at least 1")
+        if self.uplift is not None and self.uplift < 1:
+            raise ILRMError(f"{prefix}uplift {self.uplift}: must be at least 1 (or None: automatic)")
+        if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+            raise ILRMError(f"{prefix}mlp-ratio {self.mlp_ratio}: must be positive")
+        if not (math.isfinite(self.near) and math.isfinite(self.far) and 0 < self.near < self.far):
+            raise ILRMError(f"{prefix}near {self.near}, far {self.far}: need 0 < near < far")
+        try:
+            self.validate()
+        except ValueError as error:  # its messages name the field
+            raise ILRMError(f"{prefix}*: {error}") from None
+
     def validate(self) -> None:
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")

@@ -97,8 +97,6 @@ def load_single_scene(root: Path, options: LoadOptions) -> Scene:
     quiet, CONSOLE.quiet = CONSOLE.quiet, True  # its eval-mode=all notice does not apply here
     try:
         outputs = config.setup().get_dataparser_outputs(split="train")
-    except ILRMError:
-        raise
     except Exception as error:  # nerfstudio's parsers assert / raise on bad input: name the scene
         raise ILRMError(
             f"{root}: nerfstudio's {type(config).__name__.replace('Config', '')} could not read the scene "

@@ -1,12 +1,11 @@
 """Data manager: batches of scenes, each with context views (the network's input) and target
-views (the loss's), cameras normalized per sample. `--data`: torch chunks (RE10K, ACID), a folder
-of nerfstudio or opencv_cameras.json scenes, or a single capture (data/sources.py); view sampling
-in data/samplers.py; frames loaded in background processes (`num_workers`)."""
+views (the loss's), cameras normalized per sample (data/episodes.py). `--data`: torch chunks
+(RE10K, ACID), a folder of nerfstudio or opencv_cameras.json scenes, or a single capture
+(data/sources.py); view sampling in data/samplers.py; frames loaded in background processes."""
 
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,27 +17,19 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.utils import writer
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, default_collate
 
-from ilrm_nerfstudio.core.cameras import normalize_poses
 from ilrm_nerfstudio.core.errors import ILRMError, one_line
+from ilrm_nerfstudio.data.episodes import ContextTargetDataset, Episode, find_episode, single_scene_episodes
 from ilrm_nerfstudio.data.samplers import (
     StepBatchSampler,
     StepRef,
-    flip_horizontal,
     gap_range,
-    holdout_episodes,
     holdout_frames,
-    kmeans_views,
     load_index,
-    sample_bounded,
-    sample_multiview,
     shard_indices,
-    wide_coverage_views,
 )
-from ilrm_nerfstudio.data.scene import Scene, load_view_uint8
 from ilrm_nerfstudio.data.sources import (
-    ChunkCache,
     LoadOptions,
     SceneEntry,
     SourceKind,
@@ -49,139 +40,9 @@ from ilrm_nerfstudio.data.sources import (
 )
 from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.dataparser_scene import load_single_scene
-from ilrm_nerfstudio.nerfstudio.viewer_scene import SceneViewsDataset, episode_scene, find_episode
-
-sample_views = sample_bounded  # the earlier name
+from ilrm_nerfstudio.nerfstudio.viewer_scene import SceneViewsDataset
 
 warn = functools.partial(log_line, style="yellow")  # bad input that is skipped
-
-
-@dataclass
-class Episode:
-    """A scene entry and, when fixed (index files, single-scene hold-out), its views (None: sampled)."""
-
-    entry: int
-    name: str
-    context: list[int] | None = None
-    target: list[int] | None = None
-
-
-class ContextTargetDataset(Dataset):
-    """Items: keys `(episode, step, seed, num_context)` from `StepBatchSampler` (training) or
-    episode numbers (evaluation) -> views at the configured size, cameras normalized to the
-    average context camera."""
-
-    def __init__(self, entries: list, config: ILRMDataManagerConfig, deterministic: bool, episodes=None):
-        self.entries = [e if isinstance(e, SceneEntry) else SceneEntry(e.name, e.name, scene=e) for e in entries]
-        self.config, self.deterministic = config, deterministic
-        self.episodes = episodes if episodes is not None else [Episode(i, e.name) for i, e in enumerate(self.entries)]
-        self.chunks = ChunkCache(config.chunk_cache_size)
-        self._frames: OrderedDict = OrderedDict()
-        # What nerfstudio's pipeline hands the model: cameras are normalized per sample.
-        self.scene_box, self.metadata = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), {}
-
-    def __getstate__(self):  # a loader process starts with empty caches
-        state = self.__dict__.copy()
-        state["_frames"] = OrderedDict()
-        return state
-
-    def __len__(self) -> int:
-        return len(self.episodes)
-
-    def resolve(self, entry_index: int) -> Scene:
-        entry = self.entries[entry_index]
-        if entry.scene is not None:
-            return entry.scene
-        return self.chunks.scene(entry.name, entry.chunk)  # cameras checked by chunk_example_to_scene
-
-    def load_frame(self, entry_index: int, scene: Scene, frame: int) -> tuple[Tensor, Tensor]:
-        key = (entry_index, frame)
-        if key in self._frames:
-            self._frames.move_to_end(key)
-            return self._frames[key]
-        value = load_view_uint8(scene, frame, self.config.image_height, self.config.image_width)
-        if self.config.cache_frames > 0:
-            self._frames[key] = value
-            while len(self._frames) > self.config.cache_frames:
-                self._frames.popitem(last=False)
-        return value
-
-    def choose_views(
-        self, scene: Scene, episode: Episode, generator: torch.Generator | None, step: int, num_context: int
-    ) -> tuple[list[int], list[int]]:
-        cfg = self.config
-        if episode.context is not None:
-            for i in episode.context + episode.target:
-                if not 0 <= i < len(scene):
-                    raise ILRMError(
-                        f"scene {scene.name}: the view list asks for frame {i}, but the scene has {len(scene)} frames"
-                    )
-            return list(episode.context), list(episode.target)
-        if generator is None:  # evaluation
-            num_context, num_target = cfg.eval_views()
-            if cfg.eval_protocol == "wide":
-                return wide_coverage_views(scene.c2w, num_context, cfg.wide_target_interval)
-            return sample_bounded(len(scene), num_context, num_target, cfg.min_frame_gap, cfg.max_frame_gap, None)
-        gaps = (cfg.min_frame_gap, cfg.max_frame_gap, cfg.warmup_steps)
-        low, high = gap_range(step, *gaps, cfg.initial_min_frame_gap, cfg.initial_max_frame_gap)
-        if cfg.view_sampler == "multiview":
-            return sample_multiview(scene.c2w, num_context, cfg.num_target_views, low, high, generator)
-        return sample_bounded(len(scene), num_context, cfg.num_target_views, low, high, generator)
-
-    def sample(
-        self, episode: Episode, generator: torch.Generator | None, step: int = 0, num_context: int | None = None
-    ) -> dict:
-        cfg = self.config
-        num_context = num_context or cfg.num_context_views
-        name = self.entries[episode.entry].name
-        try:
-            scene = self.resolve(episode.entry)
-            context, targets = self.choose_views(scene, episode, generator, step, num_context)
-            views = [self.load_frame(episode.entry, scene, i) for i in context + targets]
-        except ILRMError as error:
-            message = str(error)
-            raise ILRMError(message if name in message else f"scene {name}: {message}") from None
-        except Exception as error:  # anything else reading this scene's files (a decoder, OpenCV): name it
-            raise ILRMError(f"scene {name}: cannot load a sample ({type(error).__name__}: {error})") from None
-        images = torch.stack([image for image, _ in views]).float() / 255.0
-        K = torch.stack([k for _, k in views])
-        context_c2w, target_c2w, _ = normalize_poses(scene.c2w[context].double(), scene.c2w[targets].double())
-        V = len(context)
-        flip = generator is not None and cfg.flip_probability > 0
-        if flip and float(torch.rand((), generator=generator)) < cfg.flip_probability:
-            images, c2w, K = flip_horizontal(images, torch.cat([context_c2w, target_c2w]), K)
-            context_c2w, target_c2w = c2w[:V], c2w[V:]
-        return {  # images [V or T, 3, H, W], c2w [V or T, 4, 4], K [V or T, 3, 3]
-            "scene": episode.name,
-            "context_indices": torch.tensor([scene.frame_id(i) for i in context]),
-            "target_indices": torch.tensor([scene.frame_id(i) for i in targets]),
-            "context_images": images[:V],
-            "context_c2w": context_c2w.float(),
-            "context_K": K[:V].float(),
-            "target_images": images[V:],
-            "target_c2w": target_c2w.float(),
-            "target_K": K[V:].float(),
-        }
-
-    def __getitem__(self, key) -> dict:
-        if self.deterministic:
-            return self.sample(self.episodes[int(key)], None)
-        if isinstance(key, int):  # plain index (e.g. a default sampler): step 0, fresh seed
-            key = (key, 0, int(torch.randint(0, 2**62, (1,))), self.config.num_context_views)
-        episode_index, step, seed, num_context = key
-        generator = torch.Generator().manual_seed(int(seed))
-        skipped, last = 0, ""
-        for _ in range(max(1, self.config.max_sample_attempts)):
-            try:
-                item = self.sample(self.episodes[episode_index], generator, step, num_context)
-                item["num_skipped"] = skipped
-                return item
-            except ILRMError as error:
-                # Training: the sample is skipped (one line naming scene and frame), another drawn.
-                skipped, last = skipped + 1, str(error)
-                warn(f"skipping a training sample: {error}")
-                episode_index = int(torch.randint(0, len(self.episodes), (1,), generator=generator))
-        raise ILRMError(f"{skipped} training samples in a row could not be loaded (last: {last}); check the data")
 
 
 @dataclass
@@ -273,8 +134,10 @@ class ILRMDataManager(DataManager):
             if test_mode == "val":  # training; "test" (ns-eval, ilrm-eval) needs held-out data only
                 train = self.load_train()
             evaluation = self.load_eval()
-        self.train_dataset = ContextTargetDataset(train[0], config, deterministic=False, episodes=train[1])
-        self.eval_dataset = ContextTargetDataset(evaluation[0], config, deterministic=True, episodes=evaluation[1])
+        self.train_dataset = ContextTargetDataset(train[0], config, False, episodes=train[1], log=warn)
+        self.eval_dataset = ContextTargetDataset(evaluation[0], config, True, episodes=evaluation[1], log=warn)
+        # What nerfstudio's pipeline hands the model: cameras are normalized per sample.
+        self.train_dataset.scene_box, self.train_dataset.metadata = SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), {}
         super().__init__()
 
     def check_config(self) -> None:
@@ -405,17 +268,8 @@ class ILRMDataManager(DataManager):
         if cfg.eval_index is not None:
             episodes = self.index_episodes(entries, cfg.eval_index, evaluation=True)
         elif self.source == "single-scene":
-            scene = entries[0].scene
-            train_frames, held_out = holdout_frames(len(scene), cfg.holdout_interval)
-            num_context, num_target = cfg.eval_views()
-            if cfg.eval_protocol == "wide":
-                pairs = [(kmeans_views(scene.c2w, num_context, train_frames), held_out)]
-            else:
-                pairs = holdout_episodes(train_frames, held_out, num_context, num_target)
-            episodes = [
-                Episode(0, f"{scene.name}#{k:03d}" if len(pairs) > 1 else scene.name, c, t)
-                for k, (c, t) in enumerate(pairs)
-            ]
+            wide = cfg.eval_protocol == "wide"
+            episodes = single_scene_episodes(entries[0].scene, cfg.holdout_interval, *cfg.eval_views(), wide)
         else:
             if cfg.eval_protocol != "wide":
                 entries = self.drop_short(entries, cfg.eval_split, True)
@@ -513,17 +367,16 @@ class ILRMDataManager(DataManager):
             batch = {k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in batch.items()}
         return self.to_device(batch)
 
-    def next_eval(self, step: int) -> dict:
+    def next_eval(self, step: int, batches: list[list[int]] | None = None) -> dict:
         """A batch of held-out scenes (deterministic views), cycling through them."""
         self.check_eval_scenes()
         self.eval_count += 1
-        return self.eval_batch(self.eval_batches[(self.eval_count - 1) % len(self.eval_batches)])
+        batches = self.eval_batches if batches is None else batches
+        return self.eval_batch(batches[(self.eval_count - 1) % len(batches)])
 
     def next_eval_image(self, step: int) -> dict:
         """One held-out scene, cycling through them."""
-        self.check_eval_scenes()
-        self.eval_count += 1
-        return self.eval_batch([(self.eval_count - 1) % len(self.eval_dataset)])
+        return self.next_eval(step, [[i] for i in range(len(self.eval_dataset))])
 
     def eval_scene_batches(self, num_workers: int | None = None, batches: list[list[int]] | None = None):
         """Every held-out episode once, in batches (loaded by `eval_num_workers` processes);
@@ -552,7 +405,8 @@ class ILRMDataManager(DataManager):
         if str(which).strip().lower() == "none":
             return
         try:
-            self.train_dataset = SceneViewsDataset(episode_scene(self, find_episode(self, which)))
+            dataset = self.eval_dataset
+            self.train_dataset = SceneViewsDataset(dataset.episode_scene(find_episode(dataset.episodes, which)))
         except ILRMError as error:
             warn(f"ilrm: no held scene views for the viewer: {error}")
 

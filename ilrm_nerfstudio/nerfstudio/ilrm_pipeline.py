@@ -1,17 +1,13 @@
 """The pipeline: hands whole batches (context + target views) to the model, and evaluates over
-held-out scenes.
-
-With several processes (`--machine.num-devices N`; `ilrm-train` on CPUs) the model is wrapped in
-DistributedDataParallel; each rank trains on its own shard of scenes (the data manager), rank 0
-alone writes (checkpoints, logs, the held scene, renders), the evaluation over every held-out
-scene is split across the ranks and gathered. Checkpoints have no DDP "module." level, so every
-single-process tool reads them and a run resumes with any number of processes.
-"""
+held-out scenes. With several processes (`--machine.num-devices N`; `ilrm-train` on CPUs) the model
+is wrapped in DistributedDataParallel, each rank trains on its own shard of scenes, rank 0 alone
+writes, and the evaluation is split across the ranks and gathered (docs/scalability.md).
+Checkpoints have no DDP "module." level: every tool reads them, a run resumes with any number of
+processes."""
 
 from __future__ import annotations
 
 import json
-import re
 import time
 import typing
 from dataclasses import dataclass, field
@@ -23,14 +19,15 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocati
 from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.misc import step_check
-from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ilrm_nerfstudio.core.errors import ILRMError, install_excepthook
+from ilrm_nerfstudio.data.episodes import find_episode
+from ilrm_nerfstudio.metrics.scenes import save_renders, summarize
 from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.ilrm_datamanager import ILRMDataManagerConfig
 from ilrm_nerfstudio.nerfstudio.ilrm_model import ILRMModelConfig
-from ilrm_nerfstudio.nerfstudio.viewer_scene import find_episode, hold_eval_scene
+from ilrm_nerfstudio.nerfstudio.viewer_scene import hold_eval_scene
 
 
 @dataclass
@@ -52,7 +49,7 @@ class ILRMPipeline(VanillaPipeline):
         which = str(config.model.viewer_scene)
         if test_mode == "val" and which.strip().lower() != "none":  # training: a scene to hold must exist
             try:
-                find_episode(self.datamanager, which)
+                find_episode(self.datamanager.eval_dataset.episodes, which)
             except ILRMError as error:
                 raise ILRMError(
                     f"--pipeline.model.viewer-scene {which}: {error}; give the index or name of a held-out scene, "
@@ -190,27 +187,3 @@ class ILRMPipeline(VanillaPipeline):
         finally:
             self.train()
         return per_scene
-
-
-def summarize(per_scene: list[dict], with_std: bool = True) -> dict[str, float]:
-    """Mean (and standard deviation) over scenes of every metric of the per-scene rows."""
-    if not per_scene:
-        raise ILRMError("no held-out scenes to evaluate")
-    summary: dict[str, float] = {"num_scenes": float(len(per_scene))}
-    for name in [k for k, v in per_scene[0].items() if isinstance(v, float)]:
-        values = torch.tensor([row[name] for row in per_scene], dtype=torch.float64)
-        summary[name] = float(values.mean())
-        if with_std:
-            summary[f"{name}_std"] = float(values.std()) if len(values) > 1 else 0.0
-    return summary
-
-
-def save_renders(outputs: dict, batch: dict, render_dir: Path) -> None:
-    """<render_dir>/<scene>/frame_NNNNN.png (render) and frame_NNNNN_gt.png (ground truth)."""
-    for b, scene in enumerate(batch["scene"]):
-        folder = Path(render_dir) / (re.sub(r"[^A-Za-z0-9._#-]+", "_", scene) or "scene")
-        folder.mkdir(parents=True, exist_ok=True)
-        for t, index in enumerate(batch["target_indices"][b].tolist()):
-            for suffix, image in (("", outputs["rgb"][b, t]), ("_gt", batch["target_images"][b, t].permute(1, 2, 0))):
-                pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-                Image.fromarray(pixels).save(folder / f"frame_{index:05d}{suffix}.png")

@@ -1,15 +1,12 @@
-"""nerfstudio's Trainer with checkpoints that survive interruptions, and its config with checks.
-
-nerfstudio writes `step-N.ckpt` in place and loads the newest one whatever its state, so a run
-stopped during a save could not be resumed. Here a checkpoint is written to `<name>.partial` and
-renamed into place; resuming (`--load-dir`) and our loader (`use_run_folder`, ilrm-eval) take the
-newest one that reads back, with a warning naming the damaged one."""
+"""nerfstudio's Trainer with checkpoints that survive interruptions (core/checkpoints.py: written
+to `<name>.partial` and renamed into place; resuming with `--load-dir` and our loader,
+`use_run_folder`, take the newest one that reads back), and its config with checks."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,96 +16,19 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from ilrm_nerfstudio.core.checkpoints import (
+    CHECKPOINT_NAME,
+    PARTIAL_SUFFIX,
+    checkpoint_name,
+    checkpoint_problem,
+    newest_good_checkpoint,
+    write_checkpoint,
+)
 from ilrm_nerfstudio.core.errors import ILRMError, brief, install_excepthook
 from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import ILRMPipelineConfig
 
-CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.ckpt$")
-PARTIAL_SUFFIX = ".partial"  # a checkpoint being written; never matches step-*.ckpt
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:09d}.ckpt"
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why `path` cannot be loaded as a nerfstudio checkpoint, or None when it reads back (read
-    memory-mapped: the zip directory and the pickled structure, not the tensors)."""
-    path = Path(path)
-    if not path.exists():
-        return "not found"
-    if not path.is_file():
-        return "is not a file"
-    try:
-        if path.stat().st_size == 0:
-            return "is empty (0 bytes: an interrupted write?)"
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any failure to read it is the answer
-        return f"cannot be read, truncated or damaged ({brief(error)})"
-    if not isinstance(state, dict) or not {"step", "pipeline"} <= set(state):
-        return "is not a nerfstudio checkpoint (no 'step' and 'pipeline' entries)"
-    return None
-
-
-def newest_good_checkpoint(folder: Path, what: str = "") -> Path:
-    """The newest step-N.ckpt of `folder` that reads back; a damaged newer one is skipped with a
-    warning naming both. No folder, no checkpoint or none readable: ILRMError (prefixed by `what`)."""
-    folder = Path(folder)
-    prefix = f"{what} {folder}" if what else str(folder)
-    if not folder.is_dir():
-        problem = "is a file, not a checkpoint folder" if folder.exists() else "checkpoint folder not found"
-        raise ILRMError(
-            f"{prefix}: {problem} (a run keeps its checkpoints in <run>/nerfstudio_models/; give the run that "
-            "wrote it, or train until it saves one: --steps-per-save)"
-        )
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name)))
-    if not found and (folder / "nerfstudio_models").is_dir():  # the run folder instead of its checkpoints'
-        raise ILRMError(f"{prefix}: no checkpoint (step-*.ckpt) here; give {folder / 'nerfstudio_models'}")
-    if not found:
-        raise ILRMError(
-            f"{prefix}: no checkpoint (step-*.ckpt) in this folder; the run saved none yet (train it longer or with "
-            "a smaller --steps-per-save), or give the folder that holds them"
-        )
-    damaged: list[tuple[Path, str]] = []
-    for _, path in reversed(found):
-        problem = checkpoint_problem(path)
-        if problem is None:
-            if damaged:
-                log_line(
-                    f"ilrm: warning: {damaged[0][0]} {damaged[0][1]}; loading the newest good checkpoint, {path}, "
-                    "instead",
-                    style="yellow",
-                )
-            return path
-        damaged.append((path, problem))
-    more = f" (and the {len(damaged) - 1} older ones)" if len(damaged) > 1 else ""
-    raise ILRMError(
-        f"{prefix}: no readable checkpoint: {damaged[0][0].name} {damaged[0][1]}{more}; restore it from a copy or "
-        "train the run again"
-    )
-
-
-def write_checkpoint(state: dict, path: Path) -> None:
-    """torch.save to `path` atomically (to `<path>.partial`, fsync, rename). On failure the partial
-    file is removed and every checkpoint is as it was."""
-    path = Path(path)
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    try:
-        torch.save(state, partial)
-        fd = os.open(partial, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(partial, path)
-    except BaseException as error:  # KeyboardInterrupt too: never leave a partial file behind
-        partial.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise ILRMError(
-                f"{path}: cannot write this checkpoint ({brief(error)}); the previous checkpoints are "
-                "intact: free disk space or choose another --output-dir, then resume with --load-dir"
-            ) from None
-        raise
+warn = functools.partial(log_line, style="yellow")  # a torn checkpoint skipped
 
 
 class ILRMTrainer(Trainer):
@@ -142,7 +62,7 @@ class ILRMTrainer(Trainer):
         config = self.config
         if config.load_dir is not None and config.load_step is None:
             log_line("Loading latest Nerfstudio checkpoint from load_dir...")
-            path = newest_good_checkpoint(Path(config.load_dir), "--load-dir")
+            path = newest_good_checkpoint(Path(config.load_dir), "--load-dir", log=warn)
         elif config.load_dir is not None:
             path = Path(config.load_dir) / checkpoint_name(config.load_step)
             if (problem := checkpoint_problem(path)) is not None:
@@ -271,7 +191,7 @@ class ILRMTrainerConfig(TrainerConfig):
         now (its checkpoints, logs, held_scene.json), and the checkpoint to load is its newest good
         one. Our tools call it (eval_setup's update_config_callback); nerfstudio's do not."""
         self.__dict__["_run_dir"] = Path(os.path.abspath(run_dir))
-        checkpoint = newest_good_checkpoint(self.get_checkpoint_dir())
+        checkpoint = newest_good_checkpoint(self.get_checkpoint_dir(), log=warn)
         self.load_step = int(CHECKPOINT_NAME.match(checkpoint.name).group(1))  # type: ignore[union-attr]
 
     def __setstate__(self, state: dict) -> None:  # a config.yml older than a field: its default

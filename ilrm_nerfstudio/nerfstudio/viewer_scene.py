@@ -1,14 +1,11 @@
 """The one scene an `ilrm` checkpoint holds, for the single-scene tools (ns-viewer, ns-render,
 ns-export): the network's reconstruction of the held-out scene `--pipeline.model.viewer-scene`,
 stored in the model's `gauss_params` by a training callback before each checkpoint
-(`ILRMPipeline.get_training_callbacks`).
-
-Frame: the scene's own, oriented and scaled as nerfstudio's dataparser does by default (average
-camera up = +z, cameras centered and inside [-1, 1]); `<run>/held_scene.json` records that
-similarity (as dataparser_transforms.json): x_viewer = scale * (R x_file + t). In test mode the
-data manager's training dataset becomes that scene's frames (`SceneViewsDataset`), for the
-viewer's camera frusta and `ns-render interpolate --pose-source train`.
-"""
+(`ILRMPipeline.get_training_callbacks`), in the scene's own frame oriented and scaled as
+nerfstudio's dataparser does by default (average camera up = +z, cameras centered and inside
+[-1, 1]); `<run>/held_scene.json` records that similarity: x_viewer = scale * (R x_file + t). In
+test mode the data manager's training dataset becomes that scene's frames (`SceneViewsDataset`),
+for the viewer's camera frusta and `ns-render interpolate --pose-source train`."""
 
 from __future__ import annotations
 
@@ -26,37 +23,12 @@ from nerfstudio.utils import comms
 
 from ilrm_nerfstudio.core.cameras import opencv_to_opengl
 from ilrm_nerfstudio.core.errors import ILRMError
-from ilrm_nerfstudio.core.frames import normalized_to_world, transform_gaussians
+from ilrm_nerfstudio.core.frames import normalized_to_world, to_viewer_frame, transform_gaussians
+from ilrm_nerfstudio.data.episodes import find_episode
 from ilrm_nerfstudio.data.scene import Scene
 from ilrm_nerfstudio.nerfstudio.console import log_line
 
 Tensor = torch.Tensor
-
-
-def find_episode(datamanager, which: str) -> int:
-    """Index of the evaluation episode named by `which`: an index ("0", "3") or a scene name."""
-    episodes = datamanager.eval_dataset.episodes
-    if not episodes:
-        raise ILRMError("no evaluation scenes to hold (the data manager has none in this mode)")
-    which = str(which).strip()
-    if which.lstrip("-").isdigit():
-        index = int(which)
-        if not -len(episodes) <= index < len(episodes):
-            raise ILRMError(
-                f"viewer_scene {index}: there are {len(episodes)} evaluation scenes (0..{len(episodes) - 1})"
-            )
-        return index % len(episodes)
-    for i, episode in enumerate(episodes):
-        if episode.name == which:
-            return i
-    raise ILRMError(
-        f"viewer_scene {which!r} is not an evaluation scene (e.g. {', '.join(e.name for e in episodes[:5])})"
-    )
-
-
-def episode_scene(datamanager, index: int) -> Scene:
-    dataset = datamanager.eval_dataset
-    return dataset.resolve(dataset.episodes[index].entry)
 
 
 def viewer_transform(scene: Scene) -> tuple[Tensor, float]:
@@ -68,14 +40,6 @@ def viewer_transform(scene: Scene) -> tuple[Tensor, float]:
     return transform.double(), 1.0 / largest if largest > 1e-8 else 1.0
 
 
-def to_viewer_frame(c2w: Tensor, transform: Tensor, scale: float) -> Tensor:
-    """Camera-to-world matrices [N, 4, 4] (any convention) -> the viewer frame."""
-    out = c2w.double().clone()
-    out[:, :3, :] = transform.to(out) @ c2w.double()
-    out[:, :3, 3] *= scale
-    return out.to(c2w.dtype)
-
-
 @torch.no_grad()
 def hold_eval_scene(model, datamanager, which: str, run_dir: Path | None = None) -> None:
     """Store the network's reconstruction of evaluation scene `which` in `model`, in the scene's
@@ -83,12 +47,13 @@ def hold_eval_scene(model, datamanager, which: str, run_dir: Path | None = None)
     write no checkpoint)."""
     if not comms.is_main_process():
         return
+    dataset = datamanager.eval_dataset
     try:
-        index = find_episode(datamanager, which)
+        index = find_episode(dataset.episodes, which)
     except ILRMError as error:
         log_line(f"ilrm: the checkpoint holds no scene for the single-scene tools: {error}", style="yellow")
         return
-    batch, scene = datamanager.eval_batch([index]), episode_scene(datamanager, index)
+    batch, scene = datamanager.eval_batch([index]), dataset.episode_scene(index)
     was_training = model.training
     model.eval()
     try:

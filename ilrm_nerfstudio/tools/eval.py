@@ -51,7 +51,7 @@ def evaluate_pipeline(
     pipeline, render_dir: Path | None = None, num_workers: int | None = None, progress: bool = True
 ) -> tuple[list[dict], dict]:
     """Per-scene rows and their mean (and standard deviation) over every held-out scene."""
-    from ilrm_nerfstudio.nerfstudio.ilrm_pipeline import summarize
+    from ilrm_nerfstudio.metrics.scenes import summarize
 
     per_scene = [row for _, row in pipeline.evaluate_scenes(render_dir, num_workers=num_workers, progress=progress)]
     return per_scene, summarize(per_scene, with_std=True)
