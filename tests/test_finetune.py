@@ -179,7 +179,8 @@ def test_missing_run_is_a_clear_error(tmp_path):
 def test_prediction_does_not_depend_on_the_world_frame(fake_run):
     """The network sees normalized cameras; predicting in two world frames that differ by a
     similarity gives Gaussians that differ by the same similarity."""
-    from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network, predict_gaussians
+    from ilrm_nerfstudio.core.prediction import predict_gaussians
+    from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network
 
     trained = load_trained_network(fake_run)
     generator = torch.Generator().manual_seed(4)
@@ -223,7 +224,7 @@ def test_input_views_and_the_networks_view_of_them(scene_dir):
 def test_working_size_keeps_aspect_and_scales_intrinsics(tmp_path):
     """Frames are resized on load (no images_N folder): a 64x48 capture at image_size 32 becomes
     32x24 with intrinsics halved."""
-    from ilrm_nerfstudio.nerfstudio.run_network import network_input_size
+    from ilrm_nerfstudio.core.prediction import network_input_size
 
     root = tmp_path / "data"
     generate_dataset(root, num_scenes=1, seed=3, height=48, width=64, frames_per_scene=8, test_fraction=0.0, workers=1)
@@ -279,7 +280,8 @@ def test_feed_forward_start_lands_in_the_dataparser_frame(scene_dir, fake_run):
 def test_network_start_in_groups_of_nearby_views(scene_dir, fake_run):
     """network_group_size 2: each input view goes in with its nearest frame and keeps its own
     Gaussians, exactly those of predicting that pair alone."""
-    from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network, predict_gaussians, view_groups
+    from ilrm_nerfstudio.core.prediction import predict_gaussians, view_groups
+    from ilrm_nerfstudio.nerfstudio.run_network import load_trained_network
 
     pipeline = finetune_pipeline(scene_dir, ilrm_run=fake_run, network_group_size=2, num_input_views=3, sh_degree=0)
     dm, model = pipeline.datamanager, pipeline.model
@@ -441,8 +443,9 @@ def test_inference_mode_needs_no_data(tmp_path):
 def test_a_published_checkpoint_starts_the_per_scene_stage(scene_dir, tmp_path):
     """--pipeline.model.ilrm-run takes the authors' files too: their protocol (views in pairs for
     the 2-view RE10K model, their pose normalization), Gaussians in the dataparser's frame."""
+    from ilrm_nerfstudio.core.prediction import predict_gaussians, view_groups
     from ilrm_nerfstudio.core.published import published_normalize_poses
-    from ilrm_nerfstudio.nerfstudio.run_network import load_network, predict_gaussians, view_groups
+    from ilrm_nerfstudio.nerfstudio.run_network import load_network
     from tests.test_published import RE10K, SMALL, random_state, their_shapes, write_re10k
 
     path = write_re10k(tmp_path / "re10k_2view.ckpt", random_state(their_shapes(RE10K, **SMALL), seed=3))

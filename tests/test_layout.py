@@ -19,6 +19,7 @@ PURE = [
     "ilrm_nerfstudio.core.published",
     "ilrm_nerfstudio.core.frames",
     "ilrm_nerfstudio.core.checkpoints",
+    "ilrm_nerfstudio.core.prediction",
     "ilrm_nerfstudio.render",
     "ilrm_nerfstudio.render.rendering",
     "ilrm_nerfstudio.data.scene",

@@ -16,6 +16,7 @@ from ilrm_nerfstudio.core.cameras import intrinsics_matrix, opengl_to_opencv
 from ilrm_nerfstudio.core.errors import ILRMError
 from ilrm_nerfstudio.data.scene import Scene, choose_image_folder, load_opencv_scene
 from ilrm_nerfstudio.data.sources import LoadOptions, colmap_model_dir
+from ilrm_nerfstudio.data.validate import K4_PROBLEM
 
 
 def _dataparser_for(root: Path):
@@ -68,7 +69,7 @@ def scene_from_dataparser_outputs(outputs, name: str, distortion: str = "undisto
     if cameras.distortion_params is not None and distortion == "undistort":
         params = cameras.distortion_params.double().reshape(n, 6)  # k1, k2, k3, k4, p1, p2
         if bool(params[:, 3].abs().max() > 0):
-            raise ILRMError(f"scene {name}: distortion coefficient k4 is not supported for perspective cameras")
+            raise ILRMError(f"scene {name}: {K4_PROBLEM}")
         if bool(params.abs().max() > 0):
             dist = params[:, [0, 1, 4, 5, 2]].float()  # OpenCV order k1, k2, p1, p2, k3
     paths = [Path(p) for p in outputs.image_filenames]

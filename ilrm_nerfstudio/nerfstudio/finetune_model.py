@@ -228,7 +228,11 @@ class ILRMFinetuneModel(SplatfactoModel):
     def step_post_backward(self, step):
         if self.is_published_step(step):
             return  # the published finetune does not densify
-        super().step_post_backward(step)
+        # splatfacto's call, 1-based: gsplat resets every opacity at steps divisible by reset_every,
+        # step 0 included, which would clamp the start's opacities before training begins.
+        self.strategy.step_post_backward(
+            self.gauss_params, self.optimizers, self.strategy_state, step + 1, self.info, packed=False
+        )
         if self.num_points >= self.config.max_gaussians:
             self.strategy.refine_stop_iter = min(self.strategy.refine_stop_iter, step)
 

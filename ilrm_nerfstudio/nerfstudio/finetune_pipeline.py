@@ -21,18 +21,13 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 
 from ilrm_nerfstudio.core.errors import ILRMError, install_excepthook
 from ilrm_nerfstudio.core.gaussians import Gaussians
+from ilrm_nerfstudio.core.prediction import network_input_size, predict_gaussians, view_groups, with_sh_degree
 from ilrm_nerfstudio.data.points import points_to_gaussians, triangulate_points
 from ilrm_nerfstudio.metrics import psnr
 from ilrm_nerfstudio.nerfstudio.console import log_line
 from ilrm_nerfstudio.nerfstudio.finetune_datamanager import ILRMSceneDataManagerConfig
 from ilrm_nerfstudio.nerfstudio.finetune_model import ILRMFinetuneModelConfig, check_options
-from ilrm_nerfstudio.nerfstudio.run_network import (
-    load_network,
-    network_input_size,
-    predict_gaussians,
-    view_groups,
-    with_sh_degree,
-)
+from ilrm_nerfstudio.nerfstudio.run_network import load_network
 from ilrm_nerfstudio.nerfstudio.trainer import ILRMTrainer, ILRMTrainerConfig
 
 log = functools.partial(log_line, prefix="[ilrm-finetune] ")
