@@ -387,6 +387,20 @@ def test_training_ssim_is_pytorch_msssim_and_differentiable():
         torch.testing.assert_close(
             training_ssim(x, y), reference(x, y, data_range=1.0, size_average=False), atol=2e-5, rtol=0
         )
-    x = a.clone().requires_grad_(True)
+    x, r = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
     training_ssim(x, b).sum().backward()
-    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+    reference(r, b, data_range=1.0, size_average=False).sum().backward()
+    assert bool(x.grad.abs().sum() > 0)
+    torch.testing.assert_close(x.grad, r.grad, atol=1e-6, rtol=1e-3)
+
+
+def test_cpu_window_sums_and_their_backward_are_exact():
+    """The CPU blur (numba) against the banded-matrix products, and its backward by gradcheck."""
+    from ilrm_nerfstudio.metrics.blur_cpu import ValidBlur
+    from ilrm_nerfstudio.metrics.image import _gaussian_band, _gaussian_kernel1d
+
+    x = torch.rand(2, 5, 23, 31, dtype=torch.float64, requires_grad=True)
+    kernel = _gaussian_kernel1d(1.5, 5, torch.float64, x.device)
+    rows, cols = (_gaussian_band(n, 1.5, 5, torch.float64, x.device) for n in (23, 31))
+    torch.testing.assert_close(ValidBlur.apply(x, kernel), rows.T @ (x @ cols))
+    assert torch.autograd.gradcheck(lambda t: ValidBlur.apply(t, kernel), (x,))

@@ -186,21 +186,22 @@ def _gaussian_band(n: int, sigma: float, radius: int, dtype: torch.dtype, device
 
 def training_ssim(pred: Tensor, target: Tensor, sigma: float = 1.5, radius: int = 5) -> Tensor:
     """SSIM as 3D Gaussian splatting trains with it (Gaussian window 11, sigma 1.5, valid region,
-    data range 1; the same value as pytorch_msssim.ssim), per image [B]. The window sums are
-    products with banded matrices: on a CPU several times faster than convolutions, and
-    differentiable. Evaluation uses `ssim` (skimage's protocol)."""
+    data range 1; the same value as pytorch_msssim.ssim), per image [B]. The five window sums are
+    one blur of the stacked images: numba loops on a CPU (blur_cpu.py), products with banded
+    matrices elsewhere; both differentiable. Evaluation uses `ssim` (skimage's protocol)."""
     _check_images(pred, target, "training_ssim")
-    height, width = pred.shape[-2:]
-    rows = _gaussian_band(height, sigma, radius, pred.dtype, pred.device)
-    cols = _gaussian_band(width, sigma, radius, pred.dtype, pred.device)
+    B, C, height, width = pred.shape
+    stacked = torch.cat([pred, target, pred * pred, target * target, pred * target], dim=1)
+    if pred.device.type == "cpu" and pred.dtype in (torch.float32, torch.float64):
+        from ilrm_nerfstudio.metrics.blur_cpu import ValidBlur
 
-    def blur(x: Tensor) -> Tensor:  # [B, C, H, W] -> [B, C, H - 2r, W - 2r]
-        return rows.T @ (x @ cols)
-
+        sums = ValidBlur.apply(stacked, _gaussian_kernel1d(sigma, radius, pred.dtype, pred.device))
+    else:
+        rows = _gaussian_band(height, sigma, radius, pred.dtype, pred.device)
+        cols = _gaussian_band(width, sigma, radius, pred.dtype, pred.device)
+        sums = rows.T @ (stacked @ cols)
+    mu_p, mu_t, pp, tt, pt = sums.reshape(B, 5, C, height - 2 * radius, width - 2 * radius).unbind(1)
+    var_p, var_t, cov = pp - mu_p * mu_p, tt - mu_t * mu_t, pt - mu_p * mu_t
     c1, c2 = 0.01**2, 0.03**2
-    mu_p, mu_t = blur(pred), blur(target)
-    var_p = blur(pred * pred) - mu_p * mu_p
-    var_t = blur(target * target) - mu_t * mu_t
-    cov = blur(pred * target) - mu_p * mu_t
     value = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p * mu_p + mu_t * mu_t + c1) * (var_p + var_t + c2))
     return value.mean(dim=(1, 2, 3))
