@@ -91,9 +91,9 @@ def image(folder: Path, index: int) -> Path:
         (b"{ not json", "not valid JSON"),
         (b"", r"not valid JSON \(Expecting value at line 1, column 1\)"),
         (b'{"frames": "\xff\xfe"}', "not UTF-8"),
-        (b"[1, 2]", "no 'frames'"),
+        (b"[1, 2]", "must be a JSON object with a 'frames' list"),
         (b'{"frames": []}', "no 'frames'"),
-        (None, "cannot read"),  # a folder named transforms.json
+        (None, "is a folder, not the scene's transforms.json file"),
     ],
 )
 def test_an_unreadable_transforms_json_is_one_line(capture, tmp_path, content, message):
@@ -128,19 +128,20 @@ def test_a_folder_without_transforms_json_says_which_dataparser_to_use(capture, 
         (lambda m: m.update(camera_model="FOO"), "camera_model 'FOO' is not supported"),
         (lambda m: m.update(k4=0.1), "k4 is not supported for perspective cameras"),
         (lambda m: m.update(frames={"a": 1}), "no 'frames'"),
-        (lambda m: m.update(applied_transform=[[1, 0], [0, 1]]), "applied_transform must be a 3x4 or 4x4 matrix"),
+        # what the package's reader does not read: nerfstudio's own error, in one line naming the data
+        (lambda m: m.update(applied_transform=[[1, 0], [0, 1]]), "nerfstudio's dataparser .* could not read it"),
     ],
 )
 def test_a_bad_value_for_every_frame_is_one_line(capture, tmp_path, edit, message):
     folder = damaged(capture, tmp_path, edit)
     with pytest.raises(ILRMError, match=message) as error:
         scene_datamanager(folder)
-    assert str(error.value).startswith(f"{folder / 'transforms.json'}: ")
+    assert str(error.value).startswith(f"{folder}") and "\n" not in str(error.value)
 
 
 def test_intrinsics_missing_everywhere_is_one_line(capture, tmp_path):
     folder = damaged(capture, tmp_path, lambda m: m.pop("w"))
-    with pytest.raises(ILRMError, match=r"transforms.json: frame 0 \(images/frame_00000.png\): has no w"):
+    with pytest.raises(ILRMError, match=r"transforms.json: frame 0 \(images/frame_00000.png\): missing camera"):
         scene_datamanager(folder)
 
 
@@ -204,9 +205,9 @@ def test_an_unusable_frame_is_dropped_with_a_warning(capture, tmp_path, capsys, 
         (3, set_pose(3, [[1, 0, 0], [0, 1, 0, 0]]), "transform_matrix must be a 4x4 or 3x4 matrix"),
         (5, set_pose(5, None), "transform_matrix must be a"),
         (6, lambda m: per_frame_focal(m, 6, "x"), "fl_x must be a number"),
-        (1, lambda m: m["frames"].__setitem__(1, "frame"), "must be an object with file_path"),
-        (2, lambda m: m["frames"][2].pop("file_path"), "has no file_path"),
-        (2, lambda m: m["frames"][2].update(file_path=5), "file_path must be the image's path"),
+        (1, lambda m: m["frames"].__setitem__(1, "frame"), "must be an object with 'file_path'"),
+        (2, lambda m: m["frames"][2].pop("file_path"), "'file_path' must be the image's path, got None"),
+        (2, lambda m: m["frames"][2].update(file_path=5), "'file_path' must be the image's path, got 5"),
     ],
 )
 def test_a_frame_nerfstudio_cannot_read_is_one_line_naming_it(capture, tmp_path, frame, edit, problem):
@@ -266,7 +267,7 @@ def same_position(meta: dict) -> None:
         (lambda m: m.update(frames=m["frames"][:1]), None, "transforms.json: 1 frame: at least 2 training frames"),
         (lambda m: m.update(frames=m["frames"][:2]), None, "the dataparser's training split (1 frames) has 1 usable"),
         (same_position, None, "has every camera at the same position"),
-        (None, lambda f: [p.unlink() for p in (f / "images").iterdir()], "has 0 usable frame(s); at least 2 are"),
+        (None, lambda f: [p.unlink() for p in (f / "images").iterdir()], "frame_00000.png not found"),
         (None, lambda f: [truncate(image(f, i)) for i in range(1, 12)], "has 0 usable frame(s); at least 2 are"),
     ],
 )

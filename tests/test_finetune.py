@@ -404,6 +404,20 @@ def test_the_time_budget_is_decided_before_training(scene_dir, tmp_path):
     assert trainer.config.optimizers["means"]["scheduler"].max_steps == steps
 
 
+def test_steps_that_overrun_the_time_budget_are_cut(scene_dir, tmp_path, monkeypatch, capsys):
+    """A plan that underestimates the step time (here: no room for growth and a tiny budget)
+    stops through nerfstudio's trainer once the budget is spent, with its checkpoint written."""
+    from ilrm_nerfstudio.nerfstudio.finetune_pipeline import ILRMFinetuneTrainer
+
+    monkeypatch.setattr(ILRMFinetuneTrainer, "GROWTH", 0.05)
+    trainer = finetune_trainer(scene_dir, tmp_path, -1, random_init=True, num_random=200, refine_minutes=0.01)
+    planned = trainer.config.max_num_iterations
+    trainer.train()
+    assert trainer.step + 1 < planned
+    assert "time budget of 0.01 min reached after" in capsys.readouterr().out
+    assert list(tmp_path.rglob("step-*.ckpt"))
+
+
 def test_bad_finetune_setups_are_clear_errors(scene_dir, tmp_path):
     from ilrm_nerfstudio.core.errors import ILRMError
 

@@ -5,7 +5,8 @@ in a traceback deep inside them, or worse in NaN Gaussians later. `check_outputs
 frames any dataparser returned (pose, intrinsics, camera model, image): unusable ones are dropped
 with one warning line each while `MIN_TRAINING_FRAMES` usable training frames at different
 positions remain, otherwise one ILRMError line. When a dataparser fails outright,
-`explain_parse_failure` names the file and, for transforms.json, the first problem in it.
+`explain_parse_failure` names the file and, for transforms.json, the first problem the package's
+one reader of it (data/scene.py) finds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from nerfstudio.cameras.cameras import CameraType
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
@@ -24,22 +24,17 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from ilrm_nerfstudio.core.errors import ILRMError, brief
 from ilrm_nerfstudio.data import validate
 from ilrm_nerfstudio.data.images import PHOTO_SUFFIXES
+from ilrm_nerfstudio.data.scene import load_nerfstudio_scene
 from ilrm_nerfstudio.data.validate import (
     K4_PROBLEM,
-    camera_model_problem,
     intrinsics_problem,
     matrix_problem,
     number_problem,
-    pose_problem,
-    read_json,
     rigid_problem,
     spread_problem,
 )
 
 MIN_TRAINING_FRAMES = 2
-INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")  # nerfstudio's names; a global value wins
-DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")
-SPLIT_KEYS = ("train_filenames", "val_filenames", "test_filenames")
 
 Warn = Callable[[str], None]
 
@@ -75,7 +70,7 @@ def check_parser_options(config) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# transforms.json, before nerfstudio reads it
+# transforms.json that nerfstudio could not read: the one reader of the package says why
 # ------------------------------------------------------------------------------------------------
 
 
@@ -84,92 +79,10 @@ def transforms_path(data: Path) -> Path:
     return data if data.suffix == ".json" else data / "transforms.json"
 
 
-def _global_problems(meta: dict) -> str | None:
-    """Values that apply to every frame: a problem here is the scene's, not one frame's."""
-    problem = camera_model_problem(meta.get("camera_model", "OPENCV"))
-    if problem is not None:
-        return problem
-    for key in INTRINSICS:
-        if key in meta:
-            problem = number_problem(meta[key], positive=key != "cx" and key != "cy")
-            if problem is None and key in ("w", "h") and float(meta[key]) != int(meta[key]):
-                problem = f"must be whole pixels, got {meta[key]!r}"
-            if problem is not None:
-                return f"{key} {problem}"
-    problem = _distortion_problem(meta)
-    if problem is not None:
-        return problem
-    if "applied_transform" in meta:
-        _, problem = matrix_problem(meta["applied_transform"], ((3, 4), (4, 4)))
-        if problem is not None:
-            return f"applied_transform {problem}"
-    if "applied_scale" in meta and number_problem(meta["applied_scale"], positive=True) is not None:
-        return f"applied_scale {number_problem(meta['applied_scale'], positive=True)}"
-    if meta.get("orientation_override", "none") not in ("pca", "up", "vertical", "none"):
-        return f"orientation_override must be pca, up, vertical or none, got {meta['orientation_override']!r}"
-    for key in SPLIT_KEYS:
-        if key in meta and (not isinstance(meta[key], list) or not all(isinstance(x, str) for x in meta[key])):
-            return f"{key} must be a list of image paths"
-    return None
-
-
-def _distortion_problem(source: dict) -> str | None:
-    for key in DISTORTION:
-        if key in source:
-            problem = number_problem(source[key])
-            if problem is not None:
-                return f"distortion coefficient {key} {problem}"
-    if float(source.get("k4", 0.0)) != 0.0:
-        return K4_PROBLEM
-    if "distortion_params" in source:
-        values = source["distortion_params"]
-        if not isinstance(values, list) or len(values) != 6 or any(number_problem(v) for v in values):
-            return f"distortion_params must be a list of 6 finite numbers (k1, k2, k3, k4, p1, p2), got {values!r}"[
-                :200
-            ]
-    return None
-
-
-def _file_path_problem(frame: object) -> str | None:
-    if not isinstance(frame, dict):
-        return f"must be an object with file_path and transform_matrix, got {type(frame).__name__}"
-    if "file_path" not in frame:
-        return "has no file_path"
-    if not isinstance(frame["file_path"], str) or not frame["file_path"].strip():
-        return f"file_path must be the image's path, got {frame['file_path']!r}"
-    return None
-
-
-def _camera_problem(frame: dict, meta: dict) -> tuple[np.ndarray | None, tuple[int, int] | None, str | None]:
-    """(4x4 pose, camera (h, w), None) of a frame with a file path, or (.., .., why not usable)."""
-    if "transform_matrix" not in frame:
-        return None, None, "has no transform_matrix"
-    pose, problem = pose_problem(frame["transform_matrix"])
-    if problem is not None:
-        return None, None, f"transform_matrix {problem}"
-    values = []
-    for key in INTRINSICS:
-        source = meta if key in meta else frame
-        if key not in source:
-            return None, None, f"has no {key} (neither in the frame nor for the whole file)"
-        values.append(source[key])
-    problem = intrinsics_problem(*values[:4], values[4], values[5])
-    if problem is not None:
-        names = {"fx": "fl_x", "fy": "fl_y", "width": "w", "height": "h"}
-        first = problem.split(" ", 1)
-        return None, None, f"{names.get(first[0], first[0])} {first[1]}"
-    if not any(key in meta for key in (*DISTORTION, "distortion_params")):
-        problem = _distortion_problem(frame)
-        if problem is not None:
-            return None, None, problem
-    full = np.eye(4)
-    full[: len(pose)] = pose
-    return full, (int(float(values[5])), int(float(values[4]))), None
-
-
 def explain_parse_failure(config, data: Path, error: BaseException) -> str:
     """One line for a capture nerfstudio's dataparser failed on: for transforms.json the first
-    problem found in it (file, frame, value), else nerfstudio's own error, naming the data."""
+    problem data/scene.py's reader finds in it (file, frame, value), else nerfstudio's own error,
+    naming the data."""
     path = transforms_path(Path(data))
     if isinstance(config.dataparser, NerfstudioDataParserConfig):
         if Path(data).is_dir() and not path.exists():
@@ -182,36 +95,25 @@ def explain_parse_failure(config, data: Path, error: BaseException) -> str:
                 f"{path}: not found; nerfstudio-data reads a transforms.json (ns-process-data output). For a COLMAP "
                 "folder add the dataparser subcommand: ns-train ilrm-finetune --data DIR colmap"
             )
-        problem = transforms_problem(path)
+        problem = transforms_problem(Path(data))
         if problem is not None:
-            return f"{path}: {problem}"
+            return problem
     return (
         f"{data}: nerfstudio's dataparser ({type(config.dataparser).__name__.removesuffix('Config')}) could not read "
-        f"it ({brief(error)}); "
-        "check the capture, or read it with another dataparser subcommand (nerfstudio-data, colmap)"
+        f"it ({brief(error)}); check the capture, or read it with another dataparser subcommand (nerfstudio-data, "
+        "colmap)"
     )
 
 
-def transforms_problem(path: Path) -> str | None:
-    """The first problem of a transforms.json: the file, a value for every frame, then a frame."""
+def transforms_problem(data: Path) -> str | None:
+    """The first problem of a capture's transforms.json (the file, a value for every frame, then a
+    frame), or None."""
     try:
-        meta = read_json(path)
-    except ILRMError as error:
-        return str(error).removeprefix(f"{path}: ")
-    frames = meta.get("frames") if isinstance(meta, dict) else None
-    if not isinstance(frames, list) or not frames:
-        return "no 'frames' (a non-empty list of frames with file_path and transform_matrix)"
-    problem = _global_problems(meta)
-    if problem is not None:
-        return problem
-    if len(frames) < MIN_TRAINING_FRAMES:
-        return f"{len(frames)} frame: at least {MIN_TRAINING_FRAMES} training frames at different positions are needed"
-    for i, frame in enumerate(frames):
-        problem = _file_path_problem(frame) or _camera_problem(frame, meta)[2]
-        if problem is not None:
-            file_path = frame.get("file_path") if isinstance(frame, dict) else None
-            where = f"frame {i}" + (f" ({file_path})" if isinstance(file_path, str) else "")
-            return f"{where}: {problem}; fix or remove that frame"
+        scene = load_nerfstudio_scene(data)
+    except ILRMError as problem:
+        return str(problem)
+    if len(scene) < MIN_TRAINING_FRAMES:
+        return f"{transforms_path(data)}: {len(scene)} frame: at least {MIN_TRAINING_FRAMES} training frames are needed"
     return None
 
 
@@ -278,10 +180,9 @@ def check_outputs(outputs, data: Path, split: str, warn: Warn, check_image_files
         if problem is not None:
             bad = [(i, p) for i, p in enumerate(problems) if p is not None]
             detail = f"; {len(bad)} unusable, e.g. {outputs.image_filenames[bad[0][0]]}: {bad[0][1]}" if bad else ""
-            path = transforms_path(Path(data))
-            cause = transforms_problem(path) if path.is_file() else None
+            cause = transforms_problem(Path(data)) if transforms_path(Path(data)).is_file() else None
             if cause is not None:  # e.g. one infinite pose: nerfstudio's centering spread it to every frame
-                raise ILRMError(f"{path}: {cause}")
+                raise ILRMError(cause)
             raise ILRMError(
                 f"{data}: the dataparser's training split ({len(problems)} frames) {problem}{detail}; fix the "
                 f"capture (at least {MIN_TRAINING_FRAMES} training frames at different positions)"

@@ -29,7 +29,7 @@ from nerfstudio.data.utils.dataloaders import RandIndicesEvalDataloader
 from PIL import Image
 from torch import Tensor
 
-from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
+from ilrm_nerfstudio.core.cameras import opengl_to_opencv, resize_and_crop_intrinsics, to_homogeneous
 from ilrm_nerfstudio.core.errors import ILRMError, brief, one_line
 from ilrm_nerfstudio.data.images import to_rgb8
 from ilrm_nerfstudio.data.samplers import kmeans_views
@@ -219,21 +219,13 @@ class ILRMSceneDataManager(FullImageDatamanager[CaptureDataset], SpiralCompatibl
         and center cropped, intrinsics adjusted: images [V, 3, H, W] in [0, 1], OpenCV c2w [V, 4, 4]
         in the dataparser's frame, K [V, 3, 3]."""
         indices = self.input_indices if indices is None else indices
-        cameras = self.train_dataset.cameras
         images, Ks = [], []
         for i in indices:
-            image = self.cached_train[i]["image"].cpu().float().permute(2, 0, 1)[None, :3]
-            h, w = image.shape[-2:]
-            s = max(height / h, width / w)
-            size = (max(height, round(h * s)), max(width, round(w * s)))
-            top, left = (size[0] - height) // 2, (size[1] - width) // 2
+            image = self.cached_train[i]["image"].cpu().float().permute(2, 0, 1)[None, :3] / 255.0
+            K = self.train_dataset.cameras[i].get_intrinsics_matrices().double()
+            K, size, (top, left) = resize_and_crop_intrinsics(K, image.shape[-2:], (height, width))
             image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
-            images.append((image[0, :, top : top + height, left : left + width] / 255.0).clamp(0, 1))
-            K = cameras[i].get_intrinsics_matrices().double().clone()
-            K[0] *= size[1] / w
-            K[1] *= size[0] / h
-            K[0, 2] -= left
-            K[1, 2] -= top
+            images.append(image[0, :, top : top + height, left : left + width].clamp(0, 1))
             Ks.append(K)
         return torch.stack(images), self.training_c2w()[indices], torch.stack(Ks)
 

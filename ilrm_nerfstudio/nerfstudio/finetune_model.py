@@ -1,23 +1,14 @@
 """The per-scene stage (`ns-train ilrm-finetune`): splatfacto on one scene, started from iLRM.
 
-One training iteration is one Adam step, as in splatfacto:
-
-1. The start (`--pipeline.model.init`): "network" (the network of an ilrm run, or a published
-   iLRM file, predicts the Gaussians from the input views in one pass, mapped into the
-   dataparser's frame), "points" (the scene's SfM points; without them, points triangulated from
-   the training frames); splatfacto's `--pipeline.model.random-init True` draws random ones.
-2. Published steps (network start only, the first `published_steps`, 10 = the paper's "Ours_10"):
-   each renders every input view and takes one Adam step on their mean MSE at the published rates
-   (the optimizers' `FinetuneScheduler`), no densification. `--max-num-iterations 10` is Ours_10;
-   0 keeps the feed-forward Gaussians.
-3. Then splatfacto's recipe: one training frame per step, L1 + SSIM, gsplat's DefaultStrategy,
-   the resolution and SH degree schedules. splatfacto's step-valued options are meant for its
-   30,000 steps; a shorter run scales them by steps / 30,000 (`fit_to_run`).
+One training iteration is one Adam step, as in splatfacto. The start (`--pipeline.model.init`):
+the Gaussians a trained network predicts from the input views, or the scene's points; with a
+network start the first `published_steps` (10: the paper's "Ours_10") each render every input view
+for one Adam step on their mean MSE at the published rates, without densification. Then
+splatfacto's recipe, its step-valued options scaled to the run's length (`fit_to_run`).
 
 Only module construction (no LPIPS download, our start) and rendering differ from splatfacto:
 renders go through our `render()` (gsplat on CUDA, our rasterizer on the CPU, the same `info` for
-gsplat's strategy). The checkpoint is splatfacto's layout, so ns-viewer, ns-render, ns-export and
-ns-eval work on it.
+gsplat's strategy). The checkpoint is splatfacto's, so every nerfstudio tool works on it.
 """
 
 from __future__ import annotations
