@@ -428,9 +428,9 @@ CASES += [
         capture_damage(lambda s: None, ("--machine.device-type", "cuda")),
     ),
     Case(
-        "--pipeline.model.paper-epochs -1",
+        "--pipeline.model.published-steps -1",
         "finetune",
-        capture_damage(lambda s: None, ("--pipeline.model.paper-epochs", "-1")),
+        capture_damage(lambda s: None, ("--pipeline.model.published-steps", "-1")),
     ),
     Case(
         "held-out frame truncated after training (ns-eval)",
