@@ -215,7 +215,7 @@ class ILRMFinetuneModel(SplatfactoModel):
         return 2 ** max(self.config.num_downscales - level, 0)
 
     def sh_degree_now(self) -> int:
-        if not self.training or self.is_published_step(self.step):
+        if not self.training or self.is_published_step(self.step) or self.probe_downscale:
             return self.config.sh_degree
         return min(self.step // max(1, int(self.config.sh_degree_interval * self.fit)), self.config.sh_degree)
 
