@@ -31,9 +31,8 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from ilrm_nerfstudio.core.cameras import opengl_to_opencv, to_homogeneous
 from ilrm_nerfstudio.core.errors import ILRMError
-from ilrm_nerfstudio.core.gaussians import Gaussians
-from ilrm_nerfstudio.core.sh import SH_C0
 from ilrm_nerfstudio.metrics import image_metrics, training_ssim
+from ilrm_nerfstudio.nerfstudio.ilrm_model import SplatfactoGaussians
 from ilrm_nerfstudio.render.rendering import render
 
 SPLATFACTO_STEPS = 30_000  # the run length splatfacto's step-valued options are meant for
@@ -107,30 +106,18 @@ def check_options(cfg: ILRMFinetuneModelConfig, device: torch.device) -> None:
         raise ILRMError(f"--pipeline.model.rasterize-mode {cfg.rasterize_mode} needs gsplat (CUDA); the CPU is classic")
 
 
-def splatfacto_params(g: Gaussians) -> dict[str, Tensor]:
-    """Gaussians -> splatfacto's parameters (log scales, logit opacities, SH coefficients)."""
-    return {
-        "means": g.means,
-        "scales": torch.log(g.scales),
-        "quats": F.normalize(g.quats, dim=-1) if len(g) else g.quats,
-        "features_dc": g.sh[:, 0],
-        "features_rest": g.sh[:, 1:],
-        "opacities": torch.logit(g.opacities.clamp(1e-6, 1 - 1e-6))[:, None],
-    }
-
-
-class ILRMFinetuneModel(SplatfactoModel):
+class ILRMFinetuneModel(SplatfactoGaussians, SplatfactoModel):
     config: ILRMFinetuneModelConfig
 
     def populate_modules(self):
         """splatfacto's modules without its start (the pipeline sets ours) and without LPIPS
         (its weights would be downloaded here; ns-eval loads ours when it scores)."""
-        K = (self.config.sh_degree + 1) ** 2
-        self.set_gaussians(Gaussians(*(torch.zeros(0, *s) for s in ((3,), (3,), (4,), ())), torch.zeros(0, K, 3)))
+        self.gauss_params = nn.ParameterDict()
+        self.set_scene_gaussians(None, trainable=True)
         self.camera_optimizer = self.config.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
-        # splatfacto's loss calls self.ssim: the same SSIM as separable band matrices, several
-        # times faster than pytorch_msssim's convolutions on a CPU (metrics/image.py).
+        # splatfacto's loss calls self.ssim: pytorch_msssim's SSIM, several times faster on a CPU
+        # (metrics/image.py, blur_cpu.py).
         # Images under the 11-pixel window (a tiny capture at 1/4 size) have no SSIM term.
         self.ssim = lambda a, b: training_ssim(a, b).mean() if min(a.shape[-2:]) >= 11 else a.new_ones(())
         self.step = 0
@@ -145,38 +132,6 @@ class ILRMFinetuneModel(SplatfactoModel):
         self.published = 0  # published steps of this run (network start only)
         self.probe_downscale = 0
         self.fit_to_run(SPLATFACTO_STEPS)
-
-    def set_gaussians(self, g: Gaussians, trainable: bool = True) -> None:
-        device = self.gauss_params["means"].device if hasattr(self, "gauss_params") else None
-        params = splatfacto_params(g.map(lambda t: t.detach().float().to(device)))
-        self.gauss_params = nn.ParameterDict({k: nn.Parameter(v.contiguous(), trainable) for k, v in params.items()})
-
-    def gaussians(self) -> Gaussians:
-        return Gaussians(
-            means=self.means,
-            scales=torch.exp(self.scales),
-            quats=self.quats,
-            opacities=torch.sigmoid(self.opacities[:, 0]),
-            sh=torch.cat([self.features_dc[:, None], self.features_rest], dim=1),
-        )
-
-    # features_dc always holds SH coefficients (splatfacto stores color logits at sh_degree 0).
-    @property
-    def colors(self):
-        return torch.clamp_min(0.5 + SH_C0 * self.features_dc, 0.0)
-
-    @property
-    def shs_0(self):
-        return self.features_dc
-
-    def load_state_dict(self, state_dict, **kwargs):  # type: ignore[override]
-        # Resize to the stored scene; parameters of the right shape are kept (a resumed optimizer
-        # holds them). splatfacto's own also sets step 30,000, which would skip the schedules.
-        for name, param in self.gauss_params.items():
-            shape = state_dict[f"gauss_params.{name}"].shape
-            if param.shape != shape:
-                self.gauss_params[name] = nn.Parameter(param.new_zeros(shape))
-        return nn.Module.load_state_dict(self, state_dict, **kwargs)
 
     # -- the schedule ------------------------------------------------------------------------------
 
@@ -235,7 +190,7 @@ class ILRMFinetuneModel(SplatfactoModel):
     def get_outputs(self, camera: Cameras) -> dict:  # type: ignore[override]
         c = self.config
         c2w = self.camera_optimizer.apply_to_camera(camera) if self.training else camera.camera_to_worlds
-        g = self.gaussians()
+        g = self.scene_gaussians()
         if self.crop_box is not None and not self.training:
             g = g.map(lambda t: t[self.crop_box.within(g.means).squeeze(-1)])
         g = dataclasses.replace(g, sh=g.sh[:, : (self.sh_degree_now() + 1) ** 2])

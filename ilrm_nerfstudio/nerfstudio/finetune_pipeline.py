@@ -77,7 +77,7 @@ class ILRMFinetunePipeline(VanillaPipeline):
                 )
             g = points_to_gaussians(points[0], points[1], cfg.sh_degree)
         log(f"start: {len(g):,} Gaussians ({kind}, {time.perf_counter() - started:.1f} s)")
-        self.model.set_gaussians(g.map(lambda t: t.to(self.device)))
+        self.model.set_scene_gaussians(g.map(lambda t: t.to(self.device)), trainable=True)
         self.model.fit_to_run(self.model.published + 1)  # until the trainer says how long the run is
         self.report("start")
 

@@ -55,18 +55,10 @@ class GaussianSceneModelConfig(ModelConfig):
             raise ILRMError(f"--pipeline.model.sh-degree {self.sh_degree}: must be 0, 1, 2 or 3")
 
 
-class GaussianSceneModel(SplatfactoModel):
-    config: GaussianSceneModelConfig
-
-    def populate_modules(self):
-        self.config.check()
-        self.gauss_params = nn.ParameterDict()
-        self.set_scene_gaussians(None)
-        self.crop_box = None
-        # A buffer: it moves with the model (not saved; the viewer's set_background replaces it).
-        background = torch.zeros(3) if self.config.background_color == "black" else torch.ones(3)
-        self.register_buffer("background_color", background, persistent=False)
-        self.step = 0
+class SplatfactoGaussians:
+    """One scene's Gaussians as splatfacto's parameters (means, log scales, quaternions, SH
+    coefficients, logit opacities), for both our models. features_dc always holds SH coefficients
+    (splatfacto stores color logits at sh_degree 0): `colors` and `shs_0` say so to its exporters."""
 
     def set_scene_gaussians(self, gaussians: Gaussians | None, trainable: bool = False) -> None:
         """Store one scene's Gaussians (unbatched) in Splatfacto's parameter layout."""
@@ -96,7 +88,6 @@ class GaussianSceneModel(SplatfactoModel):
         sh = torch.cat([self.features_dc[:, None], self.features_rest], dim=1)
         return Gaussians(self.means, torch.exp(self.scales), self.quats, torch.sigmoid(self.opacities[:, 0]), sh)
 
-    # features_dc always holds SH coefficients (Splatfacto stores color logits when sh_degree = 0).
     @property
     def colors(self):
         return torch.clamp_min(0.5 + SH_C0 * self.features_dc, 0.0)
@@ -113,6 +104,20 @@ class GaussianSceneModel(SplatfactoModel):
             if param.shape != shape:
                 self.gauss_params[name] = nn.Parameter(param.new_zeros(shape), requires_grad=param.requires_grad)
         return nn.Module.load_state_dict(self, state_dict, **kwargs)
+
+
+class GaussianSceneModel(SplatfactoGaussians, SplatfactoModel):
+    config: GaussianSceneModelConfig
+
+    def populate_modules(self):
+        self.config.check()
+        self.gauss_params = nn.ParameterDict()
+        self.set_scene_gaussians(None)
+        self.crop_box = None
+        # A buffer: it moves with the model (not saved; the viewer's set_background replaces it).
+        background = torch.zeros(3) if self.config.background_color == "black" else torch.ones(3)
+        self.register_buffer("background_color", background, persistent=False)
+        self.step = 0
 
     def get_param_groups(self):
         return {}
