@@ -342,7 +342,7 @@ def truncated_ilrm_run(where: Path, base: Base) -> tuple[list, Path]:
     shutil.copytree(base.root / base.run_dir("ilrm"), where / "ilrm_run")
     for path in (where / "ilrm_run" / "nerfstudio_models").glob("*.ckpt"):
         truncate(path)
-    extra = ("--pipeline.model.ilrm-run", where / "ilrm_run", "--pipeline.model.init", "network")
+    extra = ("--pipeline.model.ilrm-run", where / "ilrm_run", "--pipeline.model.random-init", "False")
     return capture_damage(lambda s: None, extra)(where, base)
 
 

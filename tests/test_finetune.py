@@ -431,6 +431,8 @@ def test_bad_finetune_setups_are_clear_errors(scene_dir, tmp_path):
         finetune_pipeline(scene_dir, use_absgrad=True)
     with pytest.raises(ILRMError, match="rasterize-mode antialiased needs gsplat"):
         finetune_pipeline(scene_dir, rasterize_mode="antialiased")
+    with pytest.raises(ILRMError, match="random-init True starts from random Gaussians"):
+        finetune_pipeline(scene_dir, random_init=True, init="network", ilrm_run=tmp_path)
 
 
 def test_inference_mode_needs_no_data(tmp_path):

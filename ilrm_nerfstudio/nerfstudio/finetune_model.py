@@ -99,6 +99,11 @@ def check_options(cfg: ILRMFinetuneModelConfig, device: torch.device) -> None:
     if cfg.network_resolution is not None:
         ok = len(cfg.network_resolution) == 2 and min(cfg.network_resolution) >= 1
         need(ok, "network-resolution", "two sizes >= 1 (height width)", cfg.network_resolution)
+    if cfg.random_init and (cfg.init != "auto" or cfg.ilrm_run is not None):
+        raise ILRMError(
+            "--pipeline.model.random-init True starts from random Gaussians: leave out --pipeline.model.init and "
+            "--pipeline.model.ilrm-run, or random-init"
+        )
     gsplat = cfg.render_backend == "gsplat" or (cfg.render_backend == "auto" and device.type == "cuda")
     if not gsplat and cfg.use_absgrad:
         raise ILRMError("--pipeline.model.use-absgrad needs gsplat's CUDA kernels; the CPU rasterizer has none")
