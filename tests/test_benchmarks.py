@@ -133,3 +133,11 @@ def test_bench_real_capture_old_and_new_side_by_side(tmp_path):
     assert "Command: `python benchmarks/bench_real_capture.py --quick" in out
     saved = json.loads(output.read_text())["rows"]
     assert all(r["gaussians"] > 0 and "--pipeline.datamanager.image-size 128" in r["command"] for r in saved)
+
+
+def test_bench_training_ssim(tmp_path):
+    out = run_script("bench_training_ssim.py", "--quick", cwd=tmp_path)
+    (row,) = table_rows(out, "| size (HxW) | banded matrices (s) | numba blur (s) |")
+    assert row[0] == "96x128" and float(row[1]) > 0 and float(row[2]) > 0
+    value_diff, grad_diff = (float(x) for x in row[4].split(","))
+    assert value_diff < 1e-6 and grad_diff < 1e-6  # the two paths compute the same SSIM
