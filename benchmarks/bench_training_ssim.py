@@ -1,5 +1,5 @@
-"""The SSIM of the per-scene loss on a CPU: its window sums as banded-matrix products (the general
-path, used off the CPU) against the numba blur (metrics/blur_cpu.py), forward + backward, measured
+"""The SSIM of the per-scene loss on a CPU: its window sums as banded-matrix products (the path used
+off the CPU) against the numba blur (metrics/blur_cpu.py), forward + backward, measured
 side by side in one run at each image size.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_training_ssim.py [--sizes 384x512 768x1024] [--reps 7]
@@ -12,6 +12,7 @@ difference between the two values and gradients) and the command that made it.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -22,19 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ilrm_nerfstudio.metrics.image import _gaussian_band, training_ssim  # noqa: E402
-
-
-def band_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """training_ssim with the banded-matrix window sums forced (its path off the CPU)."""
-    B, C, H, W = pred.shape
-    rows, cols = (_gaussian_band(n, 1.5, 5, pred.dtype, pred.device) for n in (H, W))
-    stacked = torch.cat([pred, target, pred * pred, target * target, pred * target], dim=1)
-    mu_p, mu_t, pp, tt, pt = (rows.T @ (stacked @ cols)).reshape(B, 5, C, H - 10, W - 10).unbind(1)
-    var_p, var_t, cov = pp - mu_p * mu_p, tt - mu_t * mu_t, pt - mu_p * mu_t
-    c1, c2 = 0.01**2, 0.03**2
-    value = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p * mu_p + mu_t * mu_t + c1) * (var_p + var_t + c2))
-    return value.mean(dim=(1, 2, 3))
+from ilrm_nerfstudio.metrics.image import training_ssim  # noqa: E402
 
 
 def seconds(fn, pred: torch.Tensor, target: torch.Tensor, reps: int) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -64,8 +53,8 @@ def main() -> None:
         height, width = (int(n) for n in size.split("x"))
         target = torch.rand(1, 3, height, width, generator=generator)
         pred = (target + 0.1 * torch.randn(1, 3, height, width, generator=generator)).clamp(0, 1).requires_grad_(True)
-        band, band_value, band_grad = seconds(band_ssim, pred, target, reps)
-        blur, blur_value, blur_grad = seconds(training_ssim, pred, target, reps)
+        band, band_value, band_grad = seconds(functools.partial(training_ssim, banded=True), pred, target, reps)
+        blur, blur_value, blur_grad = seconds(functools.partial(training_ssim, banded=False), pred, target, reps)
         value_diff = float((band_value - blur_value).abs())
         grad_diff = float((band_grad - blur_grad).abs().max())
         print(f"| {size} | {band:.4f} | {blur:.4f} | {band / blur:.1f}x | {value_diff:.1e}, {grad_diff:.1e} |")

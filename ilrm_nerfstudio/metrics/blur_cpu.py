@@ -1,6 +1,6 @@
 """The Gaussian window sums of the training SSIM on a CPU: a separable "valid" blur and its
 adjoint (the backward) as numba loops, about 11 multiply-adds per pixel and pass where the
-banded-matrix product does one per pixel and column (fwd + bwd 3x faster at 384 x 512:
+banded-matrix product does one per pixel and column (fwd + bwd 3-4.7x faster at 384 x 512:
 benchmarks/bench_training_ssim.py)."""
 
 from __future__ import annotations

@@ -184,15 +184,20 @@ def _gaussian_band(n: int, sigma: float, radius: int, dtype: torch.dtype, device
     return band
 
 
-def training_ssim(pred: Tensor, target: Tensor, sigma: float = 1.5, radius: int = 5) -> Tensor:
+def training_ssim(
+    pred: Tensor, target: Tensor, sigma: float = 1.5, radius: int = 5, banded: bool | None = None
+) -> Tensor:
     """SSIM as 3D Gaussian splatting trains with it (Gaussian window 11, sigma 1.5, valid region,
     data range 1; the same value as pytorch_msssim.ssim), per image [B]. The five window sums are
     one blur of the stacked images: numba loops on a CPU (blur_cpu.py), products with banded
-    matrices elsewhere; both differentiable. Evaluation uses `ssim` (skimage's protocol)."""
+    matrices elsewhere (`banded` True / False forces one); both differentiable. Evaluation uses
+    `ssim` (skimage's protocol)."""
     _check_images(pred, target, "training_ssim")
     B, C, height, width = pred.shape
     stacked = torch.cat([pred, target, pred * pred, target * target, pred * target], dim=1)
-    if pred.device.type == "cpu" and pred.dtype in (torch.float32, torch.float64):
+    if banded is None:
+        banded = pred.device.type != "cpu" or pred.dtype not in (torch.float32, torch.float64)
+    if not banded:
         from ilrm_nerfstudio.metrics.blur_cpu import ValidBlur
 
         sums = ValidBlur.apply(stacked, _gaussian_kernel1d(sigma, radius, pred.dtype, pred.device))
